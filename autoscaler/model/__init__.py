@@ -1,0 +1,93 @@
+"""The shared vocabulary of the controller (frozen: other packages build on it).
+
+Where it sits: imported by collectors, policies, actuators and the controller; imports nothing
+else of the project. See DESIGN.md for the flow and docs/snapshot-format.md for the JSON format.
+"""
+
+from __future__ import annotations
+
+from autoscaler.model.actions import (
+    ACTION_KINDS,
+    Action,
+    BaseAction,
+    CloneFromTemplate,
+    HotAddMemory,
+    HotAddVcpu,
+    LiveMigrate,
+    MergeSnapshot,
+    Plan,
+    Retire,
+    SnapshotDisk,
+    action_adapter,
+)
+from autoscaler.model.errors import (
+    AutoscalerError,
+    ConfigError,
+    ConfigProblem,
+    DeposedLeader,
+    PermanentError,
+    PreconditionFailed,
+    RefusedAction,
+    TemporaryError,
+)
+from autoscaler.model.interfaces import Journal, JournalEntry, Lease, LeaseState, Phase
+from autoscaler.model.names import Name, check_name
+from autoscaler.model.signals import Sample, Scope, Signal, SignalName, Stale
+from autoscaler.model.snapshot import Snapshot
+from autoscaler.model.topology import (
+    VM,
+    Business,
+    Datacenter,
+    Health,
+    Host,
+    NicModel,
+    Rack,
+    Region,
+    Template,
+    VmState,
+)
+
+__all__ = [
+    "ACTION_KINDS",
+    "VM",
+    "Action",
+    "AutoscalerError",
+    "BaseAction",
+    "Business",
+    "CloneFromTemplate",
+    "ConfigError",
+    "ConfigProblem",
+    "Datacenter",
+    "DeposedLeader",
+    "Health",
+    "Host",
+    "HotAddMemory",
+    "HotAddVcpu",
+    "Journal",
+    "JournalEntry",
+    "Lease",
+    "LeaseState",
+    "LiveMigrate",
+    "MergeSnapshot",
+    "Name",
+    "NicModel",
+    "PermanentError",
+    "Phase",
+    "Plan",
+    "PreconditionFailed",
+    "Rack",
+    "RefusedAction",
+    "Region",
+    "Retire",
+    "Sample",
+    "Scope",
+    "Signal",
+    "SignalName",
+    "Snapshot",
+    "SnapshotDisk",
+    "Stale",
+    "TemporaryError",
+    "Template",
+    "VmState",
+    "action_adapter",
+]

@@ -1,0 +1,219 @@
+"""Actions and Plans: what ``decide()`` asks the actuators to do, and why.
+
+Where it sits: the output of the policies and the input of the executor. Every action names
+its targets, carries a human-readable ``reason`` and the ``facts`` behind it, and has an
+idempotency ``key`` derived from its content: executing an action whose key is already done is
+a no-op. ``lease_generation`` is stamped by the controller so an actuator can refuse an action
+from a deposed leader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from autoscaler.model.names import Name
+from autoscaler.model.topology import Frozen
+
+FactValue = str | int | float | bool
+
+
+class BaseAction(Frozen):
+    business: Name
+    vm: Name
+    reason: str = Field(min_length=1)
+    facts: dict[str, FactValue] = Field(default_factory=dict)
+    lease_generation: int | None = Field(default=None, ge=0)
+
+    @property
+    def key(self) -> str:  # pragma: no cover - every kind overrides it
+        raise NotImplementedError
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """Hosts this action touches (for concurrency caps and locking)."""
+        raise NotImplementedError  # pragma: no cover
+
+
+class HotAddVcpu(BaseAction):
+    """Raise a running VM's vCPU count (live and persistent). Never lowers it."""
+
+    kind: Literal["hot_add_vcpu"] = "hot_add_vcpu"
+    host: Name
+    vcpus: int = Field(ge=2, description="vCPU count after the action")
+
+    @property
+    def key(self) -> str:
+        return f"hot_add_vcpu/{self.vm}/vcpus={self.vcpus}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+class HotAddMemory(BaseAction):
+    """Raise a running VM's memory by attaching DIMMs (live and persistent)."""
+
+    kind: Literal["hot_add_memory"] = "hot_add_memory"
+    host: Name
+    memory_mib: int = Field(ge=128, description="memory after the action")
+
+    @property
+    def key(self) -> str:
+        return f"hot_add_memory/{self.vm}/memory_mib={self.memory_mib}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+class CloneFromTemplate(BaseAction):
+    """Create ``vm`` on ``host`` as a linked clone of the business template, and start it."""
+
+    kind: Literal["clone_from_template"] = "clone_from_template"
+    host: Name
+
+    @property
+    def key(self) -> str:
+        return f"clone_from_template/{self.vm}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+class Retire(BaseAction):
+    """Drain, shut down, undefine ``vm`` and delete its overlay (scale-in)."""
+
+    kind: Literal["retire"] = "retire"
+    host: Name
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+    @property
+    def key(self) -> str:
+        return f"retire/{self.vm}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+class LiveMigrate(BaseAction):
+    """Move a running ``vm`` from ``source`` to ``destination`` without stopping it."""
+
+    kind: Literal["live_migrate"] = "live_migrate"
+    source: Name
+    destination: Name
+    max_downtime_ms: int = Field(default=100, ge=1)
+    timeout_s: float = Field(default=120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _distinct_hosts(self) -> LiveMigrate:
+        if self.source == self.destination:
+            raise ValueError(f"source and destination are both {self.source!r}")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"live_migrate/{self.vm}/{self.source}->{self.destination}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.source, self.destination)
+
+
+class SnapshotDisk(BaseAction):
+    """A live external disk-only snapshot, without libvirt snapshot metadata."""
+
+    kind: Literal["snapshot"] = "snapshot"
+    host: Name
+    tag: Name
+
+    @property
+    def key(self) -> str:
+        return f"snapshot/{self.vm}/{self.tag}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+class MergeSnapshot(BaseAction):
+    """Merge a disk snapshot back into its base (block commit and pivot)."""
+
+    kind: Literal["merge_snapshot"] = "merge_snapshot"
+    host: Name
+    tag: Name
+
+    @property
+    def key(self) -> str:
+        return f"merge_snapshot/{self.vm}/{self.tag}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
+Action = Annotated[
+    HotAddVcpu
+    | HotAddMemory
+    | CloneFromTemplate
+    | Retire
+    | LiveMigrate
+    | SnapshotDisk
+    | MergeSnapshot,
+    Field(discriminator="kind"),
+]
+ACTION_KINDS: tuple[str, ...] = (
+    "hot_add_vcpu",
+    "hot_add_memory",
+    "clone_from_template",
+    "retire",
+    "live_migrate",
+    "snapshot",
+    "merge_snapshot",
+)
+action_adapter: TypeAdapter[Action] = TypeAdapter(Action)
+
+PLAN_FORMAT = "autoscaler.plan/v1"
+
+
+class Plan(Frozen):
+    """An ordered list of actions decided at ``created_at``.
+
+    ``id`` is a digest of the content, so the same decision gives the same plan id and an
+    operator can approve exactly what they read.
+    """
+
+    format: Literal["autoscaler.plan/v1"] = PLAN_FORMAT
+    id: str = Field(pattern=r"^plan-[0-9a-f]{12}$")
+    created_at: float
+    actions: tuple[Action, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> Plan:
+        seen: set[str] = set()
+        for action in self.actions:
+            if action.key in seen:
+                raise ValueError(f"two actions share the key {action.key!r}")
+            seen.add(action.key)
+        return self
+
+    @classmethod
+    def build(cls, actions: list[Action] | tuple[Action, ...], created_at: float) -> Plan:
+        body = json.dumps(
+            [action_adapter.dump_python(a, mode="json") for a in actions] + [created_at],
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(body.encode()).hexdigest()[:12]
+        return cls(id=f"plan-{digest}", created_at=created_at, actions=tuple(actions))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Plan:
+        return cls.model_validate_json(text)

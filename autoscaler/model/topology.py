@@ -1,0 +1,162 @@
+"""The fleet as the controller sees it: regions > datacenters > racks > hosts > VMs.
+
+Where it sits: the nouns of a Snapshot. Collectors fill them, policies read them, actuators
+receive them inside Actions. All are frozen pydantic models with ``extra="forbid"`` so a
+snapshot file with a typo fails loudly instead of being half-read.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autoscaler.model.names import Name
+
+
+class Frozen(BaseModel):
+    """Base of every vocabulary type: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NicModel(StrEnum):
+    """How a VM's NIC is attached. SR-IOV pins the VM to its host's physical function."""
+
+    VIRTIO = "virtio"
+    VHOST_NET = "vhost-net"
+    MACVTAP = "macvtap"
+    SRIOV = "sr-iov"
+
+    @property
+    def live_migratable(self) -> bool:
+        return self is not NicModel.SRIOV
+
+
+class VmState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    CRASHED = "crashed"
+    MIGRATING = "migrating"
+    UNKNOWN = "unknown"
+
+
+class Health(StrEnum):
+    """Health of a rack or host, as scored by the policies."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILING = "failing"
+    UNKNOWN = "unknown"
+
+
+class Region(Frozen):
+    name: Name
+
+
+class Datacenter(Frozen):
+    name: Name
+    region: Name
+
+
+class Rack(Frozen):
+    name: Name
+    datacenter: Name
+
+
+class Host(Frozen):
+    """A libvirt host. ``cpus`` and ``memory_mib`` are what it offers to guests."""
+
+    name: Name
+    rack: Name
+    uri: str = Field(min_length=1, description="libvirt URI the controller uses")
+    cpus: float = Field(gt=0, description="physical cores offered to guests")
+    memory_mib: int = Field(gt=0)
+    free_memory_mib: int | None = Field(default=None, ge=0)
+    reachable: bool = True
+    cordoned: bool = False
+    libvirt_latency_s: float | None = Field(default=None, ge=0)
+
+
+class Template(Frozen):
+    """What every instance of a business is cloned from."""
+
+    image: str = Field(min_length=1, description="file name in the image folder")
+    vcpus: int = Field(ge=1)
+    max_vcpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=64)
+    max_memory_mib: int = Field(ge=64)
+    dimm_mib: int = Field(default=128, ge=128, description="size of one hot-added DIMM")
+    nic_model: NicModel = NicModel.VIRTIO
+    cpu_quota: float | None = Field(
+        default=None, gt=0, le=1, description="host cores per vCPU (cgroup quota); None = whole"
+    )
+
+    @model_validator(mode="after")
+    def _maxima_cover_current(self) -> Template:
+        if self.max_vcpus < self.vcpus:
+            raise ValueError(f"max_vcpus ({self.max_vcpus}) is below vcpus ({self.vcpus})")
+        if self.max_memory_mib < self.memory_mib:
+            raise ValueError(
+                f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})"
+            )
+        return self
+
+    @property
+    def live_migratable(self) -> bool:
+        return self.nic_model.live_migratable
+
+
+class Business(Frozen):
+    """A business as the fleet knows it: its template and instance bounds."""
+
+    name: Name
+    template: Template
+    min_instances: int = Field(ge=0)
+    max_instances: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Business:
+        if self.max_instances < self.min_instances:
+            raise ValueError(
+                f"max_instances ({self.max_instances}) is below min_instances"
+                f" ({self.min_instances})"
+            )
+        return self
+
+
+class VM(Frozen):
+    """One guest. Utilisation is measured against the VM's own capacity (vCPUs x quota)."""
+
+    name: Name
+    host: Name
+    business: Name | None = Field(default=None, description="None: not managed by us")
+    state: VmState
+    vcpus: int = Field(ge=1)
+    max_vcpus: int = Field(ge=1)
+    memory_mib: int = Field(ge=1)
+    max_memory_mib: int = Field(ge=1)
+    nic_model: NicModel = NicModel.VIRTIO
+    cpu_quota: float | None = Field(default=None, gt=0, le=1)
+    cpu_utilisation: float | None = Field(
+        default=None, ge=0, description="busy share of the VM's capacity; None = not measured"
+    )
+    ready: bool = False
+    draining: bool = False
+    created_at: float | None = None
+
+    @property
+    def capacity_cores(self) -> float:
+        """Host cores this VM can use at most."""
+        return self.vcpus * (self.cpu_quota if self.cpu_quota is not None else 1.0)
+
+    @property
+    def busy_cores(self) -> float | None:
+        if self.cpu_utilisation is None:
+            return None
+        return self.cpu_utilisation * self.capacity_cores
+
+    @property
+    def live_migratable(self) -> bool:
+        return self.nic_model.live_migratable

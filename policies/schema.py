@@ -1,0 +1,236 @@
+"""The business policy file: one YAML file per business, validated strictly.
+
+Where it sits: written by operators, loaded by ``policies.loader``, read by ``decide()`` and
+the controller. Every model forbids unknown fields, so a typo'd key is an error that names its
+file, line and field (see ``policies.yaml_source``) instead of a silently ignored setting.
+``autoscaler schema`` prints the JSON Schema of ``BusinessPolicy`` for editors.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from autoscaler.model import Business, Name, NicModel, Template
+
+API_VERSION = "autoscaler/v1"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NowMax(Strict):
+    now: int = Field(ge=1, description="size a new instance starts with")
+    max: int = Field(ge=1, description="most the instance may be hot-added to")
+
+    @model_validator(mode="after")
+    def _max_covers_now(self) -> NowMax:
+        if self.max < self.now:
+            raise ValueError(f"max ({self.max}) must be at least now ({self.now})")
+        return self
+
+
+class TemplateSpec(Strict):
+    image: str = Field(description="template disk: a file name in the image folder")
+    vcpus: NowMax
+    memory_mib: NowMax
+    dimm_mib: int = Field(default=128, ge=128, description="memory added per hot-plugged DIMM")
+    nic: NicModel = Field(default=NicModel.VIRTIO, description="sr-iov makes VMs not live-migratable")
+    cpu_quota: float | None = Field(
+        default=None, gt=0, le=1, description="host cores each vCPU may use (cgroup quota)"
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _plain_file_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", value) or ".." in value:
+            raise ValueError(
+                f"image {value!r} must be a plain file name in the image folder"
+                " (letters, digits, '.', '_', '-'; no '/' or '..')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _memory_fits_dimms(self) -> TemplateSpec:
+        if self.memory_mib.now < 64:
+            raise ValueError("memory_mib.now must be at least 64")
+        return self
+
+    def to_template(self) -> Template:
+        return Template(
+            image=self.image,
+            vcpus=self.vcpus.now,
+            max_vcpus=self.vcpus.max,
+            memory_mib=self.memory_mib.now,
+            max_memory_mib=self.memory_mib.max,
+            dimm_mib=self.dimm_mib,
+            nic_model=self.nic,
+            cpu_quota=self.cpu_quota,
+        )
+
+
+class Instances(Strict):
+    min: int = Field(ge=0)
+    max: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _max_covers_min(self) -> Instances:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be at least min ({self.min})")
+        return self
+
+
+class SpreadLevel(StrEnum):
+    RACK = "rack"
+    DATACENTER = "datacenter"
+    REGION = "region"
+
+
+class Placement(Strict):
+    spread: SpreadLevel = SpreadLevel.RACK
+    max_per_rack: int | None = Field(default=None, ge=1)
+
+
+class CapacitySli(Strict):
+    """Built-in SLI: an interval is good when enough healthy instances carry the demand."""
+
+    kind: Literal["capacity"] = "capacity"
+    saturation: float = Field(
+        default=0.9, gt=0, le=1, description="utilisation above which an instance is saturated"
+    )
+
+
+class PromqlSli(Strict):
+    """SLI from Prometheus: a good/total pair of PromQL expressions (rates of events)."""
+
+    kind: Literal["promql"]
+    good: str = Field(min_length=1)
+    total: str = Field(min_length=1)
+
+
+class Sla(Strict):
+    objective: float = Field(default=99.95, gt=0, lt=100, description="percent of good intervals")
+    window_days: int = Field(default=30, ge=1, le=365)
+    sli: Annotated[CapacitySli | PromqlSli, Field(discriminator="kind")] = CapacitySli()
+
+
+class Horizontal(Strict):
+    enabled: bool = True
+    max_step_up: int = Field(default=4, ge=1, description="instances added per decision at most")
+    max_step_down: int = Field(default=1, ge=1, description="instances retired per decision at most")
+
+
+class Vertical(Strict):
+    enabled: bool = True
+    vcpu_step: int = Field(default=1, ge=1)
+    memory_step_mib: int = Field(default=128, ge=128)
+
+
+class Cooldowns(Strict):
+    scale_up_s: float = Field(default=0, ge=0)
+    scale_down_s: float = Field(default=300, ge=0)
+
+
+class Scaling(Strict):
+    target_utilisation: float = Field(default=0.6, gt=0, lt=1)
+    horizontal: Horizontal = Horizontal()
+    vertical: Vertical = Vertical()
+    cooldowns: Cooldowns = Cooldowns()
+    scale_down_stabilisation_s: float = Field(default=600, ge=0)
+    max_actions_per_hour: int = Field(default=30, ge=1)
+    migration_max_downtime_ms: int = Field(default=100, ge=1, le=10_000)
+
+
+class ForecastModel(StrEnum):
+    SEASONAL_NAIVE = "seasonal_naive"
+    EWMA = "ewma"
+    GBM = "gbm"
+
+
+class Forecast(Strict):
+    models: tuple[ForecastModel, ...] = Field(
+        default=(ForecastModel.SEASONAL_NAIVE, ForecastModel.EWMA, ForecastModel.GBM), min_length=1
+    )
+    quantile: float | None = Field(
+        default=None, gt=0.5, lt=1, description="upper quantile to provision for; None = from SLA"
+    )
+    history_days: int = Field(default=14, ge=1, le=90)
+    min_history_hours: float = Field(default=24, gt=0, description="below this: reactive only")
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class MaintenanceWindow(Strict):
+    """A weekly window (UTC) in which no disruptive action is taken."""
+
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = Field(min_length=1)
+    start: str = Field(description="HH:MM, UTC")
+    duration_minutes: int = Field(ge=1, le=7 * 24 * 60)
+
+    @field_validator("start")
+    @classmethod
+    def _hh_mm(cls, value: str) -> str:
+        match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value)
+        if not match:
+            raise ValueError(f"start {value!r} must be HH:MM (24 h, UTC)")
+        return value
+
+    def contains(self, epoch_s: float) -> bool:
+        """True if the instant ``epoch_s`` falls inside this window (pure arithmetic)."""
+        week_s = 7 * 86400
+        # 1970-01-01 was a Thursday (index 3 in _DAYS).
+        since_monday = (epoch_s + 3 * 86400) % week_s
+        hh, mm = (int(x) for x in self.start.split(":"))
+        length = self.duration_minutes * 60
+        for day in self.days:
+            opens = _DAYS.index(day) * 86400 + hh * 3600 + mm * 60
+            offset = (since_monday - opens) % week_s
+            if offset < length:
+                return True
+        return False
+
+
+class Mode(StrEnum):
+    RECOMMEND = "recommend"
+    AUTO = "auto"
+
+
+class BusinessPolicy(Strict):
+    """One business: its template, bounds, placement, SLA, scaling and forecast settings."""
+
+    api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
+    kind: Literal["BusinessPolicy"]
+    business: Name
+    description: str = ""
+    mode: Mode = Mode.RECOMMEND
+    template: TemplateSpec
+    instances: Instances
+    placement: Placement = Placement()
+    sla: Sla = Sla()
+    scaling: Scaling = Scaling()
+    forecast: Forecast = Forecast()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BusinessPolicy:
+        if self.placement.max_per_rack is not None and self.placement.max_per_rack < 1:
+            raise ValueError("placement.max_per_rack must be at least 1")
+        return self
+
+    def to_business(self) -> Business:
+        return Business(
+            name=self.business,
+            template=self.template.to_template(),
+            min_instances=self.instances.min,
+            max_instances=self.instances.max,
+        )
+
+    def in_maintenance(self, epoch_s: float) -> bool:
+        return any(w.contains(epoch_s) for w in self.maintenance)
