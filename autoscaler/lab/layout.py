@@ -1,0 +1,110 @@
+"""Names, addresses and ports of one lab, all derived from its slot.
+
+Where it sits: every lab component (libvirt hosts, Ceph, DPDK, OVS, Prometheus, load driver)
+asks its ``LabLayout`` for names and ports instead of choosing its own. A slot is claimed
+machine-wide (see ``slots``), so CI, a working session and a demo each get their own prefix
+(``as<slot>``), subnet (``10.<210+slot>.0.0/24``) and port range (``20000 + 200*slot`` on).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_SLOTS = 16
+PORTS_PER_SLOT = 200
+
+# Offsets inside a slot's port range. Each component owns a fixed block.
+PORT_PROMETHEUS = 0
+PORT_ALERTMANAGER = 1
+PORT_ALERTMANAGER_CLUSTER = 2
+PORT_NODE_EXPORTER = 3
+PORT_CEPH_MON = 10
+PORT_CEPH_MGR_PROMETHEUS = 11
+PORT_CONTROLLER_METRICS = 20
+PORT_CONTROLLER_METRICS_2 = 21
+PORT_LIBVIRT_TCP = 16509  # inside each host's own network namespace: no clash between hosts
+MIGRATION_PORTS_PER_HOST = 20
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    """Where one lab lives. ``root`` is its private folder (state, host dirs, logs)."""
+
+    slot: int
+    root: Path
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < MAX_SLOTS:
+            raise ValueError(f"slot must be in 0..{MAX_SLOTS - 1}, got {self.slot}")
+
+    @property
+    def prefix(self) -> str:
+        """Short name prefix for namespaces, links, cgroups and processes (<= 5 chars)."""
+        return f"as{self.slot}"
+
+    @property
+    def port_base(self) -> int:
+        return 20000 + PORTS_PER_SLOT * self.slot
+
+    def port(self, offset: int) -> int:
+        if not 0 <= offset < PORTS_PER_SLOT:
+            raise ValueError(f"port offset {offset} outside the slot's range")
+        return self.port_base + offset
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(f"10.{210 + self.slot}.0.0/24")
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def bridge_address(self) -> ipaddress.IPv4Address:
+        """The controller's address on the lab bridge (the root namespace)."""
+        return self.subnet.network_address + 254
+
+    def host_address(self, index: int) -> ipaddress.IPv4Address:
+        if not 0 <= index < 200:
+            raise ValueError(f"host index {index} out of range")
+        return self.subnet.network_address + 1 + index
+
+    def netns(self, index: int) -> str:
+        return f"{self.prefix}-h{index}"
+
+    def veth(self, index: int) -> tuple[str, str]:
+        """(bridge side, host side) names of host ``index``'s uplink (<= 15 chars)."""
+        return f"{self.prefix}-h{index}-br", f"{self.prefix}-h{index}-up"
+
+    def migration_ports(self, index: int) -> tuple[int, int]:
+        low = 49152 + MIGRATION_PORTS_PER_HOST * index
+        return low, low + MIGRATION_PORTS_PER_HOST - 1
+
+    def cgroup(self, index: int) -> str:
+        return f"{self.prefix}-h{index}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "lab-state.json"
+
+    @property
+    def ceph_dir(self) -> Path:
+        return self.root / "ceph"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.root / "prometheus"
+
+    @property
+    def dpdk_dir(self) -> Path:
+        return self.root / "dpdk"
+
+    @property
+    def ovs_dir(self) -> Path:
+        return self.root / "ovs"
+
+    @property
+    def dpdk_file_prefix(self) -> str:
+        return f"{self.prefix}-dpdk"
