@@ -24,6 +24,9 @@ PORT_CEPH_MON = 10
 PORT_CEPH_MGR_PROMETHEUS = 11
 PORT_CONTROLLER_METRICS = 20
 PORT_CONTROLLER_METRICS_2 = 21
+# Ceph daemons other than the mon (mgr, OSDs) bind their messenger ports in this block.
+PORT_CEPH_MESSENGER_FIRST = 100
+PORT_CEPH_MESSENGER_LAST = 179
 PORT_LIBVIRT_TCP = 16509  # inside each host's own network namespace: no clash between hosts
 MIGRATION_PORTS_PER_HOST = 20
 
@@ -108,3 +111,23 @@ class LabLayout:
     @property
     def dpdk_file_prefix(self) -> str:
         return f"{self.prefix}-dpdk"
+
+    @property
+    def node_textfile_dir(self) -> Path:
+        """node-exporter's textfile collector folder (the lab's sensor feed writes there)."""
+        return self.prometheus_dir / "textfile"
+
+    @property
+    def ovs_netns(self) -> str:
+        """Network namespace of the lab's userspace ovs-vswitchd and its bond members."""
+        return f"{self.prefix}-ovs"
+
+    @property
+    def ovs_switch_netns(self) -> str:
+        """Network namespace of the top-of-rack switches the OVS bonds uplink to."""
+        return f"{self.prefix}-tor"
+
+    @property
+    def cpu_cgroup_prefix(self) -> str:
+        """Prefix of the CPU-capped cgroups of busy-polling lab processes (testpmd, OVS)."""
+        return f"{self.prefix}-cap"

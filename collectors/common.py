@@ -1,0 +1,75 @@
+"""Small helpers every collector shares: scoped samples, deadlines and whole-source failures.
+
+Where it sits: inside ``collectors/`` next to the protocol in ``base``. A Sample that maps onto
+a policy signal carries the labels ``scope`` and ``target`` (e.g. ``scope=rack, target=r2``) so
+the snapshot builder turns it into a ``Signal`` without knowing the collector; other labels
+(``osd``, ``port``, ``window``) say which part of the scope it is about.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from autoscaler.model import Sample, Scope, TemporaryError
+from collectors.base import Collection, LastGood
+
+T = TypeVar("T")
+
+
+def scoped(
+    metric: str, value: float, timestamp: float, scope: Scope, target: str, **labels: str
+) -> Sample:
+    """A sample about ``target`` (a host, rack, cluster, business) with extra labels."""
+    pairs = [("scope", scope.value), ("target", target), *sorted(labels.items())]
+    return Sample(metric=str(metric), value=value, timestamp=timestamp, labels=tuple(pairs))
+
+
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a finite float, or None if it is missing, not a number, NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def call_with_deadline(call: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run ``call`` in a worker thread; raise ``TemporaryError`` if it takes over ``timeout_s``.
+
+    For client libraries without their own timeout: the caller gets its answer in time even if
+    the call itself stays stuck (the daemon thread is abandoned).
+    """
+    box: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"collect-{what}", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TemporaryError(f"{what}: no answer within {timeout_s:g} s", retry_after=timeout_s)
+    error = box.get("error")
+    if isinstance(error, BaseException):
+        raise error
+    return box["value"]  # type: ignore[return-value]
+
+
+def all_stale(
+    source: str,
+    scopes: Iterable[tuple[Scope, str]],
+    last_good: LastGood,
+    reason: str,
+    duration_s: float,
+) -> Collection:
+    """A collection in which every scope the collector covers is stale for ``reason``."""
+    stale = [last_good.stale(scope, target, source, reason) for scope, target in scopes]
+    return Collection(source=source, stale=tuple(stale), duration_s=duration_s, errors=(reason,))
