@@ -1,0 +1,226 @@
+"""Talking to a guest: readiness and what the guest itself sees (online CPUs, MemTotal).
+
+Where it sits: actuators verify their work through it (a clone is done when the guest reports
+ready; a hot-add is seen when the guest's own CPU count or MemTotal changes), and the lab load
+driver sets each guest's load through it. Readiness is pluggable (``ReadinessProbe``): the lab
+agent's virtio-serial channel here, the QEMU guest agent on guests that run one. Everything goes
+through libvirt streams, so it works over a remote ``qemu+tcp`` or ``qemu+tls`` URI.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import libvirt
+
+from actuators.domain_xml import AGENT_CHANNEL, LOAD_CHANNEL
+from actuators.libvirt_events import ensure_event_loop
+from autoscaler.model import TemporaryError
+
+_STATE_RE = re.compile(r"STATE ((?:[a-z_]+=\S*\s*)+)")
+
+
+@dataclass(frozen=True)
+class GuestView:
+    """One STATE report of the lab agent."""
+
+    seq: int
+    ready: bool
+    vm: str
+    business: str
+    online_cpus: int
+    mem_kib: int
+    duty: int
+    received_at: float
+
+    @classmethod
+    def parse(cls, line: str, received_at: float) -> GuestView | None:
+        match = _STATE_RE.search(line)
+        if not match:
+            return None
+        fields = dict(part.split("=", 1) for part in match.group(1).split())
+        try:
+            return cls(
+                seq=int(fields.get("seq", "0")),
+                ready=fields.get("ready") == "1",
+                vm=fields.get("vm", ""),
+                business=fields.get("business", ""),
+                online_cpus=int(fields.get("ncpus", "0") or 0),
+                mem_kib=int(fields.get("mem_kib", "0") or 0),
+                duty=int(fields.get("duty", "0") or 0),
+                received_at=received_at,
+            )
+        except ValueError:
+            return None
+
+
+class _Channel:
+    """A non-blocking stream on one named virtio-serial channel of a domain."""
+
+    def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain, name: str) -> None:
+        ensure_event_loop()
+        self._stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        domain.openChannel(name, self._stream, libvirt.VIR_DOMAIN_CHANNEL_FORCE)
+        self._buffer = b""
+        self._closed = False
+
+    def send_line(self, text: str) -> None:
+        data = (text + "\n").encode()
+        while data:
+            sent = self._stream.send(data)
+            if sent == -2:
+                time.sleep(0.005)
+                continue
+            data = data[sent:]
+
+    def read_lines(self) -> list[str]:
+        """Whatever complete lines have arrived (never blocks)."""
+        while True:
+            try:
+                chunk = self._stream.recv(65536)
+            except libvirt.libvirtError as exc:
+                raise TemporaryError(f"guest channel failed: {exc}", retry_after=1) from exc
+            if chunk == -2 or chunk == b"":
+                break
+            self._buffer += chunk
+            if len(self._buffer) > 1 << 20:  # a guest that floods us is cut off, not buffered
+                raise TemporaryError("guest channel flooded", retry_after=5)
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stream.finish()
+        except libvirt.libvirtError:
+            try:
+                self._stream.abort()
+            except libvirt.libvirtError:
+                pass
+
+
+class LabAgent:
+    """The lab guest's agent channel: ask for and wait on what the guest sees."""
+
+    def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> None:
+        self._channel = _Channel(conn, domain, AGENT_CHANNEL)
+        self.latest: GuestView | None = None
+
+    def _drain(self) -> None:
+        now = time.monotonic()
+        for line in self._channel.read_lines():
+            view = GuestView.parse(line, now)
+            if view is not None and (self.latest is None or view.seq >= self.latest.seq):
+                self.latest = view
+
+    def wait_for(
+        self, predicate: Callable[[GuestView], bool], timeout_s: float, poll_s: float = 0.005
+    ) -> GuestView | None:
+        """The first report satisfying ``predicate`` within ``timeout_s``; pings the guest."""
+        deadline = time.monotonic() + timeout_s
+        next_ping = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_ping:
+                self._channel.send_line("ping")
+                next_ping = now + 1.0
+            self._drain()
+            if self.latest is not None and predicate(self.latest):
+                return self.latest
+            if now >= deadline:
+                return None
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> LabAgent:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class LoadChannel:
+    """The lab guest's load channel: set the guest's CPU duty (0-100 % of each vCPU)."""
+
+    def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> None:
+        self._channel = _Channel(conn, domain, LOAD_CHANNEL)
+
+    def set_duty(self, duty: int) -> None:
+        self._channel.send_line(f"duty {max(0, min(100, int(duty)))}")
+
+    def acknowledged(self) -> int | None:
+        """The last duty the guest acknowledged since the previous call, if any."""
+        last = None
+        for line in self._channel.read_lines():
+            match = re.search(r"ACK vm=\S* duty=(\d+)", line)
+            if match:
+                last = int(match.group(1))
+        return last
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class ReadinessProbe(Protocol):
+    """Answers "is this guest ready to serve?"; how depends on what the guest runs."""
+
+    name: str
+
+    def wait_ready(
+        self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float
+    ) -> bool: ...
+
+
+class LabAgentReadiness:
+    name = "lab-agent"
+
+    def wait_ready(
+        self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float
+    ) -> bool:
+        with LabAgent(conn, domain) as agent:
+            return agent.wait_for(lambda v: v.ready, timeout_s) is not None
+
+
+class QemuGuestAgentReadiness:
+    """Ready when the QEMU guest agent answers ``guest-ping`` (guests that run qemu-ga)."""
+
+    name = "qemu-guest-agent"
+
+    def wait_ready(
+        self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float
+    ) -> bool:
+        import libvirt_qemu  # part of libvirt-python
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                reply = libvirt_qemu.qemuAgentCommand(domain, '{"execute":"guest-ping"}', 2, 0)
+                if "return" in json.loads(reply):
+                    return True
+            except libvirt.libvirtError:
+                pass
+            time.sleep(0.2)
+        return False
+
+
+READINESS_PROBES: dict[str, Callable[[], ReadinessProbe]] = {
+    "lab-agent": LabAgentReadiness,
+    "qemu-guest-agent": QemuGuestAgentReadiness,
+}
+
+
+def readiness_probe(name: str) -> ReadinessProbe:
+    try:
+        return READINESS_PROBES[name]()
+    except KeyError:
+        known = ", ".join(sorted(READINESS_PROBES))
+        raise ValueError(f"unknown readiness probe {name!r}; known: {known}") from None

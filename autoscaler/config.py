@@ -1,0 +1,171 @@
+"""The controller file: policy folder, inventory, endpoints, state folder and intervals.
+
+Where it sits: read once at start (and on reload) by the controller, the CLI and the lab.
+Strict like the policy files: pydantic models with ``extra="forbid"``, errors naming the file,
+the line and the field. The inventory (regions > datacenters > racks > hosts with libvirt URIs)
+also names, per host or rack, its other sources: DPDK telemetry socket, OVS bond, uplinks,
+Ceph CRUSH rack and temperature sensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autoscaler.model import Datacenter, Host, Name, Rack, Region
+from policies.yaml_source import read_yaml, validate_file
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class HostEntry(Strict):
+    name: Name
+    uri: str = Field(min_length=1, description="libvirt URI, e.g. qemu+tls://kvm-07.dc1/system")
+    cpus: float = Field(gt=0, description="cores offered to guests")
+    memory_mib: int = Field(gt=0, description="memory offered to guests")
+    netns: str | None = Field(default=None, description="network namespace of the host's links")
+    uplinks: tuple[str, ...] = ()
+    ovs_bond: str | None = None
+    dpdk_socket: str | None = Field(default=None, description="DPDK telemetry v2 socket path")
+    cordoned: bool = False
+
+
+class RackEntry(Strict):
+    name: Name
+    ceph_crush_rack: str | None = None
+    temperature_sensor: str | None = Field(
+        default=None, description="hwmon chip label of the rack's sensor in node-exporter"
+    )
+    hosts: tuple[HostEntry, ...] = Field(min_length=1)
+
+
+class DatacenterEntry(Strict):
+    name: Name
+    racks: tuple[RackEntry, ...] = Field(min_length=1)
+
+
+class RegionEntry(Strict):
+    name: Name
+    datacenters: tuple[DatacenterEntry, ...] = Field(min_length=1)
+
+
+class Inventory(Strict):
+    regions: tuple[RegionEntry, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Inventory:
+        for kind, names in (
+            ("region", [r.name for r in self.regions]),
+            ("datacenter", [d.name for r in self.regions for d in r.datacenters]),
+            ("rack", [k.name for _, _, k in self.racks()]),
+            ("host", [h.name for *_, h in self.hosts()]),
+        ):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"{kind} names must be unique; repeated: {', '.join(dup)}")
+        return self
+
+    def racks(self) -> list[tuple[RegionEntry, DatacenterEntry, RackEntry]]:
+        return [(r, d, k) for r in self.regions for d in r.datacenters for k in d.racks]
+
+    def hosts(self) -> list[tuple[RegionEntry, DatacenterEntry, RackEntry, HostEntry]]:
+        return [(r, d, k, h) for r, d, k in self.racks() for h in k.hosts]
+
+    def topology(self) -> tuple[list[Region], list[Datacenter], list[Rack], list[Host]]:
+        regions = [Region(name=r.name) for r in self.regions]
+        dcs = [Datacenter(name=d.name, region=r.name) for r in self.regions for d in r.datacenters]
+        racks = [Rack(name=k.name, datacenter=d.name) for _, d, k in self.racks()]
+        hosts = [
+            Host(
+                name=h.name,
+                rack=k.name,
+                uri=h.uri,
+                cpus=h.cpus,
+                memory_mib=h.memory_mib,
+                cordoned=h.cordoned,
+            )
+            for _, _, k, h in self.hosts()
+        ]
+        return regions, dcs, racks, hosts
+
+
+class Prometheus(Strict):
+    url: str = "http://127.0.0.1:9090"
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class Ceph(Strict):
+    conf: str
+    keyring: str | None = None
+    client_name: str = "client.admin"
+    pool: str = "autoscaler"
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
+class Intervals(Strict):
+    collect_s: float = Field(default=5, gt=0)
+    decide_s: float = Field(default=10, gt=0)
+    refit_s: float = Field(default=3600, gt=0)
+    ledger_s: float = Field(default=60, gt=0)
+
+
+class Executor(Strict):
+    max_migrations_per_host: int = Field(default=2, ge=1)
+    max_migrations: int = Field(default=4, ge=1)
+    max_concurrent_actions: int = Field(default=8, ge=1)
+    action_timeout_s: float = Field(default=180, gt=0)
+    retries: int = Field(default=3, ge=0)
+
+
+class Lease(Strict):
+    kind: Literal["file", "rados"] = "file"
+    duration_s: float = Field(default=15, gt=0)
+
+
+class Metrics(Strict):
+    listen: str = Field(default="127.0.0.1:9900", pattern=r"^[0-9a-fA-F.:\[\]]+:[0-9]{1,5}$")
+
+
+class ControllerConfig(Strict):
+    api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
+    kind: Literal["Controller"]
+    policy_dir: Path
+    image_dir: Path
+    state_dir: Path
+    domain_type: Literal["qemu", "kvm"] = "kvm"
+    guest_kernel: str | None = Field(
+        default=None, description="boot instances from this kernel (the lab); None: from disk"
+    )
+    guest_initrd: str | None = None
+    inventory: Inventory
+    prometheus: Prometheus | None = None
+    ceph: Ceph | None = None
+    intervals: Intervals = Intervals()
+    executor: Executor = Executor()
+    lease: Lease = Lease()
+    metrics: Metrics = Metrics()
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    def resolved(self, base: Path) -> ControllerConfig:
+        """Relative folders are relative to the controller file's own folder."""
+        def fix(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
+        return self.model_copy(
+            update={
+                "policy_dir": fix(self.policy_dir),
+                "image_dir": fix(self.image_dir),
+                "state_dir": fix(self.state_dir),
+            }
+        )
+
+
+def load_controller_config(path: Path) -> ControllerConfig:
+    data = read_yaml(path)
+    config = validate_file(ControllerConfig, path, data)
+    return config.resolved(path.parent.resolve())
