@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import random
 import uuid
-import xml.etree.ElementTree as ET  # noqa: S405 - we build XML; parsing uses defusedxml-free safe subset below
-from dataclasses import dataclass
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
 
 import libvirt
 
@@ -40,7 +40,7 @@ class InstanceSpec:
     template: Template
     disk_path: str
     domain_type: str = "qemu"
-    boot: GuestBoot = GuestBoot()
+    boot: GuestBoot = field(default_factory=GuestBoot)
     mac: str | None = None
     uuid: str | None = None
     created_at: float | None = None
@@ -187,3 +187,34 @@ def apply_cpu_quota(domain: libvirt.virDomain, quota: float | None) -> None:
     # libvirt refuses LIVE|CONFIG together for scheduler parameters: one call each.
     domain.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     domain.setSchedulerParametersFlags(params, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+
+def update_vm_metadata(domain: libvirt.virDomain, **attrs: str | None) -> None:
+    """Set (or, with None, remove) attributes of our ``<as:vm>`` element, live and persistent.
+
+    Attribute names use '_' for '-' (``max_vcpus`` -> ``max-vcpus``).
+    """
+    try:
+        current = domain.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+        el = ET.fromstring(current)  # noqa: S314 - libvirt's copy of our own element
+    except libvirt.libvirtError:
+        el = ET.Element("vm")
+    for key, value in attrs.items():
+        name = key.replace("_", "-")
+        if value is None:
+            el.attrib.pop(name, None)
+        else:
+            el.set(name, value)
+    el.tag = "vm"
+    xml = ET.tostring(el, encoding="unicode")
+    flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG]
+    if domain.isActive():
+        flags.append(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    for flag in flags:
+        domain.setMetadata(
+            libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, METADATA_PREFIX, METADATA_NS, flag
+        )
+
+
+def mark_ready(domain: libvirt.virDomain, at: float) -> None:
+    update_vm_metadata(domain, ready=f"{at:.3f}")

@@ -9,6 +9,7 @@ through libvirt streams, so it works over a remote ``qemu+tcp`` or ``qemu+tls`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -85,7 +86,7 @@ class _Channel:
                 chunk = self._stream.recv(65536)
             except libvirt.libvirtError as exc:
                 raise TemporaryError(f"guest channel failed: {exc}", retry_after=1) from exc
-            if chunk == -2 or chunk == b"":
+            if chunk in (-2, b""):
                 break
             self._buffer += chunk
             if len(self._buffer) > 1 << 20:  # a guest that floods us is cut off, not buffered
@@ -100,10 +101,8 @@ class _Channel:
         try:
             self._stream.finish()
         except libvirt.libvirtError:
-            try:
+            with contextlib.suppress(libvirt.libvirtError):
                 self._stream.abort()
-            except libvirt.libvirtError:
-                pass
 
 
 class LabAgent:

@@ -153,6 +153,7 @@ class ControllerConfig(Strict):
 
     def resolved(self, base: Path) -> ControllerConfig:
         """Relative folders are relative to the controller file's own folder."""
+
         def fix(p: Path) -> Path:
             return p if p.is_absolute() else (base / p).resolve()
 

@@ -39,7 +39,9 @@ class TemplateSpec(Strict):
     vcpus: NowMax
     memory_mib: NowMax
     dimm_mib: int = Field(default=128, ge=128, description="memory added per hot-plugged DIMM")
-    nic: NicModel = Field(default=NicModel.VIRTIO, description="sr-iov makes VMs not live-migratable")
+    nic: NicModel = Field(
+        default=NicModel.VIRTIO, description="sr-iov makes VMs not live-migratable"
+    )
     cpu_quota: float | None = Field(
         default=None, gt=0, le=1, description="host cores each vCPU may use (cgroup quota)"
     )
@@ -121,7 +123,9 @@ class Sla(Strict):
 class Horizontal(Strict):
     enabled: bool = True
     max_step_up: int = Field(default=4, ge=1, description="instances added per decision at most")
-    max_step_down: int = Field(default=1, ge=1, description="instances retired per decision at most")
+    max_step_down: int = Field(
+        default=1, ge=1, description="instances retired per decision at most"
+    )
 
 
 class Vertical(Strict):

@@ -26,7 +26,9 @@ def read_yaml(path: Path, text: str | None = None) -> Any:
     try:
         source = path.read_text(encoding="utf-8") if text is None else text
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [ConfigProblem(line=None, field="-", message=str(exc))]) from exc
+        raise ConfigError(
+            str(path), [ConfigProblem(line=None, field="-", message=str(exc))]
+        ) from exc
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
     try:
@@ -101,11 +103,15 @@ def problems_from(exc: ValidationError, data: Any) -> list[ConfigProblem]:
             shown = repr(error["input"])
             if len(shown) <= 60:
                 message = f"{message} (got {shown})"
-        problems.append(ConfigProblem(line=line_of(data, loc), field=_field_path(loc), message=message))
+        problems.append(
+            ConfigProblem(line=line_of(data, loc), field=_field_path(loc), message=message)
+        )
     return problems
 
 
-def validate_file(model: type[ModelT], path: Path, data: Any, context: dict[str, Any] | None = None) -> ModelT:
+def validate_file(
+    model: type[ModelT], path: Path, data: Any, context: dict[str, Any] | None = None
+) -> ModelT:
     """Validate parsed YAML against ``model``; ConfigError with file, line and field if bad."""
     if not isinstance(data, dict):
         raise ConfigError(

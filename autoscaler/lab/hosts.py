@@ -7,6 +7,7 @@ capability cache, defines the ``images`` pool and installs the business template
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,7 +60,7 @@ def start_host(layout: LabLayout, record: HostRecord) -> None:
     low, high = layout.migration_ports(record.index)
     subprocess.run(
         [
-            "bash",
+            "/bin/bash",
             str(HOST_SCRIPT),
             record.name,
             record.netns,
@@ -128,10 +129,8 @@ def stop_host(record: HostRecord) -> None:
             conn = open_local(record)
             try:
                 for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                    try:
+                    with contextlib.suppress(libvirt.libvirtError):
                         dom.destroy()
-                    except libvirt.libvirtError:
-                        pass
             finally:
                 conn.close()
         except libvirt.libvirtError:

@@ -24,10 +24,16 @@ from typing import Any
 import libvirt
 from ruamel.yaml import YAML
 
-from actuators.domain_xml import GuestBoot, InstanceSpec, apply_cpu_quota, build_domain_xml
+from actuators.domain_xml import (
+    GuestBoot,
+    InstanceSpec,
+    apply_cpu_quota,
+    build_domain_xml,
+    mark_ready,
+)
 from actuators.guest_agent import LabAgentReadiness
 from actuators.libvirt_events import ensure_event_loop
-from actuators.volumes import ensure_overlay
+from actuators.volumes import delete_overlay, ensure_overlay
 from autoscaler.lab import hosts, net, slots, supervision
 from autoscaler.lab.layout import LabLayout
 from autoscaler.lab.spec import LabSpec
@@ -77,7 +83,7 @@ def open_lab(root: Path, cache: Path = DEFAULT_CACHE) -> Lab | None:
 
 
 def build_guest(cache: Path) -> None:
-    subprocess.run(["bash", str(GUEST_BUILD), str(cache / "guest")], check=True)
+    subprocess.run(["/bin/bash", str(GUEST_BUILD), str(cache / "guest")], check=True)
 
 
 def up(
@@ -178,7 +184,9 @@ def load_status(lab: Lab) -> dict[str, Any]:
 def write_controller_file(lab: Lab, spec: LabSpec, businesses: Path, images: Path) -> None:
     regions: dict[str, dict[str, dict[str, list[HostRecord]]]] = {}
     for h in lab.state.hosts:
-        regions.setdefault(h.region, {}).setdefault(h.datacenter, {}).setdefault(h.rack, []).append(h)
+        regions.setdefault(h.region, {}).setdefault(h.datacenter, {}).setdefault(h.rack, []).append(
+            h
+        )
     doc = {
         "apiVersion": "autoscaler/v1",
         "kind": "Controller",
@@ -256,26 +264,54 @@ def start_initial_vms(
 
     def start(item: tuple[str, HostRecord, BusinessPolicy]) -> str:
         vm, record, policy = item
-        conn = lab.connect(record.name)
-        try:
-            if vm in {d.name() for d in conn.listAllDomains(0)}:
-                dom = conn.lookupByName(vm)
-            else:
-                disk = ensure_overlay(conn, vm, policy.template.image)
-                xml = build_domain_xml(instance_spec(lab, policy, vm, record.name, disk))
-                dom = conn.defineXML(xml)
-            if not dom.isActive():
-                dom.create()
-            if not LabAgentReadiness().wait_ready(conn, dom, ready_timeout_s):
-                raise RuntimeError(f"{vm} on {record.name} did not become ready")
-            apply_cpu_quota(dom, policy.template.cpu_quota)
-            return vm
-        finally:
-            conn.close()
+        start_vm(lab, policy, vm, record.name, ready_timeout_s)
+        return vm
 
     ensure_event_loop()
     with ThreadPoolExecutor(max_workers=max(1, len(placed))) as pool:
         return list(pool.map(start, placed))
+
+
+def start_vm(
+    lab: Lab, policy: BusinessPolicy, vm: str, host: str, ready_timeout_s: float = 120
+) -> None:
+    """Define (if needed) and start one instance on ``host``; return once the guest is ready.
+
+    The lab's own way to make its first VMs; the controller uses the clone actuator.
+    """
+    ensure_event_loop()
+    conn = lab.connect(host)
+    try:
+        if vm in {d.name() for d in conn.listAllDomains(0)}:
+            dom = conn.lookupByName(vm)
+        else:
+            disk = ensure_overlay(conn, vm, policy.template.image)
+            dom = conn.defineXML(build_domain_xml(instance_spec(lab, policy, vm, host, disk)))
+        if not dom.isActive():
+            dom.create()
+        if not LabAgentReadiness().wait_ready(conn, dom, ready_timeout_s):
+            raise RuntimeError(f"{vm} on {host} did not become ready")
+        apply_cpu_quota(dom, policy.template.cpu_quota)
+        mark_ready(dom, time.time())
+    finally:
+        conn.close()
+
+
+def remove_vm(lab: Lab, vm: str, host: str) -> None:
+    """Destroy, undefine and delete the overlay of one lab instance (the lab's own cleanup)."""
+    conn = lab.connect(host)
+    try:
+        try:
+            dom = conn.lookupByName(vm)
+        except libvirt.libvirtError:
+            dom = None
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+        delete_overlay(conn, vm)
+    finally:
+        conn.close()
 
 
 @dataclass(frozen=True)

@@ -195,7 +195,7 @@ class LoadDriver:
                     if channel.acknowledged() is not None:
                         self._healthy.add(key)
                     channel.set_duty(duties.get(inst.vm, 0))
-                except (libvirt.libvirtError, OSError, Exception):  # noqa: BLE001 - one guest never stops the balancer
+                except (libvirt.libvirtError, OSError, Exception):
                     self._channels.pop(key).close()
                     self._healthy.discard(key)
             status["businesses"][business] = {  # type: ignore[index]

@@ -7,14 +7,17 @@ setting a host's uplink down is a real fault. Argument lists only, names from th
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 from autoscaler.lab.layout import LabLayout
 
+IP = shutil.which("ip") or "/usr/sbin/ip"
+
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+    return subprocess.run([IP, *args], check=check, capture_output=True, text=True)
 
 
 def link_exists(name: str) -> bool:

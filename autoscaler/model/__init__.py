@@ -86,8 +86,9 @@ __all__ = [
     "Snapshot",
     "SnapshotDisk",
     "Stale",
-    "TemporaryError",
     "Template",
+    "TemporaryError",
     "VmState",
     "action_adapter",
+    "check_name",
 ]

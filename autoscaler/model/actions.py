@@ -178,7 +178,7 @@ ACTION_KINDS: tuple[str, ...] = (
 )
 action_adapter: TypeAdapter[Action] = TypeAdapter(Action)
 
-PLAN_FORMAT = "autoscaler.plan/v1"
+PLAN_FORMAT: Literal["autoscaler.plan/v1"] = "autoscaler.plan/v1"
 
 
 class Plan(Frozen):

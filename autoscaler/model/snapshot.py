@@ -9,15 +9,16 @@ docs/snapshot-format.md) so plans can be computed offline and in tests.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from autoscaler.model.signals import Scope, Signal, Stale
 from autoscaler.model.topology import VM, Business, Datacenter, Frozen, Host, Rack, Region
 
-SNAPSHOT_FORMAT = "autoscaler.snapshot/v1"
+SNAPSHOT_FORMAT: Literal["autoscaler.snapshot/v1"] = "autoscaler.snapshot/v1"
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -66,7 +67,9 @@ class Snapshot(Frozen):
             if r.datacenter not in dcs
         ]
         problems += [
-            f"host {h.name!r} names unknown rack {h.rack!r}" for h in self.hosts if h.rack not in racks
+            f"host {h.name!r} names unknown rack {h.rack!r}"
+            for h in self.hosts
+            if h.rack not in racks
         ]
         problems += [
             f"vm {v.name!r} names unknown host {v.host!r}" for v in self.vms if v.host not in hosts
@@ -79,6 +82,18 @@ class Snapshot(Frozen):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def model_copy(
+        self, *, update: Mapping[str, Any] | None = None, deep: bool = False
+    ) -> Snapshot:
+        """A copy with ``update`` applied; its indexes are rebuilt, never copied from ``self``."""
+        copy = super().model_copy(update=update, deep=deep)
+        for name in _CACHED:
+            copy.__dict__.pop(name, None)
+        if update:
+            # Re-check references: an update may add a VM on a host that does not exist.
+            return Snapshot.model_validate(copy.model_dump())
+        return copy
 
     # Indexes, computed once per (immutable) snapshot.
     @cached_property
@@ -156,3 +171,6 @@ class Snapshot(Frozen):
     @classmethod
     def from_json(cls, text: str | bytes) -> Snapshot:
         return cls.model_validate_json(text)
+
+
+_CACHED = tuple(n for n, v in vars(Snapshot).items() if isinstance(v, cached_property))

@@ -1,0 +1,259 @@
+"""VMs and hosts through libvirt: one collector per host.
+
+Where it sits: the first stage of the flow, called every collection cycle for every host in
+parallel (each call under its own deadline, so a hung host costs one timeout). One
+``getAllDomainStats`` per host gives every domain's state, CPU time, vCPUs, balloon, network
+and block counters; deltas against the previous cycle give utilisation and rates, so the first
+cycle reports sizes but no utilisation (absent, never zero). Our ``<as:vm>`` domain metadata
+says which business a domain belongs to. Host samples: reachability, call latency, cores and
+memory. A host that cannot be read is reported stale with the time of its last good sample.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import libvirt
+
+from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
+from collectors.base import Collection, LastGood
+from collectors.common import call_with_deadline
+
+METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: "running",
+    libvirt.VIR_DOMAIN_BLOCKED: "running",
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "running",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
+}
+
+STATS_FLAGS = (
+    libvirt.VIR_DOMAIN_STATS_STATE
+    | libvirt.VIR_DOMAIN_STATS_CPU_TOTAL
+    | libvirt.VIR_DOMAIN_STATS_BALLOON
+    | libvirt.VIR_DOMAIN_STATS_VCPU
+    | libvirt.VIR_DOMAIN_STATS_INTERFACE
+    | libvirt.VIR_DOMAIN_STATS_BLOCK
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRecord:
+    """What one domain looked like in one stats call (plain data: recordable, replayable)."""
+
+    name: str
+    stats: dict[str, float | int | str]
+    metadata: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Counters:
+    at: float
+    cpu_ns: float
+    vcpu_ns: float
+    net_rx: float
+    net_tx: float
+    disk_rd: float
+    disk_wr: float
+
+
+def _metadata_attrs(text: str | None) -> dict[str, str]:
+    if not text:
+        return {}
+    try:
+        return dict(ET.fromstring(text).attrib)  # noqa: S314 - libvirt's copy of our own element
+    except ET.ParseError:
+        return {}
+
+
+def _sum(stats: dict[str, float | int | str], prefix: str, suffix: str) -> float:
+    count = int(stats.get(f"{prefix}.count", 0) or 0)
+    return float(sum(float(stats.get(f"{prefix}.{i}.{suffix}", 0) or 0) for i in range(count)))
+
+
+class DomainStatsParser:
+    """Turns domain records into samples, keeping the previous counters for deltas."""
+
+    def __init__(self) -> None:
+        self._previous: dict[tuple[str, str], _Counters] = {}
+
+    def parse(self, host: str, records: Iterable[DomainRecord], now: float) -> list[Sample]:
+        out: list[Sample] = []
+        seen: set[tuple[str, str]] = set()
+        for rec in records:
+            key = (host, rec.name)
+            seen.add(key)
+            out.extend(self._domain(host, rec, now, key))
+        for key in [k for k in self._previous if k[0] == host and k not in seen]:
+            del self._previous[key]
+        return out
+
+    def _domain(
+        self, host: str, rec: DomainRecord, now: float, key: tuple[str, str]
+    ) -> list[Sample]:
+        s = rec.stats
+        meta = _metadata_attrs(rec.metadata)
+        labels = (("host", host), ("vm", rec.name))
+        state = _STATES.get(int(s.get("state.state", -1)), "unknown")
+        info_labels = (
+            *labels,
+            ("business", meta.get("business", "")),
+            ("state", state),
+            ("nic", meta.get("nic", "virtio")),
+        )
+        samples = [Sample("vm_info", 1.0, now, info_labels)]
+
+        def add(metric: str, value: float | None) -> None:
+            if value is not None:
+                samples.append(Sample(metric, float(value), now, labels))
+
+        vcpus = int(s.get("vcpu.current", 0) or 0) or None
+        add("vm_vcpus", vcpus)
+        add("vm_max_vcpus", int(s.get("vcpu.maximum", 0) or 0) or None)
+        balloon_kib = s.get("balloon.current")
+        add("vm_memory_mib", float(balloon_kib) / 1024 if balloon_kib is not None else None)
+        if "max-memory-mib" in meta:
+            add("vm_template_max_memory_mib", float(meta["max-memory-mib"]))
+        if "max-vcpus" in meta:
+            add("vm_template_max_vcpus", float(meta["max-vcpus"]))
+        rss = s.get("balloon.rss")
+        add("vm_rss_mib", float(rss) / 1024 if rss is not None else None)
+        quota = float(meta["cpu-quota"]) if "cpu-quota" in meta else None
+        add("vm_cpu_quota", quota)
+        add("vm_draining", 1.0 if meta.get("draining") == "1" else 0.0)
+        if "ready" in meta:
+            add("vm_ready_timestamp", float(meta["ready"]))
+        if "created" in meta:
+            add("vm_created_timestamp", float(meta["created"]))
+
+        if state != "running" or "cpu.time" not in s:
+            self._previous.pop(key, None)
+            return samples
+        counters = _Counters(
+            at=now,
+            cpu_ns=float(s["cpu.time"]),
+            vcpu_ns=float(
+                sum(
+                    float(s.get(f"vcpu.{i}.time", 0) or 0)
+                    for i in range(int(s.get("vcpu.maximum", 0) or 0))
+                )
+            ),
+            net_rx=_sum(s, "net", "rx.bytes"),
+            net_tx=_sum(s, "net", "tx.bytes"),
+            disk_rd=_sum(s, "block", "rd.bytes"),
+            disk_wr=_sum(s, "block", "wr.bytes"),
+        )
+        before = self._previous.get(key)
+        self._previous[key] = counters
+        if before is None or counters.at <= before.at or counters.cpu_ns < before.cpu_ns:
+            return samples  # first sight, or the domain restarted: no rate yet
+        wall = counters.at - before.at
+        busy_cores = (counters.cpu_ns - before.cpu_ns) / 1e9 / wall
+        add("vm_cpu_busy_cores", busy_cores)
+        if vcpus and counters.vcpu_ns >= before.vcpu_ns:
+            # Utilisation against what the VM may use: its vCPU threads against vCPUs x quota
+            # (the quota applies to vCPU threads; QEMU's own threads are in busy_cores only).
+            capacity = vcpus * (quota if quota is not None else 1.0)
+            vcpu_cores = (counters.vcpu_ns - before.vcpu_ns) / 1e9 / wall
+            add("vm_cpu_utilisation", vcpu_cores / capacity)
+        add("vm_net_rx_bytes_per_second", max(0.0, (counters.net_rx - before.net_rx) / wall))
+        add("vm_net_tx_bytes_per_second", max(0.0, (counters.net_tx - before.net_tx) / wall))
+        add("vm_disk_read_bytes_per_second", max(0.0, (counters.disk_rd - before.disk_rd) / wall))
+        add("vm_disk_write_bytes_per_second", max(0.0, (counters.disk_wr - before.disk_wr) / wall))
+        return samples
+
+
+def read_domain_records(conn: libvirt.virConnect) -> list[DomainRecord]:
+    records = []
+    for dom, stats in conn.getAllDomainStats(STATS_FLAGS, 0):
+        try:
+            meta: str | None = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS, 0)
+        except libvirt.libvirtError:
+            meta = None
+        records.append(DomainRecord(name=dom.name(), stats=dict(stats), metadata=meta))
+    return records
+
+
+class LibvirtHostCollector:
+    """One libvirt host. ``connect`` opens the host's connection (the handle's factory)."""
+
+    scope = Scope.HOST
+
+    def __init__(
+        self,
+        host: str,
+        connect: Callable[[], libvirt.virConnect],
+        *,
+        timeout_s: float = 5.0,
+        parser: DomainStatsParser | None = None,
+    ) -> None:
+        self.name = f"libvirt:{host}"
+        self.target = host
+        self._connect = connect
+        self._timeout_s = timeout_s
+        self._conn: libvirt.virConnect | None = None
+        self._parser = parser or DomainStatsParser()
+        self._last_good = LastGood()
+
+    def _connection(self) -> libvirt.virConnect:
+        if self._conn is not None:
+            try:
+                if self._conn.isAlive():
+                    return self._conn
+            except libvirt.libvirtError:
+                pass
+            self._conn = None
+        try:
+            self._conn = self._connect()
+        except libvirt.libvirtError as exc:
+            raise TemporaryError(f"cannot connect to {self.target}: {exc}", retry_after=5) from exc
+        return self._conn
+
+    def _read(self) -> tuple[list[DomainRecord], list[float], float]:
+        conn = self._connection()
+        started = time.monotonic()
+        try:
+            node = conn.getInfo()  # [model, memory MiB, cpus, mhz, nodes, sockets, cores, threads]
+            free = conn.getFreeMemory()
+            records = read_domain_records(conn)
+        except libvirt.libvirtError as exc:
+            self._conn = None
+            raise TemporaryError(f"libvirt call to {self.target} failed: {exc}") from exc
+        return records, [float(node[2]), float(node[1]), free / 1048576], time.monotonic() - started
+
+    def collect(self, now: float) -> Collection:
+        started = time.monotonic()
+        labels = (("host", self.target),)
+        try:
+            records, node, latency = call_with_deadline(
+                self._read, self._timeout_s, f"libvirt on {self.target}"
+            )
+        except (TemporaryError, PermanentError) as exc:
+            self._conn = None  # a hung connection is abandoned with its thread
+            stale = self._last_good.stale(Scope.HOST, self.target, self.name, str(exc))
+            return Collection(
+                source=self.name,
+                samples=(Sample("libvirt_host_up", 0.0, now, labels),),
+                stale=(stale,),
+                duration_s=time.monotonic() - started,
+                errors=(str(exc),),
+            )
+        self._last_good.ok(Scope.HOST, self.target, now)
+        samples = [
+            Sample("libvirt_host_up", 1.0, now, labels),
+            Sample("libvirt_call_seconds", latency, now, labels),
+            Sample("libvirt_host_cpus", node[0], now, labels),
+            Sample("libvirt_host_memory_mib", node[1], now, labels),
+            Sample("libvirt_host_free_memory_mib", node[2], now, labels),
+            *self._parser.parse(self.target, records, now),
+        ]
+        return Collection(
+            source=self.name, samples=tuple(samples), duration_s=time.monotonic() - started
+        )

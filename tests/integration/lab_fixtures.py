@@ -1,0 +1,43 @@
+"""The real libvirt lab, started once per test session (a pytest plugin module).
+
+Where it sits: under every integration test that needs libvirt hosts and guests. The lab gets
+its own folder and the first free slot, so it never collides with a demo or a working session,
+and is taken down at the end of the session.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import pytest
+
+from autoscaler.lab import lab as lab_mod
+from autoscaler.lab.lab import Lab
+from autoscaler.lab.spec import LabSpec
+
+T = TypeVar("T")
+
+
+def wait_for(
+    produce: Callable[[], T], accept: Callable[[T], bool], *, timeout: float, what: str
+) -> T:
+    """Poll until ``accept(produce())``; fail naming ``what`` and the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = produce()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout:.0f} s still not {what}; last value: {value!r}")
+        time.sleep(0.25)
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    root = tmp_path_factory.mktemp("lab")
+    try:
+        yield lab_mod.up(root, LabSpec())
+    finally:
+        lab_mod.down(root)
