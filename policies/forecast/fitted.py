@@ -91,9 +91,7 @@ def _until(history: pd.Series, now: float) -> pd.Series:
     return history.iloc[: int(index.searchsorted(cut, side="right"))]
 
 
-def scaled_residuals(
-    actual: np.ndarray, point: np.ndarray, scale: float
-) -> np.ndarray:
+def scaled_residuals(actual: np.ndarray, point: np.ndarray, scale: float) -> np.ndarray:
     """Errors divided by a local scale (the forecast plus the series' mean): neither purely
     additive (useless for a series that doubles) nor purely relative (explodes near zero)."""
     return np.asarray((actual - point) / (np.abs(point) + scale), dtype=float)

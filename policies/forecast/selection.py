@@ -5,7 +5,9 @@ once a simulated day), separate from the fast ``FittedForecaster.predict`` that 
 calls. For each series: the last ``EVALUATION_SHARE`` of its history is a rolling-origin
 back-test segment. Every candidate forecasts each origin of that segment from data up to the
 origin only; its upper bound at an origin uses the conformal quantile of the errors made at
-earlier origins of the segment (so the score includes the calibration, as in production). The
+all earlier origins (so the score includes the calibration, as in production), and the errors
+of the whole history become the conformal sample the fitted forecaster predicts with (for the
+GBM, errors on its own training part are in-sample, hence slightly optimistic). The
 winner has the lowest pinball loss among candidates whose empirical coverage is consistent with
 the quantile; if none is, the best covering one. The pooled GBM is fitted once for all series
 on the parts before their segments.
@@ -109,20 +111,19 @@ def _candidates(prepared: _Prepared, pooled: PooledGbm | None) -> list[PointMode
     return out
 
 
-def _evaluate(
-    model: PointModel, prepared: _Prepared
-) -> tuple[BacktestScore, np.ndarray] | None:
+def _evaluate(model: PointModel, prepared: _Prepared) -> tuple[BacktestScore, np.ndarray] | None:
     grid, h, start = prepared.grid, prepared.h, prepared.evaluation_start
-    origins = np.arange(start, len(grid.values) - h)
+    origins = np.arange(0, len(grid.values) - h)
     points = model.point_path(grid, h, origins)
-    if not np.all(np.isfinite(points)):
+    if not np.all(np.isfinite(points[start:])):
         return None
     actual = grid.values[origins + h]
     residuals = scaled_residuals(actual, points, prepared.scale)
+    # Each origin's quantile rests on the errors of all earlier origins (rare events, such as a
+    # daily job, stay in the sample); scoring is on the evaluation segment only.
     quantiles = expanding_conformal_quantile(residuals, prepared.spec.quantile)
-    # Score the second half: by then each origin's quantile rests on a real sample.
-    scored = slice(len(origins) // 2, len(origins))
-    upper = points[scored] + np.maximum(quantiles[scored], 0.0) * (
+    scored = slice(start, len(origins))
+    upper = points[scored] + np.maximum(np.nan_to_num(quantiles[scored], nan=0.0), 0.0) * (
         np.abs(points[scored]) + prepared.scale
     )
     score = BacktestScore(
@@ -185,5 +186,3 @@ def spec_quantile(configured: float | None, objective_percent: float) -> float:
     if configured is not None:
         return configured
     return min(0.9999, max(0.5 + 1e-6, objective_percent / 100.0))
-
-

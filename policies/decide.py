@@ -1,0 +1,148 @@
+"""decide(snapshot, policies, state, now) -> Plan: the controller's brain, a pure function.
+
+Where it sits: between the Snapshot (built from the collectors) and the actuators. Steps:
+1. score every rack's health (``policies.rack_health``);
+2. forecast every business (fitted forecasters in one batch; reactive on a cold start) and
+   read its SLA status, then order the businesses most SLA-critical first;
+3. evacuate: live-migrate VMs off failing racks (off degraded ones too when the business's SLA
+   is at risk), within the executor's caps, never on stale data, never for an SR-IOV VM (it is
+   replaced by a clone instead), never in the business's maintenance window;
+4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
+   forecast, retires when every scale-down rule allows (``policies.scaling``).
+Every placement is decided on a ``PlacementView`` that already holds the earlier actions. The
+mode (recommend or auto) is the controller's business, not decide's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+from autoscaler.model import VM, Action, Health, LiveMigrate, Plan, Scope, Snapshot
+from policies.assess import BusinessView, assess
+from policies.forecast import predict_many
+from policies.placement import PlacementView
+from policies.rack_health import RackHealth, score_racks
+from policies.scaling import Budget, scale_down, scale_up, vertical
+from policies.schema import BusinessPolicy
+from policies.state import DecisionState
+
+
+def decide(
+    snapshot: Snapshot,
+    policies: Mapping[str, BusinessPolicy],
+    state: DecisionState,
+    now: float,
+) -> Plan:
+    """The Plan for ``now``: same inputs, same Plan (and the same plan id)."""
+    settings = state.settings
+    health = score_racks(snapshot, state.temperatures, now, settings.rack_health)
+    placement = PlacementView(snapshot, health, settings.placement)
+    forecasts = predict_many(
+        {b: f for b, f in state.forecasters.items() if b in policies}, state.demand, now
+    )
+    views = sorted(
+        (
+            assess(snapshot, policies[b], state, health, forecasts.get(b), now)
+            for b in sorted(policies)
+        ),
+        key=lambda v: v.sla_rank,
+    )
+    names_taken = {vm.name for vm in snapshot.vms}
+    budgets = {
+        v.name: Budget(
+            left=v.policy.scaling.max_actions_per_hour - state.actions_in_last_hour(v.name, now),
+            names_taken=names_taken,
+        )
+        for v in views
+    }
+    actions: list[Action] = []
+    outgoing: Counter[str] = Counter()
+    for view in views:
+        actions += evacuate(view, snapshot, health, placement, state, outgoing, len(actions))
+    for view in views:
+        budget = budgets[view.name]
+        grown, extra = vertical(view, placement, state, budget)
+        clones, uncovered = scale_up(view, placement, state, budget, extra, now)
+        if uncovered > 0 and not grown:
+            # No clone possible (at the maximum, no room): hot-add is the remaining lever.
+            grown, _ = vertical(view, placement, state, budget)
+        actions += grown + clones
+        if not clones and not grown:
+            actions += scale_down(view, placement, state, budget, now)
+    return Plan.build(actions, created_at=now)
+
+
+def evacuate(
+    view: BusinessView,
+    snapshot: Snapshot,
+    health: Mapping[str, RackHealth],
+    placement: PlacementView,
+    state: DecisionState,
+    outgoing: Counter[str],
+    planned: int,
+) -> list[Action]:
+    """Live migrations of this business's VMs off racks it should leave, within the caps."""
+    settings = state.settings
+    if view.in_maintenance:
+        return []
+    actions: list[Action] = []
+    for vm in sorted(view.ready + view.pending, key=lambda v: v.name):
+        host = snapshot.host_by_name[vm.host]
+        rack = health.get(host.rack)
+        if rack is None or rack.health in (Health.HEALTHY, Health.UNKNOWN):
+            continue
+        reason = _why_leave(view, rack, settings.evacuate_degraded_below_budget)
+        if reason is None or not _may_move(vm, snapshot):
+            continue
+        if planned + len(actions) >= settings.max_migrations_per_plan:
+            break
+        if outgoing[vm.host] >= settings.max_outgoing_migrations_per_host:
+            continue
+        where = placement.choose(view.policy, vm.capacity_cores, vm.memory_mib, migrating=vm)
+        if where is None:
+            continue
+        placement.migrate(vm.name, where.host)
+        outgoing[vm.host] += 1
+        actions.append(
+            LiveMigrate(
+                business=view.name,
+                vm=vm.name,
+                source=vm.host,
+                destination=where.host,
+                max_downtime_ms=view.policy.scaling.migration_max_downtime_ms,
+                reason=f"{view.name}: {reason}: move {vm.name} {vm.host} -> {where.host}"
+                f" (rack {where.rack})",
+                facts={
+                    "rack": host.rack,
+                    "rack_health": rack.health.value,
+                    "rack_score": round(rack.score, 3),
+                    "destination_rack": where.rack,
+                    "error_budget_left": round(view.sla.error_budget_left, 4),
+                },
+            )
+        )
+    return actions
+
+
+def _why_leave(view: BusinessView, rack: RackHealth, degraded_budget: float) -> str | None:
+    if rack.health is Health.FAILING:
+        return rack.explanation
+    risky = view.sla.alert.value != "ok" or view.sla.error_budget_left < degraded_budget
+    if rack.health is Health.DEGRADED and risky:
+        return (
+            f"{rack.explanation}; error budget left {view.sla.error_budget_left:.0%},"
+            f" alert {view.sla.alert.value}"
+        )
+    return None
+
+
+def _may_move(vm: VM, snapshot: Snapshot) -> bool:
+    """Live-migratable, on a reachable host, and measured freshly (stale data never moves VMs)."""
+    host = snapshot.host_by_name[vm.host]
+    return (
+        vm.live_migratable
+        and host.reachable
+        and not snapshot.is_stale(Scope.HOST, vm.host)
+        and not snapshot.is_stale(Scope.VM, vm.name)
+    )

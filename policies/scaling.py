@@ -1,0 +1,262 @@
+"""Scaling one business: vertical hot-adds, horizontal clones, and retires.
+
+Where it sits: called by ``decide()`` for each business (most SLA-critical first), after the
+evacuations. Rules: capacity covers the forecast's upper quantile at the operating utilisation;
+scale up at once (within the policy's step, bounds, cooldown and hourly action cap); hot-add
+vCPUs to saturated VMs when the load is beyond capacity now (seconds, where a clone takes
+minutes) or when no clone is possible (at the maximum, no room); scale down only after the
+stabilisation window, never on the forecast alone (the demand observed over the window must
+agree), never while the error budget burns, never on stale data, never in a maintenance window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from autoscaler.model import VM, Action, CloneFromTemplate, HotAddMemory, HotAddVcpu, Retire
+from policies.assess import BusinessView, horizon_text
+from policies.placement import PlacementView
+from policies.state import DecisionState
+
+
+@dataclass
+class Budget:
+    """Actions a business may still take in this plan (its hourly cap)."""
+
+    left: int
+    names_taken: set[str] = field(default_factory=set)
+
+
+def _facts(view: BusinessView) -> dict[str, str | int | float | bool]:
+    f = view.forecast
+    return {
+        "demand_cores": round(view.demand_cores, 4),
+        "forecast_upper_cores": round(f.upper, 4),
+        "forecast_point_cores": round(f.point, 4),
+        "forecast_quantile": f.quantile,
+        "forecast_model": f.model,
+        "horizon_s": round(f.horizon_s, 1),
+        "capacity_cores": round(view.counted_capacity_cores, 4),
+        "needed_cores": round(view.needed_cores, 4),
+        "instances": len(view.ready) + len(view.pending),
+        "data_stale": view.stale,
+    }
+
+
+def _forecast_text(view: BusinessView) -> str:
+    f = view.forecast
+    quantile = f"p{f.quantile * 100:g}"
+    return (
+        f"{quantile} forecast {f.upper:.2f} cores at {horizon_text(f.horizon_s)} ({f.model}),"
+        f" load now {view.demand_cores:.2f}"
+    )
+
+
+def new_vm_name(business: str, now: float, taken: set[str]) -> str:
+    """A deterministic, unused, safe name for a clone."""
+    for attempt in range(10_000):
+        digest = hashlib.sha256(f"{business}|{now!r}|{attempt}".encode()).hexdigest()[:6]
+        name = f"{business[:56]}-{digest}"
+        if name not in taken:
+            taken.add(name)
+            return name
+    raise RuntimeError(f"no free name for a clone of {business}")  # pragma: no cover
+
+
+def vertical(
+    view: BusinessView, placement: PlacementView, state: DecisionState, budget: Budget
+) -> tuple[list[Action], float]:
+    """Hot-adds for saturated VMs; returns the actions and the cores they add."""
+    policy = view.policy
+    if not policy.scaling.vertical.enabled or budget.left <= 0:
+        return [], 0.0
+    actions: list[Action] = []
+    added = 0.0
+    shortfall = view.demand_cores / view.saturation - view.ready_capacity_cores
+    step = policy.scaling.vertical.vcpu_step
+    saturated = sorted(
+        (v for v in view.ready if (v.cpu_utilisation or 0.0) >= view.saturation),
+        key=lambda v: (-(v.cpu_utilisation or 0.0), v.name),
+    )
+    for vm in saturated if shortfall > 0 else ():
+        if added >= shortfall or budget.left <= 0:
+            break
+        target = min(vm.vcpus + step, vm.max_vcpus, policy.template.vcpus.max)
+        extra = (target - vm.vcpus) * (vm.cpu_quota or 1.0)
+        if target <= vm.vcpus or not placement.host_fits(vm.host, extra, 0.0):
+            continue
+        placement.grow(vm.name, extra, 0.0)
+        added += extra
+        budget.left -= 1
+        actions.append(
+            HotAddVcpu(
+                business=view.name,
+                vm=vm.name,
+                host=vm.host,
+                vcpus=target,
+                reason=f"{view.name}: {vm.name} at {vm.cpu_utilisation or 0:.0%} >= saturation"
+                f" {view.saturation:.0%}; load {view.demand_cores:.2f} cores > ready capacity"
+                f" {view.ready_capacity_cores:.2f} x {view.saturation:.0%}: +{target - vm.vcpus}"
+                " vCPU now (faster than a clone)",
+                facts={**_facts(view), "vcpus_before": vm.vcpus, "vcpus_after": target},
+            )
+        )
+    actions += _memory(view, placement, state, budget)
+    return actions, added
+
+
+def _memory(
+    view: BusinessView, placement: PlacementView, state: DecisionState, budget: Budget
+) -> list[Action]:
+    policy = view.policy
+    dimm = policy.template.dimm_mib
+    step = max(dimm, math.ceil(policy.scaling.vertical.memory_step_mib / dimm) * dimm)
+    out: list[Action] = []
+    for vm in view.ready:
+        used = state.memory_used_mib.get(vm.name)
+        if used is None or used < vm.memory_mib * view.saturation or budget.left <= 0:
+            continue
+        target = min(vm.memory_mib + step, vm.max_memory_mib, policy.template.memory_mib.max)
+        if target <= vm.memory_mib or not placement.host_fits(vm.host, 0.0, target - vm.memory_mib):
+            continue
+        placement.grow(vm.name, 0.0, target - vm.memory_mib)
+        budget.left -= 1
+        out.append(
+            HotAddMemory(
+                business=view.name,
+                vm=vm.name,
+                host=vm.host,
+                memory_mib=target,
+                reason=f"{view.name}: {vm.name} uses {used:.0f} of {vm.memory_mib} MiB"
+                f" (>= {view.saturation:.0%}): memory to {target} MiB",
+                facts={"memory_used_mib": used, "memory_before_mib": vm.memory_mib},
+            )
+        )
+    return out
+
+
+def scale_up(
+    view: BusinessView,
+    placement: PlacementView,
+    state: DecisionState,
+    budget: Budget,
+    extra_cores: float,
+    now: float,
+) -> tuple[list[Action], float]:
+    """Clones to cover the forecast; returns them and the shortfall (cores) left uncovered."""
+    policy = view.policy
+    capacity = view.counted_capacity_cores + extra_cores
+    shortfall = view.needed_cores - capacity
+    if shortfall <= 1e-9:
+        return [], 0.0
+    want = math.ceil(shortfall / view.instance_cores - 1e-9)
+    room = policy.instances.max - len(view.vms)
+    since_up = now - state.last_scale_up.get(view.name, -math.inf)
+    if not policy.scaling.horizontal.enabled or since_up < policy.scaling.cooldowns.scale_up_s:
+        return [], shortfall
+    count = max(0, min(want, policy.scaling.horizontal.max_step_up, room, budget.left))
+    memory = float(policy.template.memory_mib.now)
+    placed: list[tuple[str, str]] = []
+    for _ in range(count):
+        where = placement.choose(policy, view.instance_cores, memory)
+        if where is None:
+            break
+        name = new_vm_name(view.name, now, budget.names_taken)
+        placement.add_clone(name, where.host, view.name, view.instance_cores, memory)
+        placed.append((name, where.host))
+        budget.left -= 1
+    uncovered = max(0.0, shortfall - len(placed) * view.instance_cores)
+    if not placed:
+        return [], uncovered
+    racks = ", ".join(sorted({placement.rack_of(h) for _, h in placed}))
+    limit = ""
+    if len(placed) < want:
+        limit = f" ({want} wanted; at most {room} more within max {policy.instances.max})"
+    reason = (
+        f"{view.name}: {_forecast_text(view)} > capacity {capacity:.2f} x"
+        f" {view.operating_utilisation:.0%}; +{len(placed)} instance(s) on {racks}{limit}"
+    )
+    facts = {**_facts(view), "instances_added": len(placed), "instances_wanted": want}
+    actions: list[Action] = [
+        CloneFromTemplate(business=view.name, vm=name, host=host, reason=reason, facts=facts)
+        for name, host in placed
+    ]
+    return actions, uncovered
+
+
+def _observed_peak(history: pd.Series | None, now: float, window_s: float) -> float:
+    """The highest demand seen over the window; infinite unless the history covers all of it."""
+    if history is None or len(history) == 0:
+        return math.inf
+    cut = pd.Timestamp(now - window_s, unit="s", tz="UTC")
+    index = pd.DatetimeIndex(history.index)
+    if index.tz is None:
+        cut = cut.tz_localize(None)
+    if index[0] > cut:
+        return math.inf
+    recent = history.iloc[int(index.searchsorted(cut, side="left")) :]
+    return float(recent.max()) if len(recent) else math.inf
+
+
+def scale_down(
+    view: BusinessView,
+    placement: PlacementView,
+    state: DecisionState,
+    budget: Budget,
+    now: float,
+) -> list[Action]:
+    """Retires, when every rule allows; VMs stuck on failing racks go first."""
+    policy = view.policy
+    scaling = policy.scaling
+    stabilisation = scaling.scale_down_stabilisation_s
+    if (
+        view.stale
+        or view.in_maintenance
+        or view.sla.burning
+        or not scaling.horizontal.enabled
+        or now - state.last_scale_up.get(view.name, -math.inf) < stabilisation
+        or now - state.last_scale_down.get(view.name, -math.inf) < scaling.cooldowns.scale_down_s
+        or view.pending
+    ):
+        return []
+    peak = _observed_peak(state.demand.get(view.name), now, stabilisation)
+    floor = max(view.needed_cores, peak / view.operating_utilisation)
+    capacity = view.counted_capacity_cores
+    count = len(view.ready)
+    risky = {v.name for v in view.at_risk}
+    candidates = sorted(view.ready, key=lambda v: _retire_order(v, placement, risky))
+    actions: list[Action] = []
+    for vm in candidates:
+        if len(actions) >= scaling.horizontal.max_step_down or budget.left <= 0:
+            break
+        if count - 1 < policy.instances.min:
+            break
+        stuck = vm.name in risky
+        after = capacity if stuck else capacity - vm.capacity_cores
+        if after < floor:
+            continue
+        capacity, count = after, count - 1
+        placement.retire(vm.name)
+        budget.left -= 1
+        why = "stuck on a failing rack and replaced" if stuck else "surplus"
+        actions.append(
+            Retire(
+                business=view.name,
+                vm=vm.name,
+                host=vm.host,
+                reason=f"{view.name}: {_forecast_text(view)}, peak {peak:.2f} over the last"
+                f" {stabilisation / 60:.0f} min; capacity {after:.2f} cores still covers"
+                f" {floor:.2f} needed: retire {vm.name} ({why})",
+                facts={**_facts(view), "observed_peak_cores": round(peak, 4)},
+            )
+        )
+    return actions
+
+
+def _retire_order(vm: VM, placement: PlacementView, risky: set[str]) -> tuple[int, int, float, str]:
+    crowd = placement.instances(vm.business or "", placement.rack_of(vm.host))
+    return (0 if vm.name in risky else 1, -crowd, -vm.capacity_cores, vm.name)
