@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from autoscaler.model import Sample, Scope, TemporaryError
+from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
 from collectors.base import Collection, LastGood
 
 T = TypeVar("T")
@@ -73,3 +73,34 @@ def all_stale(
     """A collection in which every scope the collector covers is stale for ``reason``."""
     stale = [last_good.stale(scope, target, source, reason) for scope, target in scopes]
     return Collection(source=source, stale=tuple(stale), duration_s=duration_s, errors=(reason,))
+
+
+class MalformedReply(PermanentError):
+    """A source answered something that is not what its protocol promises (or is hostile)."""
+
+
+def expect(value: object, kind: type[T], where: str) -> T:
+    """``value`` if it is a ``kind`` (bool is never an int here), else ``MalformedReply``."""
+    if isinstance(value, bool) and kind is not bool:
+        raise MalformedReply(f"{where}: expected {kind.__name__}, got bool")
+    if not isinstance(value, kind):
+        raise MalformedReply(f"{where}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def expect_number(value: object, where: str) -> float:
+    """A finite JSON number (int or float, not bool, not NaN/Inf), else ``MalformedReply``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedReply(f"{where}: expected a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise MalformedReply(f"{where}: {value!r} is not finite")
+    return number
+
+
+def member(obj: object, key: str, where: str) -> object:
+    """``obj[key]`` of a JSON object, else ``MalformedReply`` naming what is missing."""
+    mapping = expect(obj, dict, where)
+    if key not in mapping:
+        raise MalformedReply(f"{where}: no {key!r}")
+    return mapping[key]

@@ -10,7 +10,6 @@ slot's ports, lives under ``layout.prometheus_dir`` and is stopped by pid file.
 from __future__ import annotations
 
 import json
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from autoscaler.lab.layout import (
 )
 from autoscaler.lab.supervision import (
     ComponentStatus,
+    http_ok,
     remove_folder,
     running_pid,
     spawn,
@@ -98,16 +98,8 @@ ALERTMANAGER_CONFIG = {
 }
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback URL we built)
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _wait_http(url: str, what: str, timeout: float) -> None:
-    wait_until(lambda: _http_ok(url), timeout=timeout, what=what)
+    wait_until(lambda: http_ok(url), timeout=timeout, what=what)
 
 
 def _stack(layout: LabLayout, rules_dir: Path | None, pids: dict[str, int]) -> PrometheusStack:

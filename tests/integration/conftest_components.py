@@ -8,6 +8,8 @@ that no process of it is left behind. Test files import the fixtures they use by
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from autoscaler.lab import prometheus, temperature
+from autoscaler.lab import ceph, prometheus, temperature
 from autoscaler.lab.layout import LabLayout
 
 LAB_SLOT = 7
@@ -45,6 +47,18 @@ def _stop_and_check(stop: object, status: object, layout: LabLayout) -> None:
     assert not any(left.processes.values()), f"left running after stop: {left}"
 
 
+def collect_while_hung(pid: int | None, collect: Callable[[], T]) -> tuple[T, float]:
+    """Freeze process ``pid`` (SIGSTOP), run ``collect`` and return its value and duration."""
+    assert pid is not None, "the process to freeze is not running"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        value = collect()
+        return value, time.monotonic() - began
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
 @pytest.fixture(scope="session")
 def lab_layout(tmp_path_factory: pytest.TempPathFactory) -> LabLayout:
     root: Path = tmp_path_factory.mktemp("lab7")
@@ -65,3 +79,10 @@ def rack_temperatures(
     feeder = temperature.start(lab_layout, RACKS)
     yield feeder
     _stop_and_check(temperature.stop, temperature.status, lab_layout)
+
+
+@pytest.fixture(scope="session")
+def ceph_cluster(lab_layout: LabLayout) -> Iterator[ceph.CephCluster]:
+    cluster = ceph.start(lab_layout, RACKS)
+    yield cluster
+    _stop_and_check(ceph.stop, ceph.status, lab_layout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from prometheus_api_client import PrometheusConnect
@@ -110,15 +109,10 @@ def test_a_hung_prometheus_costs_one_timeout_and_marks_every_scope_stale(
         lambda: collector.collect(time.time()), _fully_read, timeout=30, what="fully read"
     )
     good_at = good.samples[0].timestamp
-    pid = running_pid(lab_layout.prometheus_dir / "run", "prometheus")
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        began = time.monotonic()
-        hung = collector.collect(time.time())
-        took = time.monotonic() - began
-    finally:
-        os.kill(pid, signal.SIGCONT)
+    hung, took = components.collect_while_hung(
+        running_pid(lab_layout.prometheus_dir / "run", "prometheus"),
+        lambda: collector.collect(time.time()),
+    )
     assert took < 2.0 + 0.5  # one collect costs one timeout, never a hang
     assert not hung.samples
     assert {(s.scope, s.target) for s in hung.stale} == {
