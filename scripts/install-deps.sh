@@ -27,8 +27,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[dev]'
+  echo "install-deps: installing the project into .venv (log: .venv/pip.log)"
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[dev]'; } > .venv/pip.log 2>&1; then
+    cat .venv/pip.log; exit 1
+  fi
   rm -f .venv/.deps-*; touch "$stamp"
 fi
 # python3-rados is built for CPython 3.11 only and has no PyPI wheel: expose just that module.

@@ -1,0 +1,88 @@
+"""Operator controls: pause/resume, cordon/uncordon/drain, approve — through the state folder.
+
+Where it sits: between the operator's CLI and the running controller. The CLI changes a small
+JSON file in the state folder under an flock; the controller reads it at the start of every
+cycle. Nothing is sent over a socket, so the controls work while the controller is down too and
+survive its restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from autoscaler.model import Name
+
+ALL = "*"
+
+
+class Controls(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    paused: frozenset[str] = Field(default=frozenset(), description="businesses, or '*' for all")
+    cordoned: frozenset[Name] = frozenset()
+    draining: frozenset[Name] = frozenset()
+    approved: frozenset[str] = Field(default=frozenset(), description="plan ids approved to run")
+
+    def is_paused(self, business: str) -> bool:
+        return ALL in self.paused or business in self.paused
+
+
+class ControlFile:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "controls.json"
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self) -> Controls:
+        try:
+            return Controls.model_validate_json(self.path.read_text())
+        except FileNotFoundError:
+            return Controls()
+
+    def _write(self, controls: Controls) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(controls.model_dump(mode="json"), indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
+
+    def change(self, **changes: frozenset[str]) -> Controls:
+        with self._locked():
+            controls = self.read().model_copy(update=changes)
+            controls = Controls.model_validate(controls.model_dump())
+            self._write(controls)
+            return controls
+
+    def pause(self, business: str = ALL) -> Controls:
+        return self.change(paused=self.read().paused | {business})
+
+    def resume(self, business: str = ALL) -> Controls:
+        paused = self.read().paused
+        return self.change(paused=frozenset() if business == ALL else paused - {business})
+
+    def cordon(self, host: str) -> Controls:
+        return self.change(cordoned=self.read().cordoned | {host})
+
+    def uncordon(self, host: str) -> Controls:
+        c = self.read()
+        return self.change(cordoned=c.cordoned - {host}, draining=c.draining - {host})
+
+    def drain(self, host: str) -> Controls:
+        c = self.read()
+        return self.change(cordoned=c.cordoned | {host}, draining=c.draining | {host})
+
+    def approve(self, plan_id: str) -> Controls:
+        return self.change(approved=self.read().approved | {plan_id})
