@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from autoscaler.lab import ceph, prometheus, temperature
+from autoscaler.lab import ceph, dpdk, prometheus, temperature
 from autoscaler.lab.layout import LabLayout
 
 LAB_SLOT = 7
@@ -86,3 +86,10 @@ def ceph_cluster(lab_layout: LabLayout) -> Iterator[ceph.CephCluster]:
     cluster = ceph.start(lab_layout, RACKS)
     yield cluster
     _stop_and_check(ceph.stop, ceph.status, lab_layout)
+
+
+@pytest.fixture(scope="session")
+def testpmd(lab_layout: LabLayout) -> Iterator[dpdk.Testpmd]:
+    started = dpdk.start(lab_layout)
+    yield started
+    _stop_and_check(dpdk.stop, dpdk.status, lab_layout)
