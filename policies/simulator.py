@@ -240,3 +240,11 @@ def report(results: list[TraceResult], saturation: float, objective: float) -> S
             "min_trace_attainment": min(float(r["attainment"]) for r in rows) if rows else 1.0,
         }
     return {"traces": traces, "total": total}
+
+
+def instance_hours(results: list[TraceResult], policy: str) -> float:
+    """Instance-hours of ``policy`` summed over ``results``."""
+    return sum(
+        float(r.runs[policy].capacity_cores.sum() / r.instance_cores * r.step_s / 3600)
+        for r in results
+    )
