@@ -138,6 +138,79 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return 0 if all(st.hosts.values()) else 1
 
 
+def cmd_grafana(args: argparse.Namespace) -> int:
+    from autoscaler.grafana_files import differences, write
+    from policies.loader import load_policy_dir
+
+    policies = load_policy_dir(args.policies)
+    if args.check:
+        diffs = differences(args.out, policies)
+        for rel in diffs:
+            print(f"{args.out / rel}: differs from what `autoscaler grafana generate` writes")
+        return 1 if diffs else 0
+    for path in write(args.out, policies):
+        print(path)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from autoscaler.runner import run
+
+    return run(args.config, dry_run=args.dry_run, holder=args.holder, listen=args.listen)
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    from autoscaler.config import load_controller_config
+    from autoscaler.controls import ALL, ControlFile
+    from autoscaler.model import check_name
+
+    config = load_controller_config(args.config)
+    controls = ControlFile(config.state_dir)
+    target: str | None = getattr(args, "target", None)
+    if args.command in ("pause", "resume"):
+        name = ALL if target is None else check_name(target, what="business")
+        if name != ALL and name not in _business_names(config.policy_dir):
+            print(f"no business named {name!r} in {config.policy_dir}", file=sys.stderr)
+            return 1
+        result = controls.pause(name) if args.command == "pause" else controls.resume(name)
+    elif args.command in ("cordon", "uncordon", "drain"):
+        host = check_name(target or "", what="host")
+        if host not in {h.name for *_, h in config.inventory.hosts()}:
+            print(f"no host named {host!r} in the inventory", file=sys.stderr)
+            return 1
+        result = getattr(controls, args.command)(host)
+    else:  # approve
+        target = target or ""
+        plan_file = config.state_dir / "plans" / f"{target}.json"
+        if not plan_file.exists():
+            print(f"no recommended plan {target!r} in {plan_file.parent}", file=sys.stderr)
+            return 1
+        result = controls.approve(target)
+    print(json.dumps(result.model_dump(mode="json"), sort_keys=True))
+    return 0
+
+
+def _business_names(folder: Path) -> set[str]:
+    from policies.loader import load_policy_dir
+
+    return set(load_policy_dir(folder))
+
+
+def cmd_plans(args: argparse.Namespace) -> int:
+    from autoscaler.config import load_controller_config
+    from autoscaler.model import Plan
+
+    config = load_controller_config(args.config)
+    folder = config.state_dir / "plans"
+    for path in sorted(folder.glob("plan-*.json")) if folder.exists() else []:
+        plan = Plan.from_json(path.read_text())
+        status = "done" if path.with_suffix(".done").exists() else "pending"
+        print(f"{plan.id}  {status}  {len(plan.actions)} action(s)")
+        for action in plan.actions:
+            print(f"    {action.kind:20s} {action.vm:16s} {action.reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoscaler", description="Autoscaling and SLA controller for libvirt/KVM clouds"
@@ -168,6 +241,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--purge", action="store_true", help="down: also remove the guest cache")
     p.add_argument("--set", nargs="*", default=[], metavar="BUSINESS=CORES", help="demand")
     p.set_defaults(func=cmd_lab)
+
+    p = sub.add_parser("run", help="run the controller until SIGTERM")
+    p.add_argument("--config", type=Path, required=True, help="controller file")
+    p.add_argument("--dry-run", action="store_true", help="decide and export plans, act on nothing")
+    p.add_argument("--holder", help="name in the leader lease (default: hostname:pid)")
+    p.add_argument("--listen", help="address:port of /metrics and /healthz (default: config)")
+    p.set_defaults(func=cmd_run)
+
+    for name, what in (
+        ("pause", "stop acting for a business (or all)"),
+        ("resume", "act again for a business (or all)"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("target", nargs="?", metavar="BUSINESS")
+        p.add_argument("--config", type=Path, required=True)
+        p.set_defaults(func=cmd_control)
+    for name, what in (
+        ("cordon", "place nothing new on a host"),
+        ("uncordon", "make a host usable again (ends a drain)"),
+        ("drain", "cordon a host and live-migrate its VMs away"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("target", metavar="HOST")
+        p.add_argument("--config", type=Path, required=True)
+        p.set_defaults(func=cmd_control)
+    p = sub.add_parser("approve", help="approve a recommended plan")
+    p.add_argument("target", metavar="PLAN-ID")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_control)
+    p = sub.add_parser("plans", help="list recommended plans and their actions")
+    p.add_argument("--config", type=Path, required=True)
+    p.set_defaults(func=cmd_plans)
+
+    p = sub.add_parser("grafana", help="generate Prometheus rules and Grafana dashboards")
+    p.add_argument("action", choices=["generate"])
+    p.add_argument("--policies", type=Path, default=Path("examples/businesses"))
+    p.add_argument("--out", type=Path, default=Path("grafana"))
+    p.add_argument("--check", action="store_true", help="fail if the files differ")
+    p.set_defaults(func=cmd_grafana)
 
     if importlib.util.find_spec("autoscaler.simulate_cli") is not None:
         importlib.import_module("autoscaler.simulate_cli").add_parser(sub)

@@ -237,7 +237,11 @@ class Controller:
                 capacity_cores=fig.capacity_cores,
                 instances=float(fig.ready),
             )
+        self.metrics.signal.clear()
         for signal in snapshot.signals:
+            self.metrics.signal.labels(signal.scope.value, signal.target, signal.name).set(
+                signal.value
+            )
             if signal.scope is Scope.RACK and signal.name == SignalName.TEMPERATURE_CELSIUS:
                 series = self.state.temperatures[signal.target]
                 series.append((signal.observed_at, signal.value))

@@ -146,6 +146,11 @@ class ControllerMetrics:
             "Policy reloads rejected (last good set kept).",
             registry=r,
         )
+        self.signal = Gauge(
+            "autoscaler_signal_value",
+            "Health signals of the last snapshot (rack temperature, OSDs up, DPDK drops...).",
+            ["scope", "target", "name"], registry=r,
+        )
         self.paused = Gauge(
             "autoscaler_business_paused",
             "1 while the business is paused by an operator.",
