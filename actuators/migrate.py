@@ -1,0 +1,274 @@
+"""Live migration: move a running VM to another host, with block migration of its overlay.
+
+Where it sits: the actuator of ``LiveMigrate`` (evacuations of failing racks, rebalancing), run
+by the executor under its per-host caps, and settled by the reconciler after a crash. Steps:
+refuse what cannot move (SR-IOV NICs, libvirt snapshot metadata); merge our disk snapshot first;
+pre-create the destination overlay on the same template (``NON_SHARED_INC`` then copies only the
+overlay); ``migrateToURI3`` peer to peer, live, persistent on the destination and undefined on
+the source, with the policy's maximum downtime; the job's progress watched and the job aborted
+on timeout or stall; then the source overlay deleted. Afterwards the VM runs on exactly one
+host, and the guest answers there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+
+import libvirt
+
+from actuators.base import ActionContext, disk_sources, find_domain, libvirt_call, vm_metadata
+from actuators.snapshot import DISK, merge_into_overlay, snapshot_tag_of
+from actuators.volumes import delete_overlay, ensure_overlay, overlay_exists
+from autoscaler.model import (
+    LiveMigrate,
+    PreconditionFailed,
+    RefusedAction,
+    TemporaryError,
+)
+
+FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    | libvirt.VIR_MIGRATE_NON_SHARED_INC
+)
+NOT_LIVE_MIGRATABLE_NICS = ("sr-iov",)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a VM is: per host, None (absent), 'running', 'paused' or 'defined' (inactive)."""
+
+    source: str | None
+    destination: str | None
+
+
+def _state(conn: libvirt.virConnect, vm: str) -> str | None:
+    dom = find_domain(conn, vm)
+    if dom is None:
+        return None
+    if not dom.isActive():
+        return "defined"
+    state = dom.state(0)[0]
+    return "running" if state == libvirt.VIR_DOMAIN_RUNNING else "paused"
+
+
+def placement(ctx: ActionContext, action: LiveMigrate) -> Placement:
+    with (
+        ctx.fleet.connection(action.source) as src,
+        ctx.fleet.connection(action.destination) as dst,
+    ):
+        return Placement(_state(src, action.vm), _state(dst, action.vm))
+
+
+class MigrateActuator:
+    """``bandwidth_mib_s`` caps the migration stream (0: unlimited); ``stall_s`` is how long the
+    remaining data may stop shrinking before the job is aborted."""
+
+    kind = "live_migrate"
+
+    def __init__(self, bandwidth_mib_s: int = 0, stall_s: float = 30.0) -> None:
+        self.bandwidth_mib_s = bandwidth_mib_s
+        self.stall_s = stall_s
+
+    def already_done(self, action: LiveMigrate, ctx: ActionContext) -> bool:
+        where = placement(ctx, action)
+        return where.source is None and where.destination == "running"
+
+    def precondition(self, action: LiveMigrate, ctx: ActionContext) -> None:
+        with ctx.fleet.connection(action.source) as src:
+            dom = find_domain(src, action.vm)
+            if dom is None:
+                raise PreconditionFailed(f"{action.vm} is not on {action.source}")
+            meta = vm_metadata(dom)
+            if meta is not None and meta.nic in NOT_LIVE_MIGRATABLE_NICS:
+                raise RefusedAction(
+                    f"{action.vm} has an {meta.nic} NIC (a passed-through device): it cannot be"
+                    " live-migrated; clone a replacement on the destination and retire it instead"
+                )
+            if not dom.isActive():
+                raise PreconditionFailed(f"{action.vm} is not running on {action.source}")
+            if dom.snapshotNum(0) > 0:
+                raise RefusedAction(
+                    f"{action.vm} has libvirt snapshot metadata, which libvirt refuses to"
+                    " migrate; merge and delete those snapshots first"
+                )
+            if meta is None:
+                raise PreconditionFailed(f"{action.vm} carries no business metadata")
+        with ctx.fleet.connection(action.destination) as dst:
+            if find_domain(dst, action.vm) is not None:
+                raise PreconditionFailed(f"{action.vm} is already defined on {action.destination}")
+
+    def execute(self, action: LiveMigrate, ctx: ActionContext) -> None:
+        with (
+            ctx.fleet.connection(action.source) as src,
+            ctx.fleet.connection(action.destination) as dst,
+        ):
+            dom = find_domain(src, action.vm)
+            if dom is None or not dom.isActive():
+                raise PreconditionFailed(f"{action.vm} is not running on {action.source}")
+            meta = vm_metadata(dom)
+            if meta is None:
+                raise PreconditionFailed(f"{action.vm} carries no business metadata")
+            if snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, "")) is not None:
+                ctx.step("merging-snapshot")
+                merge_into_overlay(src, dom, max(1.0, ctx.remaining()))
+            ctx.step("creating-destination-overlay")
+            libvirt_call("destination overlay", lambda: ensure_overlay(dst, action.vm, meta.image))
+            ctx.step("destination-overlay-created")
+            libvirt_call(
+                "set max downtime", lambda: dom.migrateSetMaxDowntime(action.max_downtime_ms, 0)
+            )
+            started = time.monotonic()
+            self._migrate(action, ctx, dom)
+            ctx.figures["migration_total_s"] = time.monotonic() - started
+            ctx.step("migrated")
+            moved = find_domain(dst, action.vm)
+            if moved is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    stats = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+                    if "downtime" in stats:
+                        ctx.figures["migration_downtime_s"] = stats["downtime"] / 1000.0
+            libvirt_call("delete source overlay", lambda: delete_overlay(src, action.vm))
+            ctx.step("source-overlay-deleted")
+
+    def _migrate(self, action: LiveMigrate, ctx: ActionContext, dom: libvirt.virDomain) -> None:
+        params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: [DISK]}
+        if self.bandwidth_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
+        dest_uri = ctx.fleet.uri(action.destination)
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                dom.migrateToURI3(dest_uri, params, FLAGS)
+            except BaseException as exc:  # handed to the watching thread
+                failure.append(exc)
+
+        worker = threading.Thread(target=run, name=f"migrate-{action.vm}", daemon=True)
+        worker.start()
+        timeout = min(action.timeout_s, max(0.1, ctx.remaining()))
+        deadline = time.monotonic() + timeout
+        best_remaining: int | None = None
+        progressed_at = time.monotonic()
+        announced = False
+        abort_reason = ""
+        while worker.is_alive():
+            worker.join(0.1)
+            if not worker.is_alive():
+                break
+            now = time.monotonic()
+            with contextlib.suppress(libvirt.libvirtError):
+                stats = dom.jobStats(0)
+                remaining = stats.get("data_remaining")
+                if stats.get("type", 0) != libvirt.VIR_DOMAIN_JOB_NONE and not announced:
+                    announced = True
+                    ctx.step("migrating")
+                if remaining is not None and (best_remaining is None or remaining < best_remaining):
+                    best_remaining = remaining
+                    progressed_at = now
+            if not abort_reason and now > deadline:
+                abort_reason = f"timed out after {timeout:.1f} s"
+            elif not abort_reason and announced and now - progressed_at > self.stall_s:
+                abort_reason = f"stalled for {self.stall_s:.0f} s"
+            if abort_reason:
+                # abortJob fails while the job is still being set up: keep trying.
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+        if abort_reason:
+            raise TemporaryError(f"migration of {action.vm} aborted: {abort_reason}", retry_after=0)
+        if failure:
+            exc = failure[0]
+            raise TemporaryError(f"migration of {action.vm} failed: {exc}", retry_after=5) from exc
+
+    def verify(self, action: LiveMigrate, ctx: ActionContext) -> str:
+        where = placement(ctx, action)
+        if where.source is not None or where.destination != "running":
+            raise TemporaryError(
+                f"{action.vm}: source {where.source or 'absent'},"
+                f" destination {where.destination or 'absent'}"
+            )
+        with (
+            ctx.fleet.connection(action.source) as src,
+            ctx.fleet.connection(action.destination) as dst,
+        ):
+            if overlay_exists(src, action.vm):
+                raise TemporaryError(f"{action.vm}'s overlay is still on {action.source}")
+            dom = find_domain(dst, action.vm)
+            if dom is None or not dom.isPersistent():
+                raise TemporaryError(f"{action.vm} is not persistent on {action.destination}")
+            observer = ctx.fleet.observer
+            if observer is not None:
+                timeout = max(2.0, min(15.0, ctx.remaining()))
+                view = observer.wait_for(dst, dom, lambda _v: True, timeout)
+                if view is None:
+                    raise TemporaryError(f"{action.vm}'s guest does not answer on the destination")
+                return (
+                    f"{action.vm} runs on {action.destination} only; the guest answers"
+                    f" ({view.online_cpus} CPUs, {view.mem_kib} KiB)"
+                )
+        return f"{action.vm} runs on {action.destination} only"
+
+    def compensate(self, action: LiveMigrate, ctx: ActionContext) -> str:
+        return settle(ctx, action)
+
+
+def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) -> str:
+    """End with the VM on exactly one host and no leftovers, whatever was interrupted.
+
+    A migration job still running on the source (libvirt finishes a peer-to-peer migration
+    even when its client died) is waited for first. Then the running copy wins; the other
+    host's definition and overlay are removed.
+    """
+    with (
+        ctx.fleet.connection(action.source) as src,
+        ctx.fleet.connection(action.destination) as dst,
+    ):
+        dom = find_domain(src, action.vm)
+        if dom is not None and dom.isActive():
+            deadline = time.monotonic() + job_wait_s
+            while time.monotonic() < deadline:
+                try:
+                    if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                        break
+                except libvirt.libvirtError:
+                    break  # the domain left the source meanwhile
+                time.sleep(0.2)
+            else:
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+        src_state, dst_state = _state(src, action.vm), _state(dst, action.vm)
+        if dst_state == "running" and src_state != "running":
+            _remove_copy(src, action.vm)
+            return f"{action.vm} completed its move: on {action.destination} only"
+        if src_state in ("running", "paused"):
+            if src_state == "paused":
+                libvirt_call("resume on source", src.lookupByName(action.vm).resume)
+            _remove_copy(dst, action.vm)
+            return f"{action.vm} stays on {action.source}; {action.destination} cleaned"
+        if dst_state == "paused":
+            libvirt_call("resume on destination", dst.lookupByName(action.vm).resume)
+            _remove_copy(src, action.vm)
+            return f"{action.vm} resumed on {action.destination}; {action.source} cleaned"
+        raise TemporaryError(
+            f"{action.vm} runs on neither host (source {src_state}, destination {dst_state})",
+            retry_after=5,
+        )
+
+
+def _remove_copy(conn: libvirt.virConnect, vm: str) -> None:
+    """Remove an inactive definition and the overlay of ``vm`` on this host (never a running
+    domain)."""
+    dom = find_domain(conn, vm)
+    if dom is not None:
+        if dom.isActive():
+            raise TemporaryError(f"{vm} is unexpectedly active on {conn.getHostname()}")
+        libvirt_call(
+            "undefine leftover",
+            lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA),
+        )
+    libvirt_call("delete leftover overlay", lambda: delete_overlay(conn, vm))

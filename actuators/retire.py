@@ -1,0 +1,115 @@
+"""Scale-in: drain an instance, shut it down gracefully, and remove every trace of it.
+
+Where it sits: the actuator of ``Retire``, run by the executor (and resumed by the reconciler).
+The VM is first marked draining in its metadata, so the load balancer stops sending it work
+(the lab load driver reads that mark); then an ACPI power-button press with a timeout, a
+destroy if the guest did not stop, undefine, and the overlay (and any snapshot file) deleted.
+It never takes a business below its minimum: the actuator counts the live, serving instances
+across the fleet itself rather than trusting the plan's view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import libvirt
+
+from actuators.base import (
+    ActionContext,
+    find_domain,
+    libvirt_call,
+    vm_metadata,
+    wait_until,
+)
+from actuators.clone import remove_instance
+from actuators.domain_xml import update_vm_metadata
+from actuators.volumes import overlay_exists
+from autoscaler.model import PreconditionFailed, Retire, TemporaryError
+
+
+def serving_instances(ctx: ActionContext, business: str) -> tuple[set[str], list[str]]:
+    """(names of running, non-draining instances of ``business``, hosts that did not answer)."""
+    serving: set[str] = set()
+    unreachable: list[str] = []
+    for host in ctx.fleet.hosts:
+        try:
+            with ctx.fleet.connection(host) as conn:
+                for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                    try:
+                        meta = vm_metadata(dom)
+                    except ValueError:
+                        continue
+                    if meta is not None and meta.business == business and not meta.draining:
+                        serving.add(dom.name())
+        except (TemporaryError, libvirt.libvirtError):
+            unreachable.append(host)
+    return serving, unreachable
+
+
+class RetireActuator:
+    kind = "retire"
+
+    def already_done(self, action: Retire, ctx: ActionContext) -> bool:
+        with ctx.fleet.connection(action.host) as conn:
+            return find_domain(conn, action.vm) is None and not overlay_exists(conn, action.vm)
+
+    def precondition(self, action: Retire, ctx: ActionContext) -> None:
+        minimum = ctx.fleet.business(action.business).min_instances
+        with ctx.fleet.connection(action.host) as conn:
+            dom = find_domain(conn, action.vm)
+            if dom is None or not dom.isActive():
+                return  # not serving (gone, or shut down by an earlier attempt): finish it
+            if dom is not None:
+                meta = vm_metadata(dom)
+                if meta is None or meta.business != action.business:
+                    raise PreconditionFailed(
+                        f"{action.vm} on {action.host} is not an instance of {action.business}"
+                    )
+                if meta.draining:
+                    return  # already drained by an earlier attempt: finish it
+        serving, unreachable = serving_instances(ctx, action.business)
+        remaining = serving - {action.vm}
+        if len(remaining) < minimum:
+            lost = f" ({', '.join(unreachable)} did not answer)" if unreachable else ""
+            raise PreconditionFailed(
+                f"retiring {action.vm} would leave {len(remaining)} serving instance(s) of"
+                f" {action.business}, below its minimum of {minimum}{lost}"
+            )
+
+    def execute(self, action: Retire, ctx: ActionContext) -> None:
+        with ctx.fleet.connection(action.host) as conn:
+            dom = find_domain(conn, action.vm)
+            if dom is None or not dom.isActive():
+                return  # not serving (gone, or shut down by an earlier attempt): finish it
+            if dom is not None:
+                meta = vm_metadata(dom)
+                if dom.isActive() and (meta is None or not meta.draining):
+                    ctx.step("draining")
+                    libvirt_call("mark draining", lambda: update_vm_metadata(dom, draining="1"))
+                if dom.isActive():
+                    ctx.step("shutting-down")
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                    timeout = max(0.5, min(action.shutdown_timeout_s, ctx.remaining()))
+                    if not wait_until(lambda: not dom.isActive(), timeout, poll_s=0.2):
+                        ctx.step("destroying")
+                        with contextlib.suppress(libvirt.libvirtError):
+                            dom.destroy()
+                    ctx.step("stopped")
+        ctx.step("removing")
+        remove_instance(ctx, action.host, action.vm)
+        ctx.step("removed")
+
+    def verify(self, action: Retire, ctx: ActionContext) -> str:
+        if not self.already_done(action, ctx):
+            raise TemporaryError(f"{action.vm} or its overlay is still on {action.host}")
+        return f"{action.vm} gone from {action.host} (domain and overlay)"
+
+    def compensate(self, action: Retire, ctx: ActionContext) -> str:
+        """A retirement that failed before the guest stopped gives the VM back its load."""
+        with ctx.fleet.connection(action.host) as conn:
+            dom = find_domain(conn, action.vm)
+            if dom is not None and dom.isActive():
+                libvirt_call("clear draining", lambda: update_vm_metadata(dom, draining=None))
+                return f"{action.vm} serves again (draining mark removed)"
+        return "nothing to undo"
