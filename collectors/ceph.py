@@ -284,9 +284,7 @@ class CephCollector:
             reading = call_with_deadline(self._read, self.timeout_s, f"ceph {self.target}")
         except (TemporaryError, PermanentError) as exc:
             scopes = [(self.scope, self.target), *((Scope.RACK, r) for r in self._racks_seen)]
-            return all_stale(
-                self.name, scopes, self.last_good, str(exc), time.monotonic() - started
-            )
+            return all_stale(self.name, scopes, self.last_good, str(exc), started)
         self._racks_seen = tuple(sorted(reading.racks))
         self.last_good.ok(self.scope, self.target, now)
         for rack in self._racks_seen:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import TypeVar
 
 from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
@@ -68,9 +69,13 @@ def all_stale(
     scopes: Iterable[tuple[Scope, str]],
     last_good: LastGood,
     reason: str,
-    duration_s: float,
+    started: float,
 ) -> Collection:
-    """A collection in which every scope the collector covers is stale for ``reason``."""
+    """A collection in which every scope the collector covers is stale for ``reason``.
+
+    ``started`` is the ``time.monotonic()`` at which the collection began.
+    """
+    duration_s = time.monotonic() - started
     stale = [last_good.stale(scope, target, source, reason) for scope, target in scopes]
     return Collection(source=source, stale=tuple(stale), duration_s=duration_s, errors=(reason,))
 
@@ -104,3 +109,27 @@ def member(obj: object, key: str, where: str) -> object:
     if key not in mapping:
         raise MalformedReply(f"{where}: no {key!r}")
     return mapping[key]
+
+
+class CounterRates:
+    """Per-second rates of monotonic counters between two readings of the same source.
+
+    ``epoch`` names one life of the source (a pid, an ifindex): a new epoch, a first reading, no
+    elapsed time or a counter going back (a reset) give no rate at all, never zero or negative.
+    """
+
+    def __init__(self) -> None:
+        self._previous: dict[Hashable, tuple[Hashable, float, dict[str, int]]] = {}
+
+    def update(
+        self, key: Hashable, epoch: Hashable, now: float, counters: Mapping[str, int]
+    ) -> dict[str, float] | None:
+        before = self._previous.get(key)
+        self._previous[key] = (epoch, now, dict(counters))
+        if before is None or before[0] != epoch:
+            return None
+        _, then, old = before
+        elapsed = now - then
+        if elapsed <= 0 or any(counters[k] < old[k] for k in counters if k in old):
+            return None
+        return {k: (counters[k] - old[k]) / elapsed for k in counters if k in old}

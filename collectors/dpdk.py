@@ -22,22 +22,28 @@ from pathlib import Path
 from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
 from collectors.base import Collection, LastGood
-from collectors.common import MalformedReply, all_stale, expect, member, scoped
+from collectors.common import CounterRates, MalformedReply, all_stale, expect, member, scoped
 
 MAX_REPLY_BYTES = 1 << 20
 MAX_PORTS = 1024  # RTE_MAX_ETHPORTS
 MAX_XSTATS = 4096
 COUNTER_LIMIT = 1 << 64
 STATS = ("ipackets", "opackets", "ibytes", "obytes", "imissed", "ierrors", "oerrors", "rx_nombuf")
-RATE_NAMES = {
+RATE_NAMES = {  # per-port rates (label ``port``); host-wide sums carry the plain names
+    "ipackets": "dpdk_port_rx_packets_rate",
+    "opackets": "dpdk_port_tx_packets_rate",
+    "ibytes": "dpdk_port_rx_bytes_rate",
+    "obytes": "dpdk_port_tx_bytes_rate",
+    "imissed": "dpdk_port_rx_missed_rate",
+    "ierrors": "dpdk_port_rx_errors_rate",
+    "oerrors": "dpdk_port_tx_errors_rate",
+    "rx_nombuf": "dpdk_port_rx_nombuf_rate",
+}
+HOST_SUMS = {  # counter (or "drops" = imissed + rx_nombuf) -> host-wide rate, summed over ports
     "ipackets": "dpdk_rx_packets_rate",
     "opackets": "dpdk_tx_packets_rate",
-    "ibytes": "dpdk_rx_bytes_rate",
-    "obytes": "dpdk_tx_bytes_rate",
-    "imissed": "dpdk_rx_missed_rate",
+    "drops": SignalName.DPDK_RX_DROP_RATE.value,
     "ierrors": SignalName.DPDK_RX_ERROR_RATE.value,
-    "oerrors": "dpdk_tx_errors_rate",
-    "rx_nombuf": "dpdk_rx_nombuf_rate",
 }
 _XSTAT_NAME = re.compile(r"\A[a-z0-9_]{1,64}\Z")
 _DROP_XSTAT = re.compile(r"(errors|dropped|missed|discards|nombuf)\Z")
@@ -157,7 +163,7 @@ class DpdkTelemetryCollector:
         self.socket_path = socket_path
         self.timeout_s = timeout_s
         self.last_good = LastGood()
-        self._previous: tuple[int, float, dict[int, PortCounters]] | None = None
+        self._rates = CounterRates()
 
     def read(self) -> tuple[int, dict[int, PortCounters]]:
         """(telemetry pid, counters per port), within ``timeout_s`` in all."""
@@ -183,69 +189,47 @@ class DpdkTelemetryCollector:
             pid, ports = self.read()
         except (TemporaryError, PermanentError) as exc:
             return all_stale(
-                self.name,
-                [(self.scope, self.target)],
-                self.last_good,
-                str(exc),
-                time.monotonic() - started,
+                self.name, [(self.scope, self.target)], self.last_good, str(exc), started
             )
         samples = self._samples(pid, ports, now)
-        self._previous = (pid, now, ports)
         self.last_good.ok(self.scope, self.target, now)
         return Collection(
             source=self.name, samples=tuple(samples), duration_s=time.monotonic() - started
         )
 
     def _samples(self, pid: int, ports: dict[int, PortCounters], now: float) -> list[Sample]:
+        """Per-port figures (label ``port``) and, when every port has rates, host-wide sums."""
         host = self.target
         samples = [scoped("dpdk_ports", len(ports), now, Scope.HOST, host)]
-        before = self._previous
-        drop_total: float | None = 0.0
-        error_total: float | None = 0.0
+        sums: dict[str, float] | None = dict.fromkeys(HOST_SUMS.values(), 0.0)
         for port, counters in ports.items():
             label = str(port)
             samples += [
-                scoped(f"dpdk_{name}_total", value, now, Scope.HOST, host, port=label)
+                scoped(f"dpdk_port_{name}_total", value, now, Scope.HOST, host, port=label)
                 for name, value in counters.stats.items()
             ]
-            old = None if before is None or before[0] != pid else before[2].get(port)
-            elapsed = 0.0 if before is None else now - before[1]
-            rates = _rates(old.stats, counters.stats, elapsed) if old is not None else None
-            if old is None or rates is None:
-                drop_total = error_total = None
+            rates = self._rates.update(("stats", port), pid, now, counters.stats)
+            drops = {k: v for k, v in counters.xstats.items() if _DROP_XSTAT.search(k)}
+            xstat_rates = self._rates.update(("xstats", port), pid, now, drops) or {}
+            if rates is None:
+                sums = None
                 continue
+            rates["drops"] = rates["imissed"] + rates["rx_nombuf"]
             samples += [
                 scoped(RATE_NAMES[name], rate, now, Scope.HOST, host, port=label)
                 for name, rate in rates.items()
+                if name in RATE_NAMES
             ]
-            drops = rates["imissed"] + rates["rx_nombuf"]
             samples.append(
-                scoped(SignalName.DPDK_RX_DROP_RATE, drops, now, Scope.HOST, host, port=label)
+                scoped("dpdk_port_rx_drop_rate", rates["drops"], now, Scope.HOST, host, port=label)
             )
-            if drop_total is not None and error_total is not None:
-                drop_total += drops
-                error_total += rates["ierrors"]
-            samples += self._xstat_rates(old.xstats, counters.xstats, elapsed, now, label)
-        if drop_total is not None and error_total is not None and ports:
-            samples.append(scoped(SignalName.DPDK_RX_DROP_RATE, drop_total, now, Scope.HOST, host))
-            samples.append(
-                scoped(SignalName.DPDK_RX_ERROR_RATE, error_total, now, Scope.HOST, host)
-            )
+            samples += [
+                scoped("dpdk_port_xstat_rate", rate, now, Scope.HOST, host, port=label, xstat=name)
+                for name, rate in sorted(xstat_rates.items())
+            ]
+            if sums is not None:
+                for counter, metric in HOST_SUMS.items():
+                    sums[metric] += rates[counter]
+        if sums is not None and ports:
+            samples += [scoped(m, v, now, Scope.HOST, host) for m, v in sums.items()]
         return samples
-
-    def _xstat_rates(
-        self, old: dict[str, int], new: dict[str, int], elapsed: float, now: float, port: str
-    ) -> list[Sample]:
-        drops = {k: v for k, v in new.items() if _DROP_XSTAT.search(k) and k in old}
-        rates = _rates({k: old[k] for k in drops}, drops, elapsed) or {}
-        return [
-            scoped("dpdk_xstat_rate", rate, now, Scope.HOST, self.target, port=port, xstat=name)
-            for name, rate in sorted(rates.items())
-        ]
-
-
-def _rates(old: dict[str, int], new: dict[str, int], elapsed: float) -> dict[str, float] | None:
-    """Per-second deltas, or None if no time passed or a counter went back (a reset)."""
-    if elapsed <= 0 or any(new[k] < old.get(k, 0) for k in new):
-        return None
-    return {k: (new[k] - old[k]) / elapsed for k in new if k in old}

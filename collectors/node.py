@@ -109,9 +109,7 @@ class NodeCollector:
             )
         except TemporaryError as exc:
             reason = str(exc)
-            return all_stale(
-                self.name, self._scopes(), self.last_good, reason, time.monotonic() - started
-            )
+            return all_stale(self.name, self._scopes(), self.last_good, reason, started)
         samples: list[Sample] = []
         stale: list[Stale] = []
         for host, instance in self.hosts.items():

@@ -35,6 +35,7 @@ from autoscaler.lab.supervision import (
     run,
     running_pid,
     spawn,
+    start_clean,
     stop_all,
     stop_process,
     wait_until,
@@ -223,12 +224,7 @@ def start(
     existing = _load(layout)
     if current.running and existing is not None and _same_shape(existing, names, osds_per_rack):
         return existing
-    stop(layout)
-    try:
-        return _start_fresh(layout, names, osds_per_rack, timeout)
-    except BaseException:
-        stop(layout)  # never leave half a cluster behind
-        raise
+    return start_clean(layout, stop, lambda: _start_fresh(layout, names, osds_per_rack, timeout))
 
 
 def _same_shape(cluster: CephCluster, racks: tuple[str, ...], osds_per_rack: int) -> bool:

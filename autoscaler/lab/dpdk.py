@@ -26,6 +26,7 @@ from autoscaler.lab.supervision import (
     remove_resources,
     running_pid,
     spawn,
+    start_clean,
     stop_all,
     wait_until,
 )
@@ -67,12 +68,7 @@ def start(
     pid = running_pid(layout.dpdk_dir, PROCESS)
     if pid is not None and telemetry_socket(layout).exists():
         return Testpmd(pid, telemetry_socket(layout), ports, cpu_cores)
-    stop(layout)
-    try:
-        return _start_fresh(layout, ports, cpu_cores, timeout)
-    except BaseException:
-        stop(layout)
-        raise
+    return start_clean(layout, stop, lambda: _start_fresh(layout, ports, cpu_cores, timeout))
 
 
 def _start_fresh(layout: LabLayout, ports: int, cpu_cores: float, timeout: float) -> Testpmd:

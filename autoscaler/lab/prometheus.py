@@ -29,6 +29,7 @@ from autoscaler.lab.supervision import (
     remove_folder,
     running_pid,
     spawn,
+    start_clean,
     stop_all,
     wait_until,
 )
@@ -136,12 +137,9 @@ def start(
     current = status(layout)
     if current.running and _started_with(layout) == wanted:
         return _stack(layout, rules_dir, {k: v for k, v in current.processes.items() if v})
-    stop(layout)
-    try:
-        return _start_fresh(layout, rules_dir, wanted, scrape_interval_s, timeout)
-    except BaseException:
-        stop(layout)  # never leave half a stack behind
-        raise
+    return start_clean(
+        layout, stop, lambda: _start_fresh(layout, rules_dir, wanted, scrape_interval_s, timeout)
+    )
 
 
 def _start_fresh(

@@ -21,6 +21,11 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+from autoscaler.lab.layout import LabLayout
+
+T = TypeVar("T")
 
 CGROUP_V1_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_V2 = Path("/sys/fs/cgroup")
@@ -81,6 +86,21 @@ def _start_time(pid: int) -> str | None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def start_clean(
+    layout: LabLayout, stop: Callable[[LabLayout], None], start_fresh: Callable[[], T]
+) -> T:
+    """Stop whatever is left of a component, start it afresh; on any failure stop it again.
+
+    So a start that fails halfway never leaves processes or resources behind.
+    """
+    stop(layout)
+    try:
+        return start_fresh()
+    except BaseException:
+        stop(layout)
+        raise
 
 
 def pid_alive(pid: int) -> bool:

@@ -26,6 +26,7 @@ from autoscaler.lab.supervision import (
     remove_folder,
     running_pid,
     spawn,
+    start_clean,
     stop_all,
     wait_until,
 )
@@ -138,12 +139,9 @@ def start(
         and json.loads(racks_file.read_text()) == list(names)
     ):
         return TemperatureFeeder(pid=pid, output=output, racks=names)
-    stop(layout)
-    try:
-        return _start_fresh(layout, names, trace, seconds_per_step, timeout)
-    except BaseException:
-        stop(layout)
-        raise
+    return start_clean(
+        layout, stop, lambda: _start_fresh(layout, names, trace, seconds_per_step, timeout)
+    )
 
 
 def _start_fresh(

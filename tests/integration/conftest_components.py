@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from autoscaler.lab import ceph, dpdk, prometheus, temperature
+from autoscaler.lab import ceph, dpdk, ovs, prometheus, temperature
 from autoscaler.lab.layout import LabLayout
 
 LAB_SLOT = 7
@@ -93,3 +93,10 @@ def testpmd(lab_layout: LabLayout) -> Iterator[dpdk.Testpmd]:
     started = dpdk.start(lab_layout)
     yield started
     _stop_and_check(dpdk.stop, dpdk.status, lab_layout)
+
+
+@pytest.fixture(scope="session")
+def ovs_bonds(lab_layout: LabLayout) -> Iterator[ovs.OvsLab]:
+    started = ovs.start(lab_layout, LAB_HOSTS)
+    yield started
+    _stop_and_check(ovs.stop, ovs.status, lab_layout)

@@ -24,14 +24,14 @@ def _per_port(collection: Collection, metric: str) -> dict[str, float]:
 
 
 def _has_rates(collection: Collection) -> bool:
-    return len(_per_port(collection, "dpdk_rx_packets_rate")) == 2
+    return len(_per_port(collection, "dpdk_port_rx_packets_rate")) == 2
 
 
 def _forwarding(collection: Collection) -> bool:
     """Rates on both ports, every rx and tx rate above zero."""
     rates = [
-        *_per_port(collection, "dpdk_rx_packets_rate").values(),
-        *_per_port(collection, "dpdk_tx_packets_rate").values(),
+        *_per_port(collection, "dpdk_port_rx_packets_rate").values(),
+        *_per_port(collection, "dpdk_port_tx_packets_rate").values(),
     ]
     return len(rates) == 4 and min(rates) > 0
 
@@ -43,18 +43,30 @@ def test_forwarding_testpmd_gives_packet_rates_and_drop_and_error_rates_per_port
     first = collector.collect(time.time())
     assert not first.stale
     assert not _has_rates(first), "a first reading has counters, never invented rates"
-    assert set(_per_port(first, "dpdk_ipackets_total")) == {"0", "1"}
+    assert set(_per_port(first, "dpdk_port_ipackets_total")) == {"0", "1"}
     seen = components.eventually(
         lambda: collector.collect(time.time()), _forwarding, timeout=10, what="traffic"
     )
-    drops = _per_port(seen, SignalName.DPDK_RX_DROP_RATE)
-    errors = _per_port(seen, SignalName.DPDK_RX_ERROR_RATE)
+    drops = _per_port(seen, "dpdk_port_rx_drop_rate")
+    errors = _per_port(seen, "dpdk_port_rx_errors_rate")
     assert set(drops) == set(errors) == {"0", "1"}
     assert all(v >= 0 for v in [*drops.values(), *errors.values()])
+    host_wide = {
+        s.metric: s.value for s in seen.samples if s.label("port") is None and "rate" in s.metric
+    }
+    assert set(host_wide) == {
+        "dpdk_rx_packets_rate",
+        "dpdk_tx_packets_rate",
+        SignalName.DPDK_RX_DROP_RATE,
+        SignalName.DPDK_RX_ERROR_RATE,
+    }
+    assert host_wide["dpdk_rx_packets_rate"] == sum(
+        _per_port(seen, "dpdk_port_rx_packets_rate").values()
+    )
     missed_xstats = [
         s
         for s in seen.samples
-        if s.metric == "dpdk_xstat_rate" and s.label("xstat") == "rx_missed_errors"
+        if s.metric == "dpdk_port_xstat_rate" and s.label("xstat") == "rx_missed_errors"
     ]
     assert len(missed_xstats) == 2
     assert all(s.label("scope") == Scope.HOST and s.label("target") == "h0" for s in seen.samples)
@@ -68,7 +80,8 @@ def test_stopped_forwarding_reads_as_a_real_zero_rate(
     try:
         idle = components.eventually(
             lambda: collector.collect(time.time()),
-            lambda c: _has_rates(c) and set(_per_port(c, "dpdk_rx_packets_rate").values()) == {0.0},
+            lambda c: _has_rates(c)
+            and set(_per_port(c, "dpdk_port_rx_packets_rate").values()) == {0.0},
             timeout=15,
             what="zero rx rate while forwarding is stopped",
         )

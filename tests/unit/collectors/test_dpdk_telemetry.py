@@ -109,15 +109,16 @@ def test_rates_are_counter_deltas_over_the_time_between_collections(
     serve(_good(counters))
     collector = DpdkTelemetryCollector("h0", socket_path)
     first = collector.collect(100.0)
-    assert _value(first, "dpdk_rx_packets_rate", "0") is None
-    assert _value(first, "dpdk_ipackets_total", "0") == 1000
+    assert _value(first, "dpdk_port_rx_packets_rate", "0") is None
+    assert _value(first, "dpdk_port_ipackets_total", "0") == 1000
     counters[0], counters[1] = 1600, 50
     second = collector.collect(102.0)
-    assert _value(second, "dpdk_rx_packets_rate", "0") == 300.0
-    assert _value(second, "dpdk_rx_packets_rate", "1") == 0.0
-    assert _value(second, SignalName.DPDK_RX_DROP_RATE, "0") == 300.0 + 30.0  # imissed + nombuf
+    assert _value(second, "dpdk_port_rx_packets_rate", "0") == 300.0
+    assert _value(second, "dpdk_port_rx_packets_rate", "1") == 0.0
+    assert _value(second, "dpdk_port_rx_drop_rate", "0") == 300.0 + 30.0  # imissed + nombuf
     assert _value(second, SignalName.DPDK_RX_DROP_RATE, None) == 330.0
     assert _value(second, SignalName.DPDK_RX_ERROR_RATE, None) == 300.0
+    assert _value(second, "dpdk_rx_packets_rate", None) == 300.0
     xstat = [
         s for s in second.samples if s.label("xstat") == "rx_q0_errors" and s.label("port") == "0"
     ]
@@ -134,9 +135,9 @@ def test_a_counter_going_back_gives_no_rate_rather_than_a_negative_one(
     counters[0] = 10
     after_reset = collector.collect(101.0)
     assert not after_reset.stale
-    assert _value(after_reset, "dpdk_rx_packets_rate", "0") is None
+    assert _value(after_reset, "dpdk_port_rx_packets_rate", "0") is None
     assert _value(after_reset, SignalName.DPDK_RX_DROP_RATE, None) is None
-    assert _value(after_reset, "dpdk_rx_packets_rate", "1") == 0.0
+    assert _value(after_reset, "dpdk_port_rx_packets_rate", "1") == 0.0
 
 
 HOSTILE: dict[str, tuple[Answer, str]] = {
