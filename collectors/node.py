@@ -11,52 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-import requests
 from prometheus_api_client import PrometheusConnect
-from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from autoscaler.model import Sample, Scope, SignalName, Stale, TemporaryError
 from autoscaler.model.names import check_name
 from collectors.base import Collection, LastGood
-from collectors.common import all_stale, call_with_deadline, finite_or_none, scoped
+from collectors.common import all_stale, call_with_deadline, scoped
+from collectors.prometheus_query import InstantValue, instant_query
 
 RACK_CHIP_PREFIX = "rack_"
-
-
-@dataclass(frozen=True)
-class InstantValue:
-    labels: Mapping[str, str]
-    value: float
-
-
-def parse_vector(result: object, query: str) -> list[InstantValue]:
-    """Parse an instant-vector result; NaN/Inf entries are dropped (missing, not zero)."""
-    if not isinstance(result, list):
-        raise TemporaryError(f"prometheus: {query!r} did not return a vector")
-    values: list[InstantValue] = []
-    for item in result:
-        if not isinstance(item, dict):
-            raise TemporaryError(f"prometheus: {query!r} returned a malformed entry")
-        metric, pair = item.get("metric"), item.get("value")
-        if not isinstance(metric, dict) or not isinstance(pair, list) or len(pair) != 2:
-            raise TemporaryError(f"prometheus: {query!r} returned a malformed entry")
-        number = finite_or_none(pair[1])
-        if number is not None:
-            values.append(InstantValue({str(k): str(v) for k, v in metric.items()}, number))
-    return values
-
-
-def instant_query(
-    prometheus: PrometheusConnect, query: str, now: float, timeout_s: float
-) -> list[InstantValue]:
-    """Evaluate ``query`` at ``now``; connection problems become ``TemporaryError``."""
-    try:
-        result = prometheus.custom_query(query, params={"time": f"{now:.3f}"}, timeout=timeout_s)
-    except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
-        raise TemporaryError(f"prometheus at {prometheus.url}: {exc}") from exc
-    return parse_vector(result, query)
 
 
 class NodeCollector:
