@@ -33,7 +33,7 @@ demo: deps
 	@trap '$(VENV)/bin/autoscaler lab down --root $(DEMO_ROOT) >/dev/null' EXIT; \
 	$(VENV)/bin/autoscaler lab up --root $(DEMO_ROOT) && \
 	$(VENV)/bin/autoscaler lab demand --root $(DEMO_ROOT) --set web=0.2 api=0.1 cache=0.05 && \
-	sleep 6 && \
+	sleep 10 && \
 	$(VENV)/bin/autoscaler fleet --config $(DEMO_ROOT)/controller.yaml
 
 lab-up: deps

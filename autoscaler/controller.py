@@ -34,6 +34,7 @@ from autoscaler.model import (
     Action,
     ConfigError,
     DeposedLeader,
+    Lease,
     LeaseState,
     Plan,
     Scope,
@@ -65,9 +66,20 @@ class ActionOutcome:
 
 
 class Actuation(Protocol):
-    """Runs a Plan (the executor with its journal); one outcome per action."""
+    """The executor with its journal: runs a Plan (one outcome per action), and settles what
+    a previous leader left unfinished."""
 
-    def __call__(self, plan: Plan) -> Sequence[ActionOutcome]: ...
+    def execute(self, plan: Plan) -> Sequence[ActionOutcome]: ...
+
+    def reconcile(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class LeaderLease(Lease, Protocol):
+    """A Lease that also answers "do we still hold it at ``now``?" without I/O."""
+
+    def held(self, now: float) -> LeaseState | None: ...
 
 
 @dataclass
@@ -118,6 +130,7 @@ class Controller:
         collection: CollectionStage,
         actuation: Actuation | None,
         dry_run: bool = False,
+        lease: LeaderLease | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -130,7 +143,9 @@ class Controller:
         self.clock = clock
         config.state_dir.mkdir(parents=True, exist_ok=True)
         (config.state_dir / "plans").mkdir(exist_ok=True)
-        self.lease = FileLease(config.state_dir / "lease", holder, config.lease.duration_s)
+        self.lease: LeaderLease = lease or FileLease(
+            config.state_dir / "lease", holder, config.lease.duration_s
+        )
         self.controls = ControlFile(config.state_dir)
         self.history = HistoryStore(config.state_dir / "history.sqlite")
         self.state = ControllerState()
@@ -205,6 +220,10 @@ class Controller:
         self.health.role = "leader" if state is not None else "standby"
         if state is not None and not was_leader:
             event(log, "became leader", generation=state.generation)
+            if self.actuation is not None and not self.dry_run:
+                with self._act_lock:
+                    settled = self.actuation.reconcile()
+                event(log, "reconciled the journal", entries=settled)
         elif state is None and was_leader:
             event(log, "lost the lease", logging.WARNING)
 
@@ -378,7 +397,7 @@ class Controller:
         if self.actuation is None:
             return
         with self._act_lock:
-            outcomes = self.actuation(plan)
+            outcomes = self.actuation.execute(plan)
         for out in outcomes:
             self.metrics.actions.labels(out.kind, out.result).inc()
             self.metrics.action_seconds.labels(out.kind).observe(out.duration_s)
@@ -512,4 +531,6 @@ class Controller:
             self.lease.release()
         self.collection.close()
         self.history.close()
+        if self.actuation is not None:
+            self.actuation.close()
         event(log, "controller stopped", holder=self.holder)

@@ -64,4 +64,8 @@ def fleet_tree(snapshot: Snapshot) -> Tree:
 
 
 def print_fleet(snapshot: Snapshot, console: Console | None = None) -> None:
-    (console or Console()).print(fleet_tree(snapshot))
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or under make: do not wrap at 80 columns
+            console = Console(width=160)
+    console.print(fleet_tree(snapshot))

@@ -10,7 +10,7 @@ set -euo pipefail
 H=$1; NETNS=$2; BASE=$3; IP=$4; PMIN=$5; PMAX=$6; CGNAME=$7
 # libvirt refuses to migrate between daemons that report the same host UUID.
 HOST_UUID=$(printf %s "$BASE" | md5sum | sed -E 's/^(.{8})(.{4}).(.{3}).(.{3})(.{12}).*/\1-\2-4\3-8\4-\5/')
-mkdir -p "$BASE"/{etc,run,lib/images,log/qemu,cache}
+mkdir -p "$BASE"/{etc,run,lib/images,log/qemu,cache,lock}
 if [ ! -f "$BASE/etc/.seeded" ]; then
   cp -a /etc/libvirt/. "$BASE/etc/"
   rm -f "$BASE"/etc/qemu/networks/autostart/*      # no default NAT network, no dnsmasq
@@ -81,6 +81,9 @@ mkdir -p /run/libvirt && mount --bind "$BASE/run" /run/libvirt
 mount --bind "$BASE/lib" /var/lib/libvirt
 mount --bind "$BASE/log" /var/log/libvirt
 mount --bind "$BASE/cache" /var/cache/libvirt
+# libvirt locks character devices (guest channels) in /run/lock by path: two hosts would
+# collide on domain-1-web-1, so each host gets its own.
+mkdir -p /run/lock && mount --bind "$BASE/lock" /run/lock
 /usr/sbin/virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid
 exec /usr/sbin/libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
 INNER

@@ -123,8 +123,18 @@ def up(
             )
         state.save(layout.state_file)
 
-    policies = load_policy_dir(businesses, images={p.name for p in images.iterdir()})
-    templates = {p.template.image: images / p.template.image for p in policies.values()}
+    # The lab runs the businesses it starts: their policy files are copied into the lab, so
+    # the controller manages those and an operator can edit them there (mode, bounds).
+    lab_businesses = root / "businesses"
+    lab_businesses.mkdir(exist_ok=True)
+    every = load_policy_dir(businesses, images={p.name for p in images.iterdir()})
+    for name in spec.initial_vms:
+        source = next(p for p in sorted(businesses.glob("*.yaml")) if p.stem == name)
+        target = lab_businesses / source.name
+        if not target.exists():
+            shutil.copyfile(source, target)
+    policies = {n: p for n, p in every.items() if n in spec.initial_vms}
+    templates = {p.template.image: images / p.template.image for p in every.values()}
     net.ensure_bridge(layout)
     for record in state.hosts:
         net.ensure_host_netns(layout, record.index)
@@ -135,7 +145,7 @@ def up(
 
     with ThreadPoolExecutor(max_workers=len(state.hosts)) as pool:
         list(pool.map(bring_up, state.hosts))
-    write_controller_file(lab, spec, businesses, images)
+    write_controller_file(lab, spec, lab_businesses, images)
     state.up = True
     state.save(layout.state_file)
     if start_vms:

@@ -1,0 +1,222 @@
+"""The controller on the real lab: it scales a business out and in, one of two controllers acts,
+and a standby takes over a killed leader and reconciles."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from autoscaler.lab import lab as lab_mod
+from autoscaler.lab.lab import Lab
+from autoscaler.lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
+from tests.integration.lab_fixtures import wait_for
+
+pytestmark = pytest.mark.lab
+FIRST_VMS = {"web-1", "web-2", "api-1", "api-2", "cache-1"}
+LEASE_S = 6.0
+DECIDE_S = 3.0
+RESULTS = Path(__file__).resolve().parents[2] / "build" / "test-results"
+
+
+def controller_file(lab: Lab, folder: Path) -> Path:
+    """The lab's controller file with a web-only policy folder and short intervals."""
+    yaml = YAML(typ="safe", pure=True)
+    web = yaml.load((Path(lab.state.root) / "businesses" / "web.yaml").read_text())
+    web["mode"] = "auto"
+    web["instances"] = {"min": 2, "max": 4}
+    web["scaling"].update(
+        {
+            "scale_down_stabilisation_s": 15,
+            "cooldowns": {"scale_up_s": 0, "scale_down_s": 10},
+            "vertical": {"enabled": False},
+        }
+    )
+    policies = folder / "businesses"
+    policies.mkdir(parents=True, exist_ok=True)
+    with open(policies / "web.yaml", "w") as out:
+        yaml.dump(web, out)
+    config = yaml.load(lab.controller_file.read_text())
+    config.update(
+        {
+            "policy_dir": str(policies),
+            "state_dir": str(folder / "state"),
+            "intervals": {"collect_s": 2, "decide_s": DECIDE_S, "ledger_s": 4, "refit_s": 600},
+            "lease": {"kind": "file", "duration_s": LEASE_S},
+        }
+    )
+    path = folder / "controller.yaml"
+    with open(path, "w") as out:
+        yaml.dump(config, out)
+    return path
+
+
+def start(config: Path, port: int, holder: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoscaler.cli",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--holder",
+            holder,
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def healthz(port: int) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return dict(json.loads(reply.read()))
+    except OSError:
+        return {}
+
+
+def done_actions(port: int) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return -1.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("autoscaler_actions_total{") and 'result="done"' in line
+    )
+
+
+def web_vms(lab: Lab) -> set[str]:
+    return {d for ds in lab_mod.status(lab).domains.values() for d in ds if d.startswith("web-")}
+
+
+@pytest.fixture
+def restore_lab(lab: Lab) -> Iterator[None]:
+    yield
+    lab_mod.set_demand(lab, {})
+    for host, domains in lab_mod.status(lab).domains.items():
+        for vm in set(domains) - FIRST_VMS:
+            lab_mod.remove_vm(lab, vm, host)
+
+
+def stop(process: subprocess.Popen[bytes]) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=120)
+
+
+def test_controller_scales_out_under_load_and_back_in_and_stops_cleanly(
+    lab: Lab, tmp_path: Path, restore_lab: None
+) -> None:
+    config = controller_file(lab, tmp_path)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    process = start(config, port, "solo", log)
+    try:
+        wait_for(
+            lambda: healthz(port),
+            lambda h: h.get("role") == "leader",
+            timeout=30,
+            what="the controller leading",
+        )
+        lab_mod.set_demand(lab, {"web": {"cores": 0.42}})  # 2 x 0.25 cores: 84 % busy
+        grown = wait_for(
+            lambda: web_vms(lab), lambda vms: len(vms) >= 3, timeout=150, what="web scaled out"
+        )
+        assert grown > {"web-1", "web-2"}
+        lab_mod.set_demand(lab, {"web": {"cores": 0.05}})
+        wait_for(
+            lambda: web_vms(lab),
+            lambda vms: vms == {"web-1", "web-2"} or (len(vms) == 2),
+            timeout=240,
+            what="web scaled back in to its minimum",
+        )
+        assert healthz(port)["healthy"] is True
+    finally:
+        code = stop(process)
+    text = log.read_text()
+    assert code == 0, text[-2000:]
+    assert '"event": "controller stopped"' in text
+    events = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    kinds = {e["kind"] for e in events if e.get("event") == "action" and e["result"] == "done"}
+    assert {"clone_from_template", "retire"} <= kinds
+    assert all(e["reason"] for e in events if e.get("event") == "planned")
+
+
+def test_two_controllers_one_acts_and_the_standby_takes_over_a_killed_leader(
+    lab: Lab, tmp_path: Path, restore_lab: None
+) -> None:
+    config = controller_file(lab, tmp_path)
+    ports = {
+        "a": lab.layout.port(PORT_CONTROLLER_METRICS),
+        "b": lab.layout.port(PORT_CONTROLLER_METRICS_2),
+    }
+    procs = {
+        name: start(config, port, name, tmp_path / f"{name}.log") for name, port in ports.items()
+    }
+    try:
+        roles = wait_for(
+            lambda: {n: healthz(p).get("role") for n, p in ports.items()},
+            lambda r: sorted(r.values()) == ["leader", "standby"],
+            timeout=30,
+            what="one leader and one standby",
+        )
+        leader = next(n for n, r in roles.items() if r == "leader")
+        standby = next(n for n in ports if n != leader)
+        standby_health = healthz(ports[standby])
+        assert standby_health["healthy"] is True and standby_health["role"] == "standby"
+
+        lab_mod.set_demand(lab, {"web": {"cores": 0.42}})
+        wait_for(
+            lambda: done_actions(ports[leader]),
+            lambda n: n >= 1,
+            timeout=150,
+            what="the leader acting",
+        )
+        assert done_actions(ports[standby]) == 0  # only the leader acts
+
+        procs[leader].send_signal(signal.SIGKILL)
+        procs[leader].wait(timeout=10)
+        killed_at = time.monotonic()
+        wait_for(
+            lambda: healthz(ports[standby]).get("role"),
+            lambda r: r == "leader",
+            timeout=2 * LEASE_S + DECIDE_S + 10,
+            what="the standby taking over",
+        )
+        takeover_s = time.monotonic() - killed_at
+        assert takeover_s <= 2 * LEASE_S + DECIDE_S
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "controller-takeover.json").write_text(
+            json.dumps(
+                {"lease_s": LEASE_S, "decide_s": DECIDE_S, "takeover_s": round(takeover_s, 2)}
+            )
+        )
+        text = (tmp_path / f"{standby}.log").read_text()
+        assert '"event": "reconciled the journal"' in text.split('"became leader"', 1)[1]
+        lab_mod.set_demand(lab, {"web": {"cores": 0.05}})
+        wait_for(
+            lambda: done_actions(ports[standby]),
+            lambda n: n >= 1,
+            timeout=240,
+            what="the new leader acting",
+        )
+    finally:
+        for process in procs.values():
+            if process.poll() is None:
+                stop(process)
+    os.environ.pop("AUTOSCALER_CRASH_AT", None)
