@@ -24,6 +24,7 @@ from actuators.snapshot import DISK, merge_into_overlay, snapshot_tag_of
 from actuators.volumes import delete_overlay, ensure_overlay, overlay_exists
 from autoscaler.model import (
     LiveMigrate,
+    PermanentError,
     PreconditionFailed,
     RefusedAction,
     TemporaryError,
@@ -51,9 +52,12 @@ def _state(conn: libvirt.virConnect, vm: str) -> str | None:
     dom = find_domain(conn, vm)
     if dom is None:
         return None
-    if not dom.isActive():
-        return "defined"
-    state = dom.state(0)[0]
+    try:
+        if not dom.isActive():
+            return "defined"
+        state = dom.state(0)[0]
+    except libvirt.libvirtError:
+        return None  # it left this host between the lookup and the question (a migration)
     return "running" if state == libvirt.VIR_DOMAIN_RUNNING else "paused"
 
 
@@ -150,7 +154,23 @@ class MigrateActuator:
                 failure.append(exc)
 
         worker = threading.Thread(target=run, name=f"migrate-{action.vm}", daemon=True)
-        worker.start()
+        # The job is watched over a connection of its own: a call on the connection that is
+        # inside migrateToURI3 waits for it.
+        with ctx.fleet.connection(action.source) as watch_conn:
+            watched = watch_conn.lookupByName(action.vm)
+            worker.start()
+            self._watch(action, ctx, worker, watched)
+        if failure:
+            exc = failure[0]
+            raise TemporaryError(f"migration of {action.vm} failed: {exc}", retry_after=5) from exc
+
+    def _watch(
+        self,
+        action: LiveMigrate,
+        ctx: ActionContext,
+        worker: threading.Thread,
+        dom: libvirt.virDomain,
+    ) -> None:
         timeout = min(action.timeout_s, max(0.1, ctx.remaining()))
         deadline = time.monotonic() + timeout
         best_remaining: int | None = None
@@ -180,10 +200,9 @@ class MigrateActuator:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
         if abort_reason:
-            raise TemporaryError(f"migration of {action.vm} aborted: {abort_reason}", retry_after=0)
-        if failure:
-            exc = failure[0]
-            raise TemporaryError(f"migration of {action.vm} failed: {exc}", retry_after=5) from exc
+            # Not retried within this plan: the same migration would most likely time out
+            # again; the next decision sees the VM still on its source.
+            raise PermanentError(f"migration of {action.vm} aborted: {abort_reason}")
 
     def verify(self, action: LiveMigrate, ctx: ActionContext) -> str:
         where = placement(ctx, action)
@@ -214,22 +233,23 @@ class MigrateActuator:
         return f"{action.vm} runs on {action.destination} only"
 
     def compensate(self, action: LiveMigrate, ctx: ActionContext) -> str:
-        return settle(ctx, action)
+        return settle(ctx, action)[1]
 
 
-def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) -> str:
+def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) -> tuple[bool, str]:
     """End with the VM on exactly one host and no leftovers, whatever was interrupted.
 
     A migration job still running on the source (libvirt finishes a peer-to-peer migration
     even when its client died) is waited for first. Then the running copy wins; the other
-    host's definition and overlay are removed.
+    host's definition and overlay are removed. Returns (moved to the destination, what was
+    done).
     """
     with (
         ctx.fleet.connection(action.source) as src,
         ctx.fleet.connection(action.destination) as dst,
     ):
         dom = find_domain(src, action.vm)
-        if dom is not None and dom.isActive():
+        if dom is not None and _state(src, action.vm) in ("running", "paused"):
             deadline = time.monotonic() + job_wait_s
             while time.monotonic() < deadline:
                 try:
@@ -244,16 +264,16 @@ def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) ->
         src_state, dst_state = _state(src, action.vm), _state(dst, action.vm)
         if dst_state == "running" and src_state != "running":
             _remove_copy(src, action.vm)
-            return f"{action.vm} completed its move: on {action.destination} only"
+            return True, f"{action.vm} completed its move: on {action.destination} only"
         if src_state in ("running", "paused"):
             if src_state == "paused":
                 libvirt_call("resume on source", src.lookupByName(action.vm).resume)
             _remove_copy(dst, action.vm)
-            return f"{action.vm} stays on {action.source}; {action.destination} cleaned"
+            return False, f"{action.vm} stays on {action.source}; {action.destination} cleaned"
         if dst_state == "paused":
             libvirt_call("resume on destination", dst.lookupByName(action.vm).resume)
             _remove_copy(src, action.vm)
-            return f"{action.vm} resumed on {action.destination}; {action.source} cleaned"
+            return True, f"{action.vm} resumed on {action.destination}; {action.source} cleaned"
         raise TemporaryError(
             f"{action.vm} runs on neither host (source {src_state}, destination {dst_state})",
             retry_after=5,

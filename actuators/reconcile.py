@@ -78,11 +78,12 @@ def _settle_entry(
     ctx = ActionContext(fleet=fleet, deadline=time.monotonic() + limits.action_timeout_s)
     if isinstance(action, LiveMigrate):
         try:
-            detail = settle(ctx, action, job_wait_s=min(action.timeout_s, limits.action_timeout_s))
+            moved, detail = settle(
+                ctx, action, job_wait_s=min(action.timeout_s, limits.action_timeout_s)
+            )
         except AutoscalerError as exc:
             journal.record_outcome(action.key, Phase.FAILED, clock(), f"reconcile: {exc}")
             return Reconciled(action.key, "failed", str(exc))
-        moved = "completed its move" in detail or "resumed on" in detail
         phase = Phase.DONE if moved else Phase.COMPENSATED
         journal.record_outcome(action.key, phase, clock(), f"reconciled: {detail}")
         return Reconciled(action.key, phase.value, detail)

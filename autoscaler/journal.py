@@ -195,11 +195,15 @@ class DomainStamper:
                 dom = self._conn(host).lookupByName(entry.action.vm)
             except libvirt.libvirtError:
                 continue  # not (or no longer) on this host
-            with contextlib.suppress(libvirt.libvirtError):
-                # A metadata change waits for a running job (a migration) to end: skip it,
-                # the SQLite row already holds the step.
-                if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-                    continue
+            # A metadata change waits (up to 30 s) for a running job to end: skip a domain in a
+            # job (a migration's source, or its incoming copy, whose job libvirt will not even
+            # describe); the SQLite row already holds the step.
+            try:
+                busy = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+            except libvirt.libvirtError:
+                busy = True
+            if busy:
+                continue
             flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if dom.isPersistent() else []
             if dom.isActive():
                 flags.append(libvirt.VIR_DOMAIN_AFFECT_LIVE)
