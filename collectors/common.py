@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
+from autoscaler.model import PermanentError, Sample, Scope, Stale, TemporaryError
 from collectors.base import Collection, LastGood
 
 T = TypeVar("T")
@@ -78,6 +78,32 @@ def all_stale(
     duration_s = time.monotonic() - started
     stale = [last_good.stale(scope, target, source, reason) for scope, target in scopes]
     return Collection(source=source, stale=tuple(stale), duration_s=duration_s, errors=(reason,))
+
+
+def single_scope_result(
+    source: str,
+    scope: Scope,
+    target: str,
+    last_good: LastGood,
+    now: float,
+    started: float,
+    samples: Sequence[Sample],
+    problem: str | None,
+) -> Collection:
+    """The collection of a collector covering one scope: what it read, plus that scope stale
+    for ``problem`` if part of it could not be read (else the scope is marked good at ``now``).
+    """
+    stale: tuple[Stale, ...] = ()
+    if problem:
+        stale = (last_good.stale(scope, target, source, problem),)
+    else:
+        last_good.ok(scope, target, now)
+    return Collection(
+        source=source,
+        samples=tuple(samples),
+        stale=stale,
+        duration_s=time.monotonic() - started,
+    )
 
 
 class MalformedReply(PermanentError):

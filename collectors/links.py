@@ -19,7 +19,7 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, Stale, TemporaryError
+from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
 from collectors.base import Collection, LastGood
 from collectors.bond_state import BondMember, BondState, bond_samples
@@ -29,6 +29,7 @@ from collectors.common import (
     all_stale,
     call_with_deadline,
     scoped,
+    single_scope_result,
 )
 
 COUNTERS = (
@@ -186,17 +187,10 @@ class LinksCollector:
         uplink_bonds = [bonds[u] for u in self.uplinks if u in bonds]
         if uplink_bonds:
             samples += bond_samples(uplink_bonds, self.target, now)
-        stale: tuple[Stale, ...] = ()
-        if missing:
-            reason = f"uplinks not found in {self.netns or 'the root namespace'}: {missing}"
-            stale = (self.last_good.stale(self.scope, self.target, self.name, reason),)
-        else:
-            self.last_good.ok(self.scope, self.target, now)
-        return Collection(
-            source=self.name,
-            samples=tuple(samples),
-            stale=stale,
-            duration_s=time.monotonic() - started,
+        where = self.netns or "the root namespace"
+        problem = f"uplinks not found in {where}: {missing}" if missing else None
+        return single_scope_result(
+            self.name, self.scope, self.target, self.last_good, now, started, samples, problem
         )
 
     def _link_samples(self, link: LinkState, now: float) -> list[Sample]:

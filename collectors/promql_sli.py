@@ -18,10 +18,16 @@ from collections.abc import Sequence
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, Stale, TemporaryError
+from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
 from collectors.base import Collection, LastGood
-from collectors.common import MalformedReply, all_stale, call_with_deadline, scoped
+from collectors.common import (
+    MalformedReply,
+    all_stale,
+    call_with_deadline,
+    scoped,
+    single_scope_result,
+)
 from collectors.prometheus_query import instant_query
 
 WINDOW_PLACEHOLDER = "$window"
@@ -109,17 +115,9 @@ class PromqlSliCollector:
                 scoped(SignalName.SLI_GOOD, first_good, now, self.scope, self.target),
                 scoped(SignalName.SLI_TOTAL, first_total, now, self.scope, self.target),
             ]
-        stale: tuple[Stale, ...] = ()
-        if missing:
-            reason = f"no data from Prometheus for windows {missing}"
-            stale = (self.last_good.stale(self.scope, self.target, self.name, reason),)
-        else:
-            self.last_good.ok(self.scope, self.target, now)
-        return Collection(
-            source=self.name,
-            samples=tuple(samples),
-            stale=stale,
-            duration_s=time.monotonic() - started,
+        problem = f"no data from Prometheus for windows {missing}" if missing else None
+        return single_scope_result(
+            self.name, self.scope, self.target, self.last_good, now, started, samples, problem
         )
 
     def _window_samples(self, window: str, good: float, total: float, now: float) -> list[Sample]:

@@ -112,7 +112,8 @@ def feed(
             rack: values[(step + i * PHASE_STEPS) % len(values)] + offsets.get(rack, 0.0)
             for i, rack in enumerate(racks)
         }
-        tmp.write_text(render(readings))
+        output.parent.mkdir(parents=True, exist_ok=True)  # a restarted node-exporter stack
+        tmp.write_text(render(readings))  # recreates its textfile folder: keep feeding it
         os.replace(tmp, output)
         time.sleep(min(seconds_per_step, 1.0))
 

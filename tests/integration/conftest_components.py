@@ -3,7 +3,8 @@
 Where it sits: under the integration tests of the collectors. Each fixture starts one real
 component through the project's own lab module (``autoscaler.lab.*``) in slot 7 under a private
 temporary folder, yields what was started, and stops it at the end of the session, checking
-that no process of it is left behind. Test files import the fixtures they use by name.
+that no process of it is left behind. Test files import the fixtures they use by name; each
+component is started once per session however many files import its fixture.
 """
 
 from __future__ import annotations
@@ -12,13 +13,13 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar, cast
 
 import pytest
 
 from autoscaler.lab import ceph, dpdk, ovs, prometheus, temperature
 from autoscaler.lab.layout import LabLayout
+from autoscaler.lab.supervision import ComponentStatus
 
 LAB_SLOT = 7
 RACKS = ("r1", "r2")
@@ -40,11 +41,38 @@ def eventually(
         time.sleep(0.2)
 
 
-def _stop_and_check(stop: object, status: object, layout: LabLayout) -> None:
-    assert callable(stop) and callable(status)
-    stop(layout)
-    left = status(layout)
-    assert not any(left.processes.values()), f"left running after stop: {left}"
+class _Shared:
+    """What the session has started, shared by every copy of the fixtures.
+
+    A test file imports these fixtures by name, which makes pytest register a copy of each
+    in that file: without this registry each file's copy would start its own component on the
+    same ports. The first copy to run starts the component and stops it at the end of the
+    session (checking nothing of it is left running); the other copies reuse it.
+    """
+
+    layout: LabLayout | None = None
+    started: ClassVar[dict[str, object]] = {}
+
+
+def _component(
+    name: str,
+    start: Callable[[], T],
+    stop: Callable[[LabLayout], None],
+    status: Callable[[LabLayout], ComponentStatus],
+    layout: LabLayout,
+) -> Iterator[T]:
+    if name in _Shared.started:
+        yield cast(T, _Shared.started[name])
+        return
+    value = start()
+    _Shared.started[name] = value
+    try:
+        yield value
+    finally:
+        del _Shared.started[name]
+        stop(layout)
+        left = status(layout)
+        assert not any(left.processes.values()), f"left running after stop: {left}"
 
 
 def collect_while_hung(pid: int | None, collect: Callable[[], T]) -> tuple[T, float]:
@@ -61,42 +89,51 @@ def collect_while_hung(pid: int | None, collect: Callable[[], T]) -> tuple[T, fl
 
 @pytest.fixture(scope="session")
 def lab_layout(tmp_path_factory: pytest.TempPathFactory) -> LabLayout:
-    root: Path = tmp_path_factory.mktemp("lab7")
-    return LabLayout(slot=LAB_SLOT, root=root)
+    if _Shared.layout is None:
+        _Shared.layout = LabLayout(slot=LAB_SLOT, root=tmp_path_factory.mktemp("lab7"))
+    return _Shared.layout
 
 
 @pytest.fixture(scope="session")
 def prometheus_stack(lab_layout: LabLayout) -> Iterator[prometheus.PrometheusStack]:
-    stack = prometheus.start(lab_layout)
-    yield stack
-    _stop_and_check(prometheus.stop, prometheus.status, lab_layout)
+    yield from _component(
+        "prometheus",
+        lambda: prometheus.start(lab_layout),
+        prometheus.stop,
+        prometheus.status,
+        lab_layout,
+    )
 
 
 @pytest.fixture(scope="session")
 def rack_temperatures(
     lab_layout: LabLayout, prometheus_stack: prometheus.PrometheusStack
 ) -> Iterator[temperature.TemperatureFeeder]:
-    feeder = temperature.start(lab_layout, RACKS)
-    yield feeder
-    _stop_and_check(temperature.stop, temperature.status, lab_layout)
+    yield from _component(
+        "temperature",
+        lambda: temperature.start(lab_layout, RACKS),
+        temperature.stop,
+        temperature.status,
+        lab_layout,
+    )
 
 
 @pytest.fixture(scope="session")
 def ceph_cluster(lab_layout: LabLayout) -> Iterator[ceph.CephCluster]:
-    cluster = ceph.start(lab_layout, RACKS)
-    yield cluster
-    _stop_and_check(ceph.stop, ceph.status, lab_layout)
+    yield from _component(
+        "ceph", lambda: ceph.start(lab_layout, RACKS), ceph.stop, ceph.status, lab_layout
+    )
 
 
 @pytest.fixture(scope="session")
 def testpmd(lab_layout: LabLayout) -> Iterator[dpdk.Testpmd]:
-    started = dpdk.start(lab_layout)
-    yield started
-    _stop_and_check(dpdk.stop, dpdk.status, lab_layout)
+    yield from _component(
+        "dpdk", lambda: dpdk.start(lab_layout), dpdk.stop, dpdk.status, lab_layout
+    )
 
 
 @pytest.fixture(scope="session")
 def ovs_bonds(lab_layout: LabLayout) -> Iterator[ovs.OvsLab]:
-    started = ovs.start(lab_layout, LAB_HOSTS)
-    yield started
-    _stop_and_check(ovs.stop, ovs.status, lab_layout)
+    yield from _component(
+        "ovs", lambda: ovs.start(lab_layout, LAB_HOSTS), ovs.stop, ovs.status, lab_layout
+    )

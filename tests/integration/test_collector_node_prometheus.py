@@ -149,3 +149,7 @@ def test_prometheus_stopped_makes_every_scope_stale_with_its_last_good_time(
     finally:
         prometheus.start(lab_layout)  # the stack is idempotent: restarts what is missing
     assert prometheus.status(lab_layout).running
+    assert temperature.status(lab_layout).running, "the sensor feed outlives a stack restart"
+    components.eventually(
+        lambda: collector.collect(time.time()), _fully_read, timeout=30, what="read again"
+    )
