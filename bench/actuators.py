@@ -1,0 +1,210 @@
+"""Benchmark of the actuators on a lab of their own: ``python -m bench.actuators --json``.
+
+Where it sits: beside the tests, measuring what the issue's targets name, end to end through
+the executor and journal (each figure is an action's own duration: precondition, execute and
+verification inside the guest): vCPU and memory hot-add until the guest sees them, clone until
+the guest reports ready, live migration (wall time and the downtime QEMU reports on the
+destination), disk snapshot, and a rack evacuation of four VMs under the per-host cap. It
+brings up its own lab in a temporary folder and always takes it down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from actuators.base import Fleet
+from actuators.executor import ActionResult, ExecutorLimits, execute_plan
+from actuators.libvirt_events import ensure_event_loop
+from autoscaler.apply_cli import build_fleet, open_journal, quiet_libvirt
+from autoscaler.config import load_controller_config
+from autoscaler.journal import SqliteJournal
+from autoscaler.lab import lab as lab_mod
+from autoscaler.lab.spec import LabSpec
+from autoscaler.model import (
+    Action,
+    CloneFromTemplate,
+    HotAddMemory,
+    HotAddVcpu,
+    LiveMigrate,
+    MergeSnapshot,
+    Plan,
+    Retire,
+    SnapshotDisk,
+)
+
+VMS = ("bench-1", "bench-2", "bench-3", "bench-4")
+WHY = {"business": "web", "reason": "benchmark"}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kib = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_mib": mem_kib // 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def summary(values: list[float]) -> dict[str, float | int]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50_s": float("nan"), "p95_s": float("nan"), "n": 0}
+    p95_index = min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))
+    return {
+        "p50_s": round(statistics.median(ordered), 4),
+        "p95_s": round(ordered[p95_index], 4),
+        "n": len(ordered),
+    }
+
+
+class Bench:
+    def __init__(self, fleet: Fleet, journal: SqliteJournal, limits: ExecutorLimits) -> None:
+        self.fleet = fleet
+        self.journal = journal
+        self.limits = limits
+        self.samples: dict[str, list[float]] = {}
+
+    def run(self, *actions: Action) -> list[ActionResult]:
+        plan = Plan.build(list(actions), created_at=time.time())
+        results = execute_plan(plan, self.fleet, self.journal, limits=self.limits)
+        failed = [r for r in results if r.status != "done"]
+        if failed:
+            raise RuntimeError(f"benchmark action failed: {failed[0].key}: {failed[0].reason}")
+        return results
+
+    def add(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+
+    def timed(self, name: str, *actions: Action) -> list[ActionResult]:
+        results = self.run(*actions)
+        for r in results:
+            self.add(name, r.duration_s)
+        return results
+
+    def migrate_all(self, moves: list[LiveMigrate]) -> float:
+        started = time.monotonic()
+        for r in self.run(*moves):
+            self.add("migration_total", r.figures["migration_total_s"])
+            if "migration_downtime_s" in r.figures:
+                self.add("migration_downtime", r.figures["migration_downtime_s"])
+        return time.monotonic() - started
+
+
+def evacuation(source: str, targets: list[str], vms: tuple[str, ...]) -> list[LiveMigrate]:
+    return [
+        LiveMigrate(vm=vm, source=source, destination=targets[i % len(targets)], **WHY)
+        for i, vm in enumerate(vms)
+    ]
+
+
+def measure(bench: Bench, hosts: list[str]) -> None:
+    a, b, c, d, e, f = hosts[:6]
+    for vm in VMS:  # one at a time: the clone figure is one clone's own latency
+        bench.timed("clone_to_guest_ready", CloneFromTemplate(vm=vm, host=a, **WHY))
+    for n in (2, 3, 4):
+        for vm in VMS:
+            bench.timed("vcpu_hotadd_to_guest", HotAddVcpu(vm=vm, host=a, vcpus=n, **WHY))
+    for mib in (384, 512):
+        for vm in VMS:
+            bench.timed(
+                "memory_hotadd_to_guest", HotAddMemory(vm=vm, host=a, memory_mib=mib, **WHY)
+            )
+    for round_ in (1, 2):
+        for vm in VMS:
+            tag = f"bench-{round_}"
+            (snap,) = bench.run(SnapshotDisk(vm=vm, host=a, tag=tag, **WHY))
+            bench.add("snapshot", snap.figures["snapshot_s"])
+            bench.run(MergeSnapshot(vm=vm, host=a, tag=tag, **WHY))
+    # Rack evacuation: the four VMs leave host a (its rack) for two hosts of other racks,
+    # at most two outgoing migrations at a time (the cap). Then gathered on d and evacuated
+    # again, for a second figure.
+    bench.add("rack_evacuation_4vms", bench.migrate_all(evacuation(a, [b, c], VMS)))
+    bench.migrate_all(evacuation(b, [d], VMS[0::2]) + evacuation(c, [d], VMS[1::2]))
+    bench.add("rack_evacuation_4vms", bench.migrate_all(evacuation(d, [e, f], VMS)))
+    # Scale back in down to the business minimum (2): the other two go with the lab.
+    bench.run(*(Retire(vm=vm, host=[e, f][i % 2], **WHY) for i, vm in enumerate(VMS[:2])))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout for the JSON alone: the lab's scripts print progress at the fd level."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--root", type=Path, help="lab folder (default: a temporary one)")
+    args = parser.parse_args(argv)
+    ensure_event_loop()
+    quiet_libvirt()
+    with tempfile.TemporaryDirectory(prefix="bench-actuators-", dir="/tmp") as tmp:
+        root = args.root or Path(tmp) / "lab"
+        with stdout_to_stderr():
+            try:
+                lab = lab_mod.up(root, LabSpec(), start_vms=False)
+                config = load_controller_config(lab.controller_file)
+                fleet = build_fleet(config)
+                limits = ExecutorLimits(max_migrations_per_host=2, max_migrations=4)
+                with open_journal(Path(tmp) / "state", fleet) as journal:
+                    bench = Bench(fleet, journal, limits)
+                    measure(bench, [h.name for h in lab.state.hosts])
+                domain_type = config.domain_type
+            finally:
+                lab_mod.down(root)
+    report = {
+        "machine": machine(),
+        "domain_type": domain_type,
+        "metrics": {
+            name: summary(bench.samples.get(name, []))
+            for name in (
+                "vcpu_hotadd_to_guest",
+                "memory_hotadd_to_guest",
+                "clone_to_guest_ready",
+                "migration_total",
+                "migration_downtime",
+                "snapshot",
+                "rack_evacuation_4vms",
+            )
+        },
+    }
+    for name, values in sorted(bench.samples.items()):  # the raw figures, for the curious
+        print(f"{name}: {[round(v, 3) for v in values]}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
