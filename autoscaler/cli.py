@@ -9,13 +9,12 @@ Errors an operator can fix are printed as one clear message and exit non-zero; n
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from autoscaler import apply_cli, simulate_cli
 from autoscaler.model import ConfigError, ConfigProblem
 
 
@@ -107,7 +106,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     root: Path = args.root
     if args.lab_command == "up":
-        opened = lab.up(root, load_lab_spec(args.spec), slot=args.slot, start_vms=not args.no_vms)
+        components = [c for c in lab.COMPONENTS if c not in set(args.without)]
+        opened = lab.up(
+            root,
+            load_lab_spec(args.spec),
+            slot=args.slot,
+            start_vms=not args.no_vms,
+            components=components,
+        )
         print(f"lab up: slot {opened.layout.slot}, {len(opened.state.hosts)} hosts")
         print(f"controller file: {opened.controller_file}")
         return 0
@@ -238,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slot", type=int, help="claim this slot (default: the first free one)")
     p.add_argument("--spec", type=Path, help="lab layout file (default: the seed's layout)")
     p.add_argument("--no-vms", action="store_true", help="do not start the first VMs")
+    p.add_argument(
+        "--without",
+        nargs="*",
+        default=[],
+        choices=["prometheus", "temperature", "ceph", "dpdk", "ovs"],
+        help="leave these lab parts out",
+    )
     p.add_argument("--purge", action="store_true", help="down: also remove the guest cache")
     p.add_argument("--set", nargs="*", default=[], metavar="BUSINESS=CORES", help="demand")
     p.set_defaults(func=cmd_lab)
@@ -281,8 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="fail if the files differ")
     p.set_defaults(func=cmd_grafana)
 
-    if importlib.util.find_spec("autoscaler.simulate_cli") is not None:
-        importlib.import_module("autoscaler.simulate_cli").add_parser(sub)
+    simulate_cli.add_parser(sub)
+    apply_cli.add_parser(sub)
     return parser
 
 

@@ -31,6 +31,9 @@ class HostEntry(Strict):
     uplinks: tuple[str, ...] = ()
     ovs_bond: str | None = None
     dpdk_socket: str | None = Field(default=None, description="DPDK telemetry v2 socket path")
+    node_exporter: str | None = Field(
+        default=None, description="the `instance` label of this host's node-exporter"
+    )
     cordoned: bool = False
 
 
@@ -106,6 +109,11 @@ class Ceph(Strict):
     timeout_s: float = Field(default=5.0, gt=0)
 
 
+class Ovs(Strict):
+    control: str = Field(description="ovs-vswitchd control socket (for ovs-appctl bond/show)")
+    timeout_s: float = Field(default=2.0, gt=0)
+
+
 class Intervals(Strict):
     collect_s: float = Field(default=5, gt=0)
     decide_s: float = Field(default=10, gt=0)
@@ -144,6 +152,7 @@ class ControllerConfig(Strict):
     inventory: Inventory
     prometheus: Prometheus | None = None
     ceph: Ceph | None = None
+    ovs: Ovs | None = None
     intervals: Intervals = Intervals()
     executor: Executor = Executor()
     lease: Lease = Lease()

@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from autoscaler.collection import CollectionStage
 from autoscaler.config import ControllerConfig
 from autoscaler.controls import ControlFile, Controls
-from autoscaler.exporter import ControllerMetrics, Health
+from autoscaler.exporter import ControllerMetrics, HealthState
 from autoscaler.history import HistoryStore
 from autoscaler.lease import FileLease
 from autoscaler.logs import event
@@ -34,6 +34,7 @@ from autoscaler.model import (
     Action,
     ConfigError,
     DeposedLeader,
+    Health,
     Lease,
     LeaseState,
     Plan,
@@ -46,8 +47,16 @@ from autoscaler.model import (
 from autoscaler.snapshot_builder import build_snapshot
 from policies.decide import decide
 from policies.drain import drain_actions
-from policies.forecast import FittedForecaster, ForecastSpec, refit, spec_quantile
+from policies.forecast import (
+    FittedForecaster,
+    ForecastSpec,
+    predict_many,
+    reactive_forecast,
+    refit,
+    spec_quantile,
+)
 from policies.loader import load_policy_dir
+from policies.rack_health import score_racks
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
 from policies.state import DecideSettings, DecisionState
@@ -126,7 +135,7 @@ class Controller:
         *,
         holder: str,
         metrics: ControllerMetrics,
-        health: Health,
+        health: HealthState,
         collection: CollectionStage,
         actuation: Actuation | None,
         dry_run: bool = False,
@@ -324,6 +333,7 @@ class Controller:
         if drains:
             plan = Plan.build([*plan.actions, *drains], created_at=now)
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
+        self._export_views(snapshot, state, now)
         wanted = {b: f.ready for b, f in business_figures(snapshot).items()}
         for action in plan.actions:
             if action.kind == "clone_from_template":
@@ -336,6 +346,31 @@ class Controller:
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         self.metrics.last_success.set(self.clock())
         self.health.last_success = self.clock()
+
+    def _export_views(self, snapshot: Snapshot, state: DecisionState, now: float) -> None:
+        """Rack health and forecasts as metrics (decide() computes them but returns a Plan)."""
+        for rack, health in score_racks(
+            snapshot, state.temperatures, now, state.settings.rack_health
+        ).items():
+            self.metrics.rack_health.labels(rack).set(health.score)
+            for verdict in Health:
+                self.metrics.rack_state.labels(rack, verdict.value).set(
+                    1 if health.health is verdict else 0
+                )
+        fitted = {b: f for b, f in state.forecasters.items() if b in self.policies}
+        forecasts = predict_many(fitted, state.demand, now) if fitted else {}
+        for name, policy in self.policies.items():
+            forecast = forecasts.get(name)
+            history = state.demand.get(name)
+            if forecast is None and history is not None and not history.empty:
+                forecast = reactive_forecast(
+                    history,
+                    now,
+                    state.lead_time_s(name),
+                    spec_quantile(policy.forecast.quantile, policy.sla.objective),
+                )
+            if forecast is not None:
+                self.metrics.forecast.labels(name).set(forecast.upper)
 
     def _act(self, plan: Plan, controls: Controls, generation: int | None, now: float) -> None:
         if not plan.actions:

@@ -160,7 +160,7 @@ class ControllerMetrics:
 
 
 @dataclass
-class Health:
+class HealthState:
     """What /healthz reports; updated by the controller."""
 
     interval_s: float
@@ -186,7 +186,7 @@ class MetricsServer:
     def __init__(
         self,
         metrics: ControllerMetrics,
-        health: Health,
+        health: HealthState,
         host: str,
         port: int,
         clock: Callable[[], float] = time.time,

@@ -22,7 +22,7 @@ from autoscaler.actuation import ExecutorActuation
 from autoscaler.collection import CollectionStage, build_collectors
 from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.controller import Controller
-from autoscaler.exporter import ControllerMetrics, Health, MetricsServer
+from autoscaler.exporter import ControllerMetrics, HealthState, MetricsServer
 from autoscaler.logs import event
 from autoscaler.model import ConfigError, ConfigProblem
 from autoscaler.rados_lease import RadosLease
@@ -54,7 +54,7 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     config = load_controller_config(config_path)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     metrics = ControllerMetrics()
-    health = Health(interval_s=config.intervals.decide_s)
+    health = HealthState(interval_s=config.intervals.decide_s)
     host, _, port = (listen or config.metrics.listen).rpartition(":")
     server = MetricsServer(metrics, health, host.strip("[]"), int(port))
     collection = CollectionStage(build_collectors(config))

@@ -129,6 +129,10 @@ def build_snapshot(
     signals = []
     scopes = {s.value for s in Scope}
     for s in samples:
+        # Only samples about a whole scope become Signals; those with more labels (per OSD,
+        # per port, per window) are details of a scope, kept for history and dashboards.
+        if len(s.labels) != 2:
+            continue
         scope, target = s.label("scope"), s.label("target")
         if scope in scopes and target:
             signals.append(

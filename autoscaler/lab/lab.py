@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +35,8 @@ from actuators.domain_xml import (
 from actuators.guest_agent import LabAgentReadiness
 from actuators.libvirt_events import ensure_event_loop
 from actuators.volumes import delete_overlay, ensure_overlay
-from autoscaler.lab import hosts, net, slots, supervision
-from autoscaler.lab.layout import LabLayout
+from autoscaler.lab import ceph, dpdk, hosts, net, ovs, prometheus, slots, supervision, temperature
+from autoscaler.lab.layout import PORT_NODE_EXPORTER, LabLayout
 from autoscaler.lab.spec import LabSpec
 from autoscaler.lab.state import HostRecord, LabState
 from policies.loader import load_policy_dir
@@ -45,6 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GUEST_BUILD = Path(__file__).with_name("guest") / "build.sh"
 DEFAULT_CACHE = Path(os.environ.get("AUTOSCALER_CACHE", PROJECT_ROOT / ".cache"))
 EXAMPLES = PROJECT_ROOT / "examples"
+COMPONENTS = ("prometheus", "temperature", "ceph", "dpdk", "ovs")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,11 @@ def up(
     businesses: Path = EXAMPLES / "businesses",
     images: Path = EXAMPLES / "images",
     start_vms: bool = True,
+    components: Collection[str] = COMPONENTS,
 ) -> Lab:
+    unknown = set(components) - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"unknown lab components {sorted(unknown)}; known: {list(COMPONENTS)}")
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
     state = LabState.load(root / "lab-state.json")
@@ -145,7 +151,8 @@ def up(
 
     with ThreadPoolExecutor(max_workers=len(state.hosts)) as pool:
         list(pool.map(bring_up, state.hosts))
-    write_controller_file(lab, spec, lab_businesses, images)
+    parts = start_components(lab, components)
+    write_controller_file(lab, spec, lab_businesses, images, parts)
     state.up = True
     state.save(layout.state_file)
     if start_vms:
@@ -191,7 +198,43 @@ def load_status(lab: Lab) -> dict[str, Any]:
     return status
 
 
-def write_controller_file(lab: Lab, spec: LabSpec, businesses: Path, images: Path) -> None:
+@dataclass(frozen=True)
+class Components:
+    """What the lab's other parts are, for its controller file."""
+
+    prometheus: prometheus.PrometheusStack | None = None
+    ceph: ceph.CephCluster | None = None
+    dpdk: dpdk.Testpmd | None = None
+    ovs: ovs.OvsLab | None = None
+    temperature: temperature.TemperatureFeeder | None = None
+
+
+def start_components(lab: Lab, wanted: Collection[str]) -> Components:
+    """Prometheus (+ node-exporter, Alertmanager), the rack temperature feed, Ceph with two
+    OSDs per rack, a CPU-capped dpdk-testpmd and a userspace OVS with a bond per host."""
+    layout = lab.layout
+    racks = sorted({h.rack for h in lab.state.hosts})
+    hosts_in_order = [h.name for h in lab.state.hosts]
+    return Components(
+        prometheus=prometheus.start(layout, PROJECT_ROOT / "grafana" / "rules")
+        if "prometheus" in wanted
+        else None,
+        temperature=temperature.start(layout, racks) if "temperature" in wanted else None,
+        ceph=ceph.start(layout, tuple(racks)) if "ceph" in wanted else None,
+        dpdk=dpdk.start(layout) if "dpdk" in wanted else None,
+        ovs=ovs.start(layout, hosts_in_order) if "ovs" in wanted else None,
+    )
+
+
+def stop_components(layout: LabLayout) -> None:
+    for component in (ovs, dpdk, ceph, temperature, prometheus):
+        component.stop(layout)
+
+
+def write_controller_file(
+    lab: Lab, spec: LabSpec, businesses: Path, images: Path, parts: Components | None = None
+) -> None:
+    parts = parts or Components()
     regions: dict[str, dict[str, dict[str, list[HostRecord]]]] = {}
     for h in lab.state.hosts:
         regions.setdefault(h.region, {}).setdefault(h.datacenter, {}).setdefault(h.rack, []).append(
@@ -218,17 +261,7 @@ def write_controller_file(lab: Lab, spec: LabSpec, businesses: Path, images: Pat
                                     "name": rack,
                                     "ceph_crush_rack": rack,
                                     "temperature_sensor": f"rack_{rack}",
-                                    "hosts": [
-                                        {
-                                            "name": h.name,
-                                            "uri": h.uri,
-                                            "cpus": spec.host_cpus,
-                                            "memory_mib": spec.host_memory_mib,
-                                            "netns": h.netns,
-                                            "uplinks": [lab.layout.veth(h.index)[1]],
-                                        }
-                                        for h in hs
-                                    ],
+                                    "hosts": [host_entry(lab, spec, h, parts) for h in hs],
                                 }
                                 for rack, hs in racks.items()
                             ],
@@ -240,10 +273,40 @@ def write_controller_file(lab: Lab, spec: LabSpec, businesses: Path, images: Pat
             ]
         },
     }
+    if parts.prometheus is not None:
+        doc["prometheus"] = {"url": parts.prometheus.url}
+    if parts.ceph is not None:
+        doc["ceph"] = {
+            "conf": str(parts.ceph.conffile),
+            "keyring": str(parts.ceph.keyring),
+            "pool": parts.ceph.pool,
+        }
+        doc["lease"] = {"kind": "file", "duration_s": 15}
+    if parts.ovs is not None:
+        doc["ovs"] = {"control": str(parts.ovs.vswitchd_control)}
     out = io.StringIO()
     out.write(f"# Controller file of lab slot {lab.layout.slot}, written by `autoscaler lab up`.\n")
     YAML(typ="safe", pure=True).dump(doc, out)
     lab.controller_file.write_text(out.getvalue())
+
+
+def host_entry(lab: Lab, spec: LabSpec, h: HostRecord, parts: Components) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": h.name,
+        "uri": h.uri,
+        "cpus": spec.host_cpus,
+        "memory_mib": spec.host_memory_mib,
+        "netns": h.netns,
+        "uplinks": [lab.layout.veth(h.index)[1]],
+    }
+    if parts.prometheus is not None:
+        entry["node_exporter"] = f"127.0.0.1:{lab.layout.port(PORT_NODE_EXPORTER)}"
+    if parts.ovs is not None and h.name in parts.ovs.bonds:
+        entry["ovs_bond"] = parts.ovs.bonds[h.name].bond
+    if parts.dpdk is not None and h.index == 0:
+        # One testpmd per lab, mapped to the first host (a real fleet has one per host).
+        entry["dpdk_socket"] = str(parts.dpdk.telemetry_socket)
+    return entry
 
 
 def instance_spec(lab: Lab, policy: BusinessPolicy, vm: str, host: str, disk: str) -> InstanceSpec:
@@ -357,6 +420,7 @@ def down(root: Path, *, purge: bool = False, cache: Path = DEFAULT_CACHE) -> Non
     if state is not None:
         layout = LabLayout(slot=state.slot, root=root)
         supervision.stop_all(root / "run")
+        stop_components(layout)
         for record in state.hosts:
             hosts.stop_host(record)
         for record in state.hosts:

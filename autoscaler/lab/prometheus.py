@@ -78,7 +78,7 @@ def scrape_config(
             job("prometheus", PORT_PROMETHEUS),
             job("node", PORT_NODE_EXPORTER),
             job("ceph", PORT_CEPH_MGR_PROMETHEUS),
-            job("controller", PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2),
+            job("autoscaler", PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2),
         ],
     }
     if rules_dir is not None:

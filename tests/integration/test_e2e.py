@@ -1,0 +1,116 @@
+"""End to end on the lab: the controller scraped by the real Prometheus, every dashboard query
+answered, and a business driven out of its SLA paging through the real Alertmanager."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from autoscaler.dashboards import all_dashboards, panel_queries
+from autoscaler.lab import lab as lab_mod
+from autoscaler.lab.lab import Lab
+from autoscaler.lab.layout import PORT_ALERTMANAGER, PORT_CONTROLLER_METRICS, PORT_PROMETHEUS
+from tests.integration.lab_fixtures import wait_for
+from tests.integration.test_controller import (
+    FIRST_VMS,
+    controller_file,
+    done_actions,
+    healthz,
+    start,
+)
+
+pytestmark = pytest.mark.lab
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def prom_query(lab: Lab, expr: str) -> list[object]:
+    base = f"http://127.0.0.1:{lab.layout.port(PORT_PROMETHEUS)}/api/v1/query?"
+    answer = get_json(base + urllib.parse.urlencode({"query": expr}))
+    assert isinstance(answer, dict) and answer["status"] == "success", answer
+    result = answer["data"]["result"]
+    return result if isinstance(result, list) else [result]
+
+
+def page_alerts(lab: Lab, business: str) -> list[dict[str, object]]:
+    url = f"http://127.0.0.1:{lab.layout.port(PORT_ALERTMANAGER)}/api/v2/alerts"
+    alerts = get_json(url)
+    assert isinstance(alerts, list)
+    return [
+        a
+        for a in alerts
+        if a["labels"].get("alertname") == "AutoscalerErrorBudgetBurn"
+        and a["labels"].get("business") == business
+        and a["labels"].get("severity") == "page"
+    ]
+
+
+def with_api_in_recommend_mode(lab: Lab, config: Path) -> None:
+    yaml = YAML(typ="safe", pure=True)
+    api = yaml.load((Path(lab.state.root) / "businesses" / "api.yaml").read_text())
+    api["mode"] = "recommend"
+    folder = Path(yaml.load(config.read_text())["policy_dir"])
+    with open(folder / "api.yaml", "w") as out:
+        yaml.dump(api, out)
+
+
+def test_prometheus_scrapes_the_controller_dashboards_answer_and_a_breach_pages(
+    lab: Lab, tmp_path: Path
+) -> None:
+    config = controller_file(lab, tmp_path)
+    with_api_in_recommend_mode(lab, config)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    process = start(config, port, "e2e", tmp_path / "controller.log")
+    try:
+        wait_for(
+            lambda: healthz(port),
+            lambda h: h.get("role") == "leader",
+            timeout=30,
+            what="the controller leading",
+        )
+        # web can scale out (auto); api is only recommended to, and its demand exceeds what
+        # its two instances can carry: its SLI goes bad and its error budget burns.
+        lab_mod.set_demand(lab, {"web": {"cores": 0.35}, "api": {"cores": 0.6}})
+        wait_for(
+            lambda: prom_query(lab, 'up{job="autoscaler"} == 1'),
+            bool,
+            timeout=60,
+            what="Prometheus scraping the controller",
+        )
+        wait_for(
+            lambda: done_actions(port),
+            lambda n: n >= 1,
+            timeout=150,
+            what="the controller acting for web",
+        )
+        alerts = wait_for(
+            lambda: page_alerts(lab, "api"),
+            bool,
+            timeout=360,
+            what="api's page alert in Alertmanager",
+        )
+        assert alerts[0]["status"]["state"] == "active"
+        assert not page_alerts(lab, "web")
+
+        empty = []
+        for name, dashboard in all_dashboards().items():
+            for title, expr in panel_queries(dashboard):
+                if not prom_query(lab, expr):
+                    empty.append(f"{name}: {title}: {expr}")
+        assert empty == [], "panels without data:\n" + "\n".join(empty)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        lab_mod.set_demand(lab, {})
+        for host, domains in lab_mod.status(lab).domains.items():
+            for vm in set(domains) - FIRST_VMS:
+                lab_mod.remove_vm(lab, vm, host)
