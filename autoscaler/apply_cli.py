@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
+from pydantic import ValidationError
 
 from actuators.base import Fleet, LabAgentObserver, StepHook
 from actuators.domain_xml import GuestBoot
@@ -31,6 +32,7 @@ from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.journal import DomainStamper, SqliteJournal
 from autoscaler.model import BaseAction, Business, ConfigError, ConfigProblem, Lease, Plan
 from policies.loader import load_policy_dir
+from policies.yaml_source import printable
 
 CRASH_ENV = "AUTOSCALER_CRASH_AT"
 JOURNAL_FILE = "journal.sqlite"
@@ -141,6 +143,16 @@ def run(args: argparse.Namespace) -> int:
     config = load_controller_config(args.config)
     try:
         plan = Plan.from_json(Path(args.plan).read_text())
+    except ValidationError as exc:  # say which action and field, not just "1 validation error"
+        problems = [
+            ConfigProblem(
+                line=None,
+                field=".".join(str(part) for part in e["loc"]) or "plan",
+                message=printable(e["msg"]),
+            )
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError(str(args.plan), problems) from exc
     except (OSError, ValueError) as exc:
         problem = ConfigProblem(line=None, field="plan", message=str(exc).splitlines()[0])
         raise ConfigError(str(args.plan), [problem]) from exc

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from autoscaler import apply_cli, simulate_cli
 from autoscaler.model import ConfigError, ConfigProblem
+
+PLAN_ID = re.compile(r"plan-[0-9a-f]{12}")
 
 
 def _images_for(path: Path, explicit: Path | None) -> set[str] | None:
@@ -173,20 +176,32 @@ def cmd_control(args: argparse.Namespace) -> int:
     config = load_controller_config(args.config)
     controls = ControlFile(config.state_dir)
     target: str | None = getattr(args, "target", None)
+
+    def safe(value: str, what: str) -> str:
+        try:
+            return check_name(value, what=what)
+        except ValueError as exc:
+            raise ConfigError("command line", [_problem(what, str(exc))]) from exc
+
     if args.command in ("pause", "resume"):
-        name = ALL if target is None else check_name(target, what="business")
+        name = ALL if target is None else safe(target, "business")
         if name != ALL and name not in _business_names(config.policy_dir):
             print(f"no business named {name!r} in {config.policy_dir}", file=sys.stderr)
             return 1
         result = controls.pause(name) if args.command == "pause" else controls.resume(name)
     elif args.command in ("cordon", "uncordon", "drain"):
-        host = check_name(target or "", what="host")
+        host = safe(target or "", "host")
         if host not in {h.name for *_, h in config.inventory.hosts()}:
             print(f"no host named {host!r} in the inventory", file=sys.stderr)
             return 1
         result = getattr(controls, args.command)(host)
     else:  # approve
         target = target or ""
+        if not PLAN_ID.fullmatch(target):  # never a path into or out of the state folder
+            raise ConfigError(
+                "command line",
+                [_problem("PLAN-ID", f"{target!r} is not a plan id (plan-<12 hex digits>)")],
+            )
         plan_file = config.state_dir / "plans" / f"{target}.json"
         if not plan_file.exists():
             print(f"no recommended plan {target!r} in {plan_file.parent}", file=sys.stderr)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -421,10 +422,21 @@ class Controller:
     def _approved_plans(self, controls: Controls) -> list[Plan]:
         plans = []
         for plan_id in sorted(controls.approved):
+            if not re.fullmatch(r"plan-[0-9a-f]{12}", plan_id):
+                continue  # not a plan id: never a path out of the plans folder
             path = self.config.state_dir / "plans" / f"{plan_id}.json"
             done = path.with_suffix(".done")
             if path.exists() and not done.exists():
-                plans.append(Plan.from_json(path.read_text()))
+                try:
+                    plans.append(Plan.from_json(path.read_text()))
+                except (OSError, ValueError) as exc:  # a bad file must not stop every cycle
+                    event(
+                        log,
+                        "approved plan unreadable",
+                        logging.ERROR,
+                        plan=plan_id,
+                        error=str(exc).splitlines()[0][:200],
+                    )
                 done.write_text(f"{self.clock()}\n")
         return plans
 

@@ -64,6 +64,10 @@ def guarded(collector: Collector, now: float, last_good: LastGood) -> Collection
     except AutoscalerError as exc:
         stale = last_good.stale(collector.scope, collector.target, collector.name, str(exc))
         return Collection(source=collector.name, stale=(stale,), errors=(str(exc),))
+    except Exception as exc:  # a collector's bug on odd input: its scope is stale, the loop goes on
+        reason = f"{type(exc).__name__}: {exc}"[:300]
+        stale = last_good.stale(collector.scope, collector.target, collector.name, reason)
+        return Collection(source=collector.name, stale=(stale,), errors=(reason,))
     if not any(s.scope == collector.scope and s.target == collector.target for s in result.stale):
         last_good.ok(collector.scope, collector.target, now)
     return result

@@ -20,7 +20,7 @@ import libvirt
 
 from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
 from collectors.base import Collection, LastGood
-from collectors.common import call_with_deadline
+from collectors.common import call_with_deadline, finite_or_none
 
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
 
@@ -73,6 +73,11 @@ def _metadata_attrs(text: str | None) -> dict[str, str]:
         return {}
 
 
+def _positive(text: str | None) -> float | None:
+    number = finite_or_none(text)
+    return number if number is not None and number > 0 else None
+
+
 def _sum(stats: dict[str, float | int | str], prefix: str, suffix: str) -> float:
     count = int(stats.get(f"{prefix}.count", 0) or 0)
     return float(sum(float(stats.get(f"{prefix}.{i}.{suffix}", 0) or 0) for i in range(count)))
@@ -119,19 +124,17 @@ class DomainStatsParser:
         add("vm_max_vcpus", int(s.get("vcpu.maximum", 0) or 0) or None)
         balloon_kib = s.get("balloon.current")
         add("vm_memory_mib", float(balloon_kib) / 1024 if balloon_kib is not None else None)
-        if "max-memory-mib" in meta:
-            add("vm_template_max_memory_mib", float(meta["max-memory-mib"]))
-        if "max-vcpus" in meta:
-            add("vm_template_max_vcpus", float(meta["max-vcpus"]))
+        # Metadata is text anyone with libvirt access can edit: a value that is not a finite
+        # number (or not a positive one where it must be) is absent, never an exception.
+        add("vm_template_max_memory_mib", _positive(meta.get("max-memory-mib")))
+        add("vm_template_max_vcpus", _positive(meta.get("max-vcpus")))
         rss = s.get("balloon.rss")
         add("vm_rss_mib", float(rss) / 1024 if rss is not None else None)
-        quota = float(meta["cpu-quota"]) if "cpu-quota" in meta else None
+        quota = _positive(meta.get("cpu-quota"))
         add("vm_cpu_quota", quota)
         add("vm_draining", 1.0 if meta.get("draining") == "1" else 0.0)
-        if "ready" in meta:
-            add("vm_ready_timestamp", float(meta["ready"]))
-        if "created" in meta:
-            add("vm_created_timestamp", float(meta["created"]))
+        add("vm_ready_timestamp", finite_or_none(meta.get("ready")))
+        add("vm_created_timestamp", finite_or_none(meta.get("created")))
 
         if state != "running" or "cpu.time" not in s:
             self._previous.pop(key, None)

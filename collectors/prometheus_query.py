@@ -49,4 +49,8 @@ def instant_query(
         result = prometheus.custom_query(query, params={"time": f"{now:.3f}"}, timeout=timeout_s)
     except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
         raise TemporaryError(f"prometheus at {prometheus.url}: {exc}") from exc
+    except (KeyError, TypeError, AttributeError) as exc:  # the client indexes the body blindly
+        raise TemporaryError(
+            f"prometheus at {prometheus.url}: malformed answer ({type(exc).__name__}: {exc})"
+        ) from exc
     return parse_vector(result, query)

@@ -27,7 +27,7 @@ def read_yaml(path: Path, text: str | None = None) -> Any:
         source = path.read_text(encoding="utf-8") if text is None else text
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            str(path), [ConfigProblem(line=None, field="-", message=str(exc))]
+            str(path), [ConfigProblem(line=None, field="-", message=printable(str(exc)))]
         ) from exc
     yaml = YAML(typ="rt", pure=True)
     yaml.allow_duplicate_keys = False
@@ -36,15 +36,24 @@ def read_yaml(path: Path, text: str | None = None) -> Any:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        message = " ".join(str(m) for m in (exc.context, exc.problem) if m)
+        message = printable(" ".join(str(m) for m in (exc.context, exc.problem) if m))
         raise ConfigError(
             str(path), [ConfigProblem(line=line, field="-", message=f"not valid YAML: {message}")]
         ) from exc
     except (YAMLError, ValueError, TypeError, RecursionError) as exc:
+        message = printable(str(exc))
         raise ConfigError(
-            str(path), [ConfigProblem(line=None, field="-", message=f"not valid YAML: {exc}")]
+            str(path), [ConfigProblem(line=None, field="-", message=f"not valid YAML: {message}")]
         ) from exc
     return data
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: a key or value from the file can never break
+    an error message into extra (forged) lines of output or logs."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def line_of(data: Any, loc: Sequence[int | str]) -> int | None:
@@ -77,16 +86,29 @@ def _field_path(loc: Sequence[int | str]) -> str:
         ):
             continue
         else:
-            parts.append(("." if parts else "") + part)
+            parts.append(("." if parts else "") + printable(part))
     return "".join(parts) or "-"
 
 
-def _plain(value: Any) -> Any:
-    """ruamel's round-trip containers, as plain dicts and lists for pydantic."""
+MAX_VALUES = 100_000
+"""Most values a file may expand to: YAML aliases can make a few lines expand to billions
+(the "billion laughs"), which would eat the controller's memory before validation starts."""
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _plain(value: Any, budget: list[int] | None = None) -> Any:
+    """ruamel's round-trip containers, as plain dicts and lists for pydantic (bounded)."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooLarge(f"the file expands to more than {MAX_VALUES} values (YAML aliases?)")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, budget) for v in value]
     return value
 
 
@@ -104,7 +126,9 @@ def problems_from(exc: ValidationError, data: Any) -> list[ConfigProblem]:
             if len(shown) <= 60:
                 message = f"{message} (got {shown})"
         problems.append(
-            ConfigProblem(line=line_of(data, loc), field=_field_path(loc), message=message)
+            ConfigProblem(
+                line=line_of(data, loc), field=_field_path(loc), message=printable(message)
+            )
         )
     return problems
 
@@ -119,6 +143,13 @@ def validate_file(
             [ConfigProblem(line=1, field="-", message="expected a mapping at the top of the file")],
         )
     try:
-        return model.model_validate(_plain(data), context=context)
+        plain = _plain(data)
+    except (_TooLarge, RecursionError) as exc:
+        message = str(exc) if isinstance(exc, _TooLarge) else "the file nests too deeply"
+        raise ConfigError(
+            str(path), [ConfigProblem(line=None, field="-", message=message)]
+        ) from exc
+    try:
+        return model.model_validate(plain, context=context)
     except ValidationError as exc:
         raise ConfigError(str(path), problems_from(exc, data)) from exc

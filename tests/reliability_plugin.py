@@ -1,0 +1,72 @@
+"""The pytest half of the reliability record (see ``tests.reliability``).
+
+Where it sits: registered by ``pytest_plugins = ["tests.reliability_plugin"]`` in the fault and
+bad-input test modules; after each of their tests it writes ``build/reliability/<test>.json``
+with what ``tests.reliability.record`` gathered (or the test's docstring) and the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from tests.reliability import _RECORDS, OUT
+
+
+def _suite_of(nodeid: str) -> str | None:
+    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+    if module.startswith("test_bad_input_"):
+        return "bad-input"
+    if module.startswith("test_faults_"):
+        return "fault"
+    return None
+
+
+def _from_docstring(item: pytest.Item, suite: str) -> dict[str, Any]:
+    doc = getattr(getattr(item, "function", None), "__doc__", None) or ""
+    lines = [line.strip() for line in doc.strip().splitlines()]
+    injected = lines[0].rstrip(".") if lines and lines[0] else item.name
+    expect = next((ln[len("Expect:") :].strip() for ln in lines if ln.startswith("Expect:")), "")
+    return {
+        "suite": suite,
+        "name": item.name.replace("test_", "", 1).replace("_", " "),
+        "injected": injected,
+        "behaviour": expect.rstrip(".") or "as the test asserts",
+        "lost": "nothing",
+        "details": {},
+    }
+
+
+def _slug(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid.split("/")[-1])[:180]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    suite = _suite_of(item.nodeid)
+    if suite is None:
+        return
+    failed_setup = report.when == "setup" and report.outcome != "passed"
+    if report.when != "call" and not failed_setup:
+        return
+    entries = _RECORDS.pop(item.nodeid, []) or [_from_docstring(item, suite)]
+    result = "passed" if report.outcome == "passed" else report.outcome
+    for entry in entries:
+        entry["outcome"] = result
+        entry["test"] = item.nodeid
+        entry["duration_s"] = round(report.duration, 2)
+        entry["at"] = round(time.time())
+        if result != "passed":
+            entry["lost"] = "unknown: the test failed"
+            entry["failure"] = str(report.longreprtext).strip().splitlines()[-1:][0:1]
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{_slug(item.nodeid)}.json").write_text(json.dumps(entries, indent=1) + "\n")
