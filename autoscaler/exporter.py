@@ -194,6 +194,8 @@ class MetricsServer:
         registry = metrics.registry
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that connects and says nothing does not hold a thread
+
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 if self.path.startswith("/metrics"):
                     body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST

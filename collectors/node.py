@@ -18,7 +18,7 @@ from autoscaler.model import Sample, Scope, SignalName, Stale, TemporaryError
 from autoscaler.model.names import check_name
 from collectors.base import Collection, LastGood
 from collectors.common import all_stale, call_with_deadline, scoped
-from collectors.prometheus_query import InstantValue, instant_query
+from collectors.prometheus_query import InstantValue, instant_query, redacted
 
 RACK_CHIP_PREFIX = "rack_"
 
@@ -69,7 +69,7 @@ class NodeCollector:
             per_instance, temperatures = call_with_deadline(
                 lambda: (self._per_instance(now), self._query("node_hwmon_temp_celsius", now)),
                 self.timeout_s,
-                f"prometheus at {self.prometheus.url}",
+                f"prometheus at {redacted(self.prometheus.url)}",
             )
         except TemporaryError as exc:
             reason = str(exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from prometheus_api_client import PrometheusConnect
@@ -16,6 +17,16 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 
 from autoscaler.model import TemporaryError
 from collectors.common import finite_or_none
+
+
+def redacted(url: str) -> str:
+    """``url`` without its user and password: what may appear in errors, logs and snapshots."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
 
 @dataclass(frozen=True)
@@ -48,9 +59,8 @@ def instant_query(
     try:
         result = prometheus.custom_query(query, params={"time": f"{now:.3f}"}, timeout=timeout_s)
     except (requests.RequestException, PrometheusApiClientException, ValueError) as exc:
-        raise TemporaryError(f"prometheus at {prometheus.url}: {exc}") from exc
+        raise TemporaryError(f"prometheus at {redacted(prometheus.url)}: {exc}") from exc
     except (KeyError, TypeError, AttributeError) as exc:  # the client indexes the body blindly
-        raise TemporaryError(
-            f"prometheus at {prometheus.url}: malformed answer ({type(exc).__name__}: {exc})"
-        ) from exc
+        problem = f"malformed answer ({type(exc).__name__}: {exc})"
+        raise TemporaryError(f"prometheus at {redacted(prometheus.url)}: {problem}") from exc
     return parse_vector(result, query)
