@@ -1,0 +1,185 @@
+"""Faults on a host while the controller runs in ``auto`` mode: its link cut, its libvirtd hung.
+
+Where it sits: the reliability suite on the real lab (issue 7). A real ``autoscaler run``
+process (the web-only policy and short intervals of ``test_controller``) drives the session lab;
+the host running ``web-1`` is cut off (``net.set_uplink``) or hung (SIGSTOP of its libvirtd,
+always SIGCONT in ``finally``). The controller must keep running (``/healthz`` healthy), mark
+the host stale (``autoscaler_collector_stale``), take no retire or migration while it cannot see
+it, see it again once the fault clears, and leave every VM existing exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autoscaler.lab import lab as lab_mod
+from autoscaler.lab import net
+from autoscaler.lab.lab import Lab
+from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
+from tests.integration.lab_fixtures import wait_for
+from tests.integration.test_controller import (
+    DECIDE_S,
+    controller_file,
+    healthz,
+    restore_lab,
+    start,
+    stop,
+)
+from tests.reliability import record
+
+pytestmark = pytest.mark.lab
+pytest_plugins = ["tests.reliability_plugin"]
+__all__ = ["restore_lab"]  # the fixture, imported to be used by name
+DISRUPTIVE = ("retire", "live_migrate")
+
+
+def metrics(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as reply:
+            return str(reply.read().decode())
+    except OSError:
+        return ""
+
+
+def stale_sources(port: int, host: str) -> set[str]:
+    """Sources marking ``host`` stale right now (``autoscaler_collector_stale`` = 1)."""
+    found = set()
+    for line in metrics(port).splitlines():
+        if not line.startswith("autoscaler_collector_stale{") or not line.endswith(" 1.0"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+        if labels.get("scope") == "host" and labels.get("target") == host:
+            found.add(labels.get("source", ""))
+    return found
+
+
+def events(log: Path) -> list[dict[str, object]]:
+    out = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def placements(lab: Lab) -> dict[str, list[str]]:
+    """VM -> the hosts it is defined on (active or not)."""
+    seen: dict[str, list[str]] = {}
+    for record_ in lab.state.hosts:
+        conn = lab.connect(record_.name)
+        try:
+            for dom in conn.listAllDomains(0):
+                seen.setdefault(dom.name(), []).append(record_.name)
+        finally:
+            conn.close()
+    return seen
+
+
+def _libvirtd_pid(lab: Lab, host: str) -> int:
+    return int((Path(lab.state.host(host).base) / "run" / "libvirtd.pid").read_text().strip())
+
+
+def _faults(lab: Lab, host: str) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
+    index = lab.state.host(host).index
+    return {
+        "link-cut": (
+            lambda: net.set_uplink(lab.layout, index, up=False),
+            lambda: net.set_uplink(lab.layout, index, up=True),
+        ),
+        "libvirtd-hung": (
+            lambda: os.kill(_libvirtd_pid(lab, host), signal.SIGSTOP),
+            lambda: os.kill(_libvirtd_pid(lab, host), signal.SIGCONT),
+        ),
+    }
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["link-cut", "libvirtd-hung"])
+def test_a_host_cut_off_or_hung_is_stale_never_acted_on_and_recovered(
+    lab: Lab, tmp_path: Path, restore_lab: None, fault: str
+) -> None:
+    """The host running web-1 cut off (its uplink down) or hung (libvirtd SIGSTOPped) under a
+    controller in auto mode.
+
+    Expect: healthy throughout, the host stale, no retire or migration while stale, recovered.
+    """
+    config = controller_file(lab, tmp_path)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    host = next(h for h, doms in lab_mod.status(lab).domains.items() if "web-1" in doms)
+    inject, clear = _faults(lab, host)[fault]
+    before = placements(lab)
+    process = start(config, port, f"faults-{fault}", log)
+    try:
+        wait_for(
+            lambda: healthz(port), lambda h: h.get("role") == "leader", timeout=30, what="leading"
+        )
+        wait_for(
+            lambda: stale_sources(port, host),
+            lambda s: "libvirt:" + host not in s and metrics(port) != "",
+            timeout=30,
+            what=f"{host} seen fresh before the fault",
+        )
+        injected_at = time.time()
+        inject()
+        try:
+            seen = wait_for(
+                lambda: stale_sources(port, host),
+                lambda s: f"libvirt:{host}" in s,
+                timeout=40,
+                what=f"{host} marked stale",
+            )
+            stale_after = time.time() - injected_at
+            time.sleep(4 * DECIDE_S)  # several decide cycles on stale data
+            during = healthz(port)
+            assert during.get("healthy") is True, during
+            assert process.poll() is None
+        finally:
+            clear()
+        cleared_at = time.time()
+        wait_for(
+            lambda: stale_sources(port, host),
+            lambda s: f"libvirt:{host}" not in s,
+            timeout=60,
+            what=f"{host} fresh again after the fault",
+        )
+        recovered_after = time.time() - cleared_at
+        assert healthz(port).get("healthy") is True
+    finally:
+        code = stop(process)
+    assert code == 0, log.read_text()[-2000:]
+    acted = [
+        e
+        for e in events(log)
+        if e.get("event") in ("planned", "action")
+        and e.get("kind") in DISRUPTIVE
+        and injected_at <= float(str(e.get("at", 0))) <= cleared_at + 2 * DECIDE_S
+    ]
+    assert acted == [], f"retire or migration decided on stale data: {acted}"
+    after = placements(lab)
+    assert all(len(hosts) == 1 for hosts in after.values()), after
+    assert set(before) <= set(after)  # nothing the lab had was lost
+    record(
+        "fault",
+        f"host {fault.replace('-', ' ')}",
+        injected="uplink of the host running web-1 set down"
+        if fault == "link-cut"
+        else "SIGSTOP of the libvirtd of the host running web-1",
+        behaviour=f"healthy throughout; {host} stale after {stale_after:.1f} s "
+        f"(sources {sorted(seen)}); no retire or migration; fresh {recovered_after:.1f} s "
+        "after the fault cleared",
+        lost="nothing: every VM on exactly one host, all the lab's VMs still there",
+        stale_after_s=round(stale_after, 1),
+        recovered_after_s=round(recovered_after, 1),
+    )
