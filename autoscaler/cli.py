@@ -232,6 +232,12 @@ def cmd_plans(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from autoscaler import demo
+
+    return demo.run(args.root, keep=args.keep, load_s=args.load_s, fault_s=args.fault_s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoscaler", description="Autoscaling and SLA controller for libvirt/KVM clouds"
@@ -301,6 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plans", help="list recommended plans and their actions")
     p.add_argument("--config", type=Path, required=True)
     p.set_defaults(func=cmd_plans)
+
+    p = sub.add_parser("demo", help="the closed loop on the lab, with a rack fault")
+    p.add_argument("--root", type=Path, default=Path(".lab/demo"))
+    p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
+    p.add_argument("--load-s", type=float, default=150, help="seconds of replayed load")
+    p.add_argument("--fault-s", type=float, default=150, help="seconds allowed to evacuate")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("grafana", help="generate Prometheus rules and Grafana dashboards")
     p.add_argument("action", choices=["generate"])

@@ -162,11 +162,22 @@ class Controller:
         self.policies: dict[str, BusinessPolicy] = {}
         self._policy_stamp: tuple[tuple[str, float], ...] = ()
         self._snapshot: Snapshot | None = None
+        self.on_event: Callable[[str], None] | None = None
+        """Called with a one-line text for every planned action and outcome (live views)."""
         self._leader_generation: int | None = None
         self._act_lock = threading.Lock()
         self._stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.reload_policies(initial=True)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The last Snapshot the collect job built."""
+        return self._snapshot
+
+    def _tell(self, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(text)
 
     # -- policies ---------------------------------------------------------------------------
     def _stamp(self) -> tuple[tuple[str, float], ...]:
@@ -243,7 +254,13 @@ class Controller:
         now = self.clock()
         collections = self.collection.run(now)
         self.metrics.stage_seconds.labels("collect").observe(time.monotonic() - started)
-        snapshot = build_snapshot(self.config, self.policies, collections, now)
+        snapshot = build_snapshot(
+            self.config,
+            self.policies,
+            collections,
+            now,
+            warmup_s=2 * self.config.intervals.collect_s,
+        )
         controls = self.controls.read()
         if controls.cordoned:
             snapshot = snapshot.model_copy(
@@ -384,6 +401,7 @@ class Controller:
                 continue
             (auto if policy.mode is Mode.AUTO else recommend).append(action)
         for action in plan.actions:
+            self._tell(f"planned {action.kind} {action.vm}: {action.reason}")
             event(
                 log,
                 "planned",
@@ -446,6 +464,7 @@ class Controller:
         with self._act_lock:
             outcomes = self.actuation.execute(plan)
         for out in outcomes:
+            self._tell(f"{out.result} {out.key} in {out.duration_s:.1f}s: {out.reason}")
             self.metrics.actions.labels(out.kind, out.result).inc()
             self.metrics.action_seconds.labels(out.kind).observe(out.duration_s)
             event(

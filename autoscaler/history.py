@@ -188,6 +188,35 @@ class HistoryStore:
                 raise
         self._maybe_prune(when)
 
+    def record_many(
+        self, kind: SeriesKind, when: float, figures: Mapping[str, Mapping[str, float]]
+    ) -> int:
+        """Store the figures of many VMs or businesses observed at ``when`` in one transaction
+        (one collection cycle of a large fleet); returns how many values were stored."""
+        rows: list[tuple[int, int, float]] = []
+        minute = _minute(when)
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for name, values in figures.items():
+                    check_name(name, what=kind.value)
+                    for metric, value in values.items():
+                        check_metric(metric)
+                        if not math.isfinite(value):
+                            raise ValueError(
+                                f"{kind.value} {name} {metric}: {value!r} is not finite"
+                            )
+                        series = self._series_id(kind, name, metric, create=True)
+                        rows.append((series, minute, float(value)))
+                self._db.executemany(UPSERT, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._series_ids.clear()
+                raise
+        self._maybe_prune(when)
+        return len(rows)
+
     def record_business(self, business: str, when: float, **figures: float) -> None:
         self.record_figures(SeriesKind.BUSINESS, business, when, figures)
 

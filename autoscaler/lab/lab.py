@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Lab:
     layout: LabLayout
     state: LabState
     cache: Path
+    parts: Components | None = None
 
     @property
     def controller_file(self) -> Path:
@@ -152,6 +153,7 @@ def up(
     with ThreadPoolExecutor(max_workers=len(state.hosts)) as pool:
         list(pool.map(bring_up, state.hosts))
     parts = start_components(lab, components)
+    lab = replace(lab, parts=parts)
     write_controller_file(lab, spec, lab_businesses, images, parts)
     state.up = True
     state.save(layout.state_file)
