@@ -80,8 +80,13 @@ class SlaStatus:
 
     @property
     def burning(self) -> bool:
-        """Spending budget faster than the window allows (no scale-down then)."""
-        return self.alert is not AlertState.OK or self.burn_rates["1h"] > 1.0
+        """Spending budget faster than the window allows right now (no scale-down then): a page,
+        or both the last hour and the last five minutes above the budget's rate. A slow burn
+        (a ticket) or one bad interval an hour ago does not block scale-down once the last five
+        minutes are clean (the short window of the workbook's multi-window rule)."""
+        return self.alert is AlertState.PAGE or (
+            self.burn_rates["1h"] > 1.0 and self.burn_rates["5m"] > 1.0
+        )
 
 
 def capacity_interval(
