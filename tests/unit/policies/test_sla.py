@@ -41,6 +41,13 @@ def test_a_slow_steady_burn_opens_a_ticket_not_a_page() -> None:
     status = sla_status(_ledger({m for m in range(minutes) if m % 1000 == 999}, minutes), SLA, NOW)
     assert 1.0 <= status.burn_rates["3d"] < 6.0
     assert status.alert is AlertState.TICKET
+    assert not status.burning  # a ticket alone, with the last 5 minutes clean, allows scale-down
+
+
+def test_bad_minutes_in_the_last_five_minutes_and_hour_are_burning() -> None:
+    minutes = 3 * 24 * 60
+    status = sla_status(_ledger({minutes - 1, minutes - 30}, minutes), SLA, NOW)
+    assert status.burn_rates["5m"] > 1.0 and status.burn_rates["1h"] > 1.0
     assert status.burning
 
 
