@@ -21,9 +21,12 @@ unit: deps
 integration: deps
 	$(PY) -m pytest -q tests/integration
 
-# The whole suite: lint, types, unit and integration tests on the real lab (started once).
+# The whole suite: lint, types, unit and integration tests on the real lab (started once),
+# then RELIABILITY.md from the fault and bad-input tests' own records.
 test: lint types
+	rm -rf build/reliability
 	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m autoscaler.reliability_report
 
 # The inner loop: lint, types and the unit tests (no lab, well under a minute).
 test-fast: lint types unit
