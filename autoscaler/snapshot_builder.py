@@ -38,7 +38,11 @@ def _by_key(samples: Iterable[Sample], *keys: str) -> dict[tuple[str, ...], dict
 
 
 def _vm(
-    host: str, name: str, metrics: dict[str, Sample], policies: Mapping[str, BusinessPolicy]
+    host: str,
+    name: str,
+    metrics: dict[str, Sample],
+    policies: Mapping[str, BusinessPolicy],
+    ready_after: float,
 ) -> VM | None:
     info = metrics.get("vm_info")
     if info is None:
@@ -78,7 +82,9 @@ def _vm(
         nic_model=nic,
         cpu_quota=val("vm_cpu_quota"),
         cpu_utilisation=val("vm_cpu_utilisation"),
-        ready=state is VmState.RUNNING and val("vm_ready_timestamp") is not None,
+        ready=state is VmState.RUNNING
+        and (ready_at := val("vm_ready_timestamp")) is not None
+        and ready_at <= ready_after,
         draining=bool(val("vm_draining")),
         created_at=val("vm_created_timestamp"),
     )
@@ -89,7 +95,12 @@ def build_snapshot(
     policies: Mapping[str, BusinessPolicy],
     collections: Iterable[Collection],
     now: float,
+    *,
+    warmup_s: float = 0.0,
 ) -> Snapshot:
+    """``warmup_s``: a VM counts as ready (its load as demand) only that long after it became
+    ready, so the CPU of its boot does not read as load (Kubernetes' HPA ignores a new pod's CPU
+    for its initialization period for the same reason)."""
     collections = list(collections)
     samples = [s for c in collections for s in c.samples]
     stale: list[Stale] = [st for c in collections for st in c.stale]
@@ -118,7 +129,7 @@ def build_snapshot(
     ).items():
         if host_name not in known_hosts:
             continue
-        vm = _vm(host_name, name, metrics, policies)
+        vm = _vm(host_name, name, metrics, policies, now - warmup_s)
         if vm is not None:
             vms.append(vm)
     # A VM seen on two hosts (mid-migration): keep the running copy.
