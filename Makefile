@@ -31,13 +31,10 @@ test: lint types
 # The inner loop: lint, types and the unit tests (no lab, well under a minute).
 test-fast: lint types unit
 
-# The demo: bring up the lab, discover the fleet through libvirt and print it, take it down.
+# The demo: the lab, the fleet it discovers, then the closed loop on real traces and a rack
+# fault, with a live view; the lab is taken down at the end.
 demo: deps
-	@trap '$(VENV)/bin/autoscaler lab down --root $(DEMO_ROOT) >/dev/null' EXIT; \
-	$(VENV)/bin/autoscaler lab up --root $(DEMO_ROOT) && \
-	$(VENV)/bin/autoscaler lab demand --root $(DEMO_ROOT) --set web=0.2 api=0.1 cache=0.05 && \
-	sleep 10 && \
-	$(VENV)/bin/autoscaler fleet --config $(DEMO_ROOT)/controller.yaml
+	$(VENV)/bin/autoscaler demo --root $(DEMO_ROOT)
 
 lab-up: deps
 	$(VENV)/bin/autoscaler lab up --root $(DEMO_ROOT)

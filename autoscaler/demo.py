@@ -29,13 +29,17 @@ from autoscaler.actuation import ExecutorActuation
 from autoscaler.collection import CollectionStage, build_collectors
 from autoscaler.config import load_controller_config
 from autoscaler.controller import Controller, business_figures
+from autoscaler.discovery import discover
 from autoscaler.exporter import ControllerMetrics, HealthState, MetricsServer
+from autoscaler.fleet_view import print_fleet
+from autoscaler.history import BUSY_CORES, SeriesKind
 from autoscaler.lab import ceph, ovs, temperature
 from autoscaler.lab import lab as lab_mod
 from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
 from autoscaler.lab.loaddriver import TraceDemand
 from autoscaler.lab.spec import LabSpec
 from autoscaler.model import Health
+from policies.loader import load_policy_dir
 from policies.rack_health import score_racks
 
 DATA = lab_mod.PROJECT_ROOT / "data" / "nab"
@@ -82,12 +86,7 @@ def preload_history(controller: Controller, now: float) -> None:
     for business, (trace, peak, start) in TRACES.items():
         demand = TraceDemand.from_csv(DATA / trace, peak, COMPRESSION, start)
         points = [(now + 60.0 * m, demand.at(60.0 * m)) for m in minutes]
-        controller.history.record(
-            __import__("autoscaler.history", fromlist=["SeriesKind"]).SeriesKind.BUSINESS,
-            business,
-            "busy_cores",
-            points,
-        )
+        controller.history.record(SeriesKind.BUSINESS, business, BUSY_CORES, points)
 
 
 def view(controller: Controller, events: list[str], phase: str, started: float) -> Group:
@@ -137,6 +136,8 @@ def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float =
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     try:
         config = load_controller_config(demo_controller_file(lab, demo_policies(lab)))
+        console.print("[bold]the fleet, discovered through libvirt[/bold]")
+        print_fleet(discover(config, load_policy_dir(config.policy_dir)), console)
         shutil.rmtree(config.state_dir, ignore_errors=True)
         metrics, health = ControllerMetrics(), HealthState(interval_s=config.intervals.decide_s)
         controller = Controller(
