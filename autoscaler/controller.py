@@ -120,12 +120,13 @@ def business_figures(snapshot: Snapshot) -> dict[str, BusinessFigures]:
     for vm in snapshot.vms:
         if vm.business is None or vm.business not in out or vm.state is not VmState.RUNNING:
             continue
+        if not vm.ready or vm.draining:
+            continue  # a booting clone's CPU is not demand; a draining VM gets none
         fig = out[vm.business]
         if vm.busy_cores is not None:
             fig.demand_cores += vm.busy_cores
-        if vm.ready and not vm.draining:
-            fig.ready += 1
-            fig.capacity_cores += vm.capacity_cores
+        fig.ready += 1
+        fig.capacity_cores += vm.capacity_cores
     return out
 
 

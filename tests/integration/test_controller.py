@@ -178,7 +178,7 @@ def test_two_controllers_one_acts_and_the_standby_takes_over_a_killed_leader(
     try:
         roles = wait_for(
             lambda: {n: healthz(p).get("role") for n, p in ports.items()},
-            lambda r: sorted(r.values()) == ["leader", "standby"],
+            lambda r: sorted(str(v) for v in r.values()) == ["leader", "standby"],
             timeout=30,
             what="one leader and one standby",
         )

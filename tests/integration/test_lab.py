@@ -98,7 +98,6 @@ def test_a_guests_duty_shows_up_in_libvirt_cpu_time(lab: Lab) -> None:
     )
     time.sleep(2)
     busy = utilisation(lab, host, "cache-1", 8)
-    assert busy == pytest.approx(0.60, abs=0.08)
     lab_mod.set_demand(lab, {"cache": {"cores": 0.0}})
     wait_for(
         lambda: duty_of(lab, "cache"),
@@ -108,7 +107,8 @@ def test_a_guests_duty_shows_up_in_libvirt_cpu_time(lab: Lab) -> None:
     )
     time.sleep(2)
     idle = utilisation(lab, host, "cache-1", 8)
-    assert idle < 0.1
+    # The agent's own idle work is a few points of a 0.25-core quota; the duty is the difference.
+    assert idle < 0.15
     assert busy - idle == pytest.approx(0.60, abs=0.08)
 
 
