@@ -340,6 +340,8 @@ class Controller:
             return
         now = self.clock()
         generation = self._leader_generation
+        if generation is None and not self.dry_run:
+            return  # a standby collects and stays ready; only the leader decides
         started = time.monotonic()
         state = self.decision_state(now)
         plan = decide(snapshot, self.policies, state, now)
