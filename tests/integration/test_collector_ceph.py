@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import rados
 
 from autoscaler.lab import ceph
 from autoscaler.lab.layout import LabLayout
@@ -54,6 +55,14 @@ def _all_up(collection: Collection) -> bool:
         and _value(collection, "ceph_pgs_active_clean", "ceph")
         == _value(collection, "ceph_pgs_total", "ceph")
     )
+
+
+def _write(ioctx: Any, key: str, data: bytes) -> bool:
+    try:
+        ioctx.write_full(key, data)
+    except rados.TimedOut:
+        return False
+    return True
 
 
 def _restart(layout: LabLayout, collector: CephCollector, osds: tuple[int, ...]) -> None:
@@ -109,7 +118,14 @@ def test_a_whole_rack_stopped_reads_as_zero_of_two_while_data_stays_readable(
 ) -> None:
     collector = CephCollector(rados_client, timeout_s=3.0)
     ioctx = rados_client.open_ioctx(ceph_cluster.pool)
-    ioctx.write_full("survivor", b"kept across a rack failure")
+    # Right after an earlier test restarted an OSD its PGs may still be peering, so a write can
+    # time out once even though the mgr's digest already said clean: retry until it lands.
+    components.eventually(
+        lambda: _write(ioctx, "survivor", b"kept across a rack failure"),
+        bool,
+        timeout=90,
+        what="the survivor object written",
+    )
     rack = ceph_cluster.osds_by_rack["r2"]
     for osd in rack:
         ceph.stop_osd(lab_layout, osd)
