@@ -108,8 +108,10 @@ def test_a_guests_duty_shows_up_in_libvirt_cpu_time(lab: Lab) -> None:
     time.sleep(2)
     idle = utilisation(lab, host, "cache-1", 8)
     # The agent's own idle work is a few points of a 0.25-core quota; the duty is the difference.
+    # CFS throttles in 100 ms periods: a 600 ms burn window can straddle one more period than it
+    # covers and earn one more 25 ms slice, so the reading may be up to 0.1 above the duty.
     assert idle < 0.15
-    assert busy - idle == pytest.approx(0.60, abs=0.08)
+    assert 0.52 <= busy - idle <= 0.72
 
 
 def test_the_load_driver_split_follows_the_instances(lab: Lab) -> None:
