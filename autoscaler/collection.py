@@ -29,11 +29,18 @@ def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
     return lambda: libvirt.open(uri)
 
 
-def build_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[Collector]:
-    collectors: list[Collector] = [
+def libvirt_collectors(
+    config: ControllerConfig, timeout_s: float = 5.0
+) -> list[LibvirtHostCollector]:
+    """One libvirt collector per inventory host."""
+    return [
         LibvirtHostCollector(h.name, _opener(h.uri), timeout_s=timeout_s)
         for *_, h in config.inventory.hosts()
     ]
+
+
+def build_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[Collector]:
+    collectors: list[Collector] = list(libvirt_collectors(config, timeout_s))
     hosts = [h for *_, h in config.inventory.hosts()]
     if config.prometheus is not None:
         from prometheus_api_client import PrometheusConnect

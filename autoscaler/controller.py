@@ -531,8 +531,9 @@ class Controller:
         now = self.clock()
         specs: dict[str, ForecastSpec] = {}
         histories: dict[str, pd.Series] = {}
+        state = self.decision_state(now)
         for name, policy in self.policies.items():
-            lead = self.decision_state(now).lead_time_s(name)
+            lead = state.lead_time_s(name)
             specs[name] = ForecastSpec(
                 models=tuple(m.value for m in policy.forecast.models),
                 quantile=spec_quantile(policy.forecast.quantile, policy.sla.objective),

@@ -8,28 +8,18 @@ computed from CPU-time deltas), then turned into a Snapshot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
+from autoscaler.collection import libvirt_collectors
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Snapshot
 from autoscaler.snapshot_builder import build_snapshot
 from collectors.base import Collection
 from collectors.libvirt_vms import LibvirtHostCollector
 from policies.schema import BusinessPolicy
-
-
-def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
-    return lambda: libvirt.open(uri)
-
-
-def host_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[LibvirtHostCollector]:
-    return [
-        LibvirtHostCollector(h.name, _opener(h.uri), timeout_s=timeout_s)
-        for *_, h in config.inventory.hosts()
-    ]
 
 
 def collect_all(collectors: list[LibvirtHostCollector], now: float) -> list[Collection]:
@@ -45,7 +35,7 @@ def discover(
     timeout_s: float = 5.0,
 ) -> Snapshot:
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
-    collectors = host_collectors(config, timeout_s)
+    collectors = libvirt_collectors(config, timeout_s)
     collect_all(collectors, time.time())
     time.sleep(sample_interval_s)
     now = time.time()

@@ -29,13 +29,14 @@ class BaseAction(Frozen):
     lease_generation: int | None = Field(default=None, ge=0)
 
     @property
-    def key(self) -> str:  # pragma: no cover - every kind overrides it
-        raise NotImplementedError
+    def key(self) -> str:
+        """Idempotency key: the intended end state (each action kind defines it)."""
+        raise NotImplementedError  # pragma: no cover - every kind overrides it
 
     @property
     def hosts(self) -> tuple[str, ...]:
         """Hosts this action touches (for concurrency caps and locking)."""
-        raise NotImplementedError  # pragma: no cover
+        raise NotImplementedError  # pragma: no cover - every kind overrides it
 
 
 class HotAddVcpu(BaseAction):

@@ -8,7 +8,7 @@ docs/snapshot-format.md) so plans can be computed offline and in tests.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any, Literal
@@ -22,8 +22,7 @@ SNAPSHOT_FORMAT: Literal["autoscaler.snapshot/v1"] = "autoscaler.snapshot/v1"
 
 
 def _duplicates(names: list[str]) -> list[str]:
-    seen: set[str] = set()
-    return sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
+    return sorted(name for name, count in Counter(names).items() if count > 1)
 
 
 class Snapshot(Frozen):
