@@ -119,6 +119,9 @@ auth allow insecure global id reclaim = false
 mon osd reporter subtree level = osd
 mon osd min down reporters = 1
 osd heartbeat grace = 6
+; a busy two-core machine can make an OSD miss the short grace a few times: an OSD marked
+; down 5 times in 10 minutes would otherwise shut itself down for good
+osd max markdown count = 1000
 osd heartbeat interval = 1
 mon pg stuck threshold = 10
 rados osd op timeout = {CLIENT_TIMEOUT_S}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,12 +66,64 @@ def _write(ioctx: Any, key: str, data: bytes) -> bool:
     return True
 
 
-def _restart(layout: LabLayout, collector: CephCollector, osds: tuple[int, ...]) -> None:
+def _cluster_view(client: Any) -> str:
+    """What the mon says about OSDs and PGs, for a failure message."""
+    parts = []
+    for prefix in ("osd stat", "pg stat", "health"):
+        ret, out, err = client.mon_command(
+            json.dumps({"prefix": prefix, "detail": "detail"}), b"", timeout=5
+        )
+        parts.append(f"{prefix}: {out.decode(errors='replace').strip() or err} (ret {ret})")
+    return "; ".join(parts)
+
+
+def _write_eventually(
+    client: Any, cluster: ceph.CephCluster, key: str, data: bytes, *, timeout: float
+) -> None:
+    """Write ``key``, retrying while PGs peer; a write still stuck fails with the mon's view.
+
+    A client whose writes stay stuck while the cluster reports every PG clean would be a
+    client-side fault, so the last attempt goes through a fresh connection and the message says
+    which of the two it was.
+    """
+    ioctx = client.open_ioctx(cluster.pool)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _write(ioctx, key, data):
+            if time.monotonic() > deadline:
+                break
+        else:
+            return
+    finally:
+        ioctx.close()
+    view = _cluster_view(client)
+    fresh = connect(cluster.conffile, cluster.keyring, timeout_s=10.0)
+    try:
+        fresh_ioctx = fresh.open_ioctx(cluster.pool)
+        landed = _write(fresh_ioctx, key, data)
+        fresh_ioctx.close()
+    finally:
+        fresh.shutdown()
+    pytest.fail(
+        f"after {timeout:.0f} s a write of {key!r} still timed out; through a fresh client it "
+        f"{'landed' if landed else 'timed out too'}; {view}"
+    )
+
+
+def _restart(
+    layout: LabLayout,
+    collector: CephCollector,
+    client: Any,
+    cluster: ceph.CephCluster,
+    osds: tuple[int, ...],
+) -> None:
+    """Start ``osds`` again and wait until the cluster is clean and takes writes again."""
     for osd in osds:
         ceph.start_osd(layout, osd)
     components.eventually(
         lambda: collector.collect(time.time()), _all_up, timeout=60, what="every OSD up, PGs clean"
     )
+    _write_eventually(client, cluster, "probe", b"written after a restart", timeout=60)
 
 
 def test_a_healthy_cluster_maps_every_osd_to_its_crush_rack(
@@ -110,22 +163,17 @@ def test_one_osd_stopped_reads_as_one_of_two_up_in_its_rack_and_osd_down(
         assert _value(seen, "ceph_osd_commit_latency_ms", "r1", osd=f"osd.{victim}") is None
         assert _value(seen, "ceph_health_status", "ceph") == 1.0
     finally:
-        _restart(lab_layout, collector, (victim,))
+        _restart(lab_layout, collector, rados_client, ceph_cluster, (victim,))
 
 
 def test_a_whole_rack_stopped_reads_as_zero_of_two_while_data_stays_readable(
     lab_layout: LabLayout, ceph_cluster: ceph.CephCluster, rados_client: Any
 ) -> None:
     collector = CephCollector(rados_client, timeout_s=3.0)
-    ioctx = rados_client.open_ioctx(ceph_cluster.pool)
-    # Right after an earlier test restarted an OSD its PGs may still be peering, so a write can
-    # time out once even though the mgr's digest already said clean: retry until it lands.
-    components.eventually(
-        lambda: _write(ioctx, "survivor", b"kept across a rack failure"),
-        bool,
-        timeout=90,
-        what="the survivor object written",
+    _write_eventually(
+        rados_client, ceph_cluster, "survivor", b"kept across a rack failure", timeout=90
     )
+    ioctx = rados_client.open_ioctx(ceph_cluster.pool)
     rack = ceph_cluster.osds_by_rack["r2"]
     for osd in rack:
         ceph.stop_osd(lab_layout, osd)
@@ -141,7 +189,7 @@ def test_a_whole_rack_stopped_reads_as_zero_of_two_while_data_stays_readable(
         assert ioctx.read("survivor") == b"kept across a rack failure"
     finally:
         ioctx.close()
-        _restart(lab_layout, collector, rack)
+        _restart(lab_layout, collector, rados_client, ceph_cluster, rack)
 
 
 def test_a_hung_mon_costs_one_timeout_and_marks_the_cluster_and_its_racks_stale(
