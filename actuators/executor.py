@@ -92,14 +92,16 @@ class ActionResult:
 Registry = Mapping[str, Actuator[Any]]
 
 
-def default_registry() -> dict[str, Actuator[Any]]:
+def default_registry(
+    *, migration_bandwidth_mib_s: int = 0, migration_stall_s: float = 30.0
+) -> dict[str, Actuator[Any]]:
     """One actuator per action kind; an unknown kind fails loudly (see ``actuator_for``)."""
     return {
         "hot_add_vcpu": HotAddVcpuActuator(),
         "hot_add_memory": HotAddMemoryActuator(),
         "clone_from_template": CloneActuator(),
         "retire": RetireActuator(),
-        "live_migrate": MigrateActuator(),
+        "live_migrate": MigrateActuator(migration_bandwidth_mib_s, migration_stall_s),
         "snapshot": SnapshotActuator(),
         "merge_snapshot": MergeSnapshotActuator(),
     }

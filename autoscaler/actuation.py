@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from actuators.base import Fleet, LabAgentObserver
 from actuators.domain_xml import GuestBoot
-from actuators.executor import ExecutorLimits, execute_plan
+from actuators.executor import ExecutorLimits, default_registry, execute_plan
 from actuators.guest_agent import readiness_probe
 from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
@@ -46,6 +46,10 @@ class ExecutorActuation:
             action_timeout_s=e.action_timeout_s,
             retries=e.retries,
         )
+        self.registry = default_registry(
+            migration_bandwidth_mib_s=e.migration_bandwidth_mib_s,
+            migration_stall_s=e.migration_stall_s,
+        )
         self.on_step = crash_hook()
         self.journal = open_journal(config.state_dir, self.fleet())
 
@@ -61,7 +65,13 @@ class ExecutorActuation:
         )
 
     def reconcile(self) -> int:
-        done = reconcile(self.fleet(), self.journal, limits=self.limits, on_step=self.on_step)
+        done = reconcile(
+            self.fleet(),
+            self.journal,
+            limits=self.limits,
+            registry=self.registry,
+            on_step=self.on_step,
+        )
         for item in done:
             event(log, "reconciled", key=item.key, outcome=item.outcome, detail=item.detail)
         return len(done)
@@ -73,6 +83,7 @@ class ExecutorActuation:
             self.journal,
             lease=self.lease,
             limits=self.limits,
+            registry=self.registry,
             on_step=self.on_step,
         )
         by_key = {a.key: a for a in plan.actions}

@@ -127,6 +127,12 @@ class Executor(Strict):
     max_concurrent_actions: int = Field(default=8, ge=1)
     action_timeout_s: float = Field(default=180, gt=0)
     retries: int = Field(default=3, ge=0)
+    migration_bandwidth_mib_s: int = Field(
+        default=0, ge=0, description="cap of each live migration's stream in MiB/s (0: none)"
+    )
+    migration_stall_s: float = Field(
+        default=30, gt=0, description="abort a live migration that makes no progress this long"
+    )
 
 
 class Lease(Strict):
