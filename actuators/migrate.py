@@ -174,6 +174,7 @@ class MigrateActuator:
         timeout = min(action.timeout_s, max(0.1, ctx.remaining()))
         deadline = time.monotonic() + timeout
         best_remaining: int | None = None
+        most_processed = 0
         progressed_at = time.monotonic()
         announced = False
         abort_reason = ""
@@ -185,11 +186,17 @@ class MigrateActuator:
             with contextlib.suppress(libvirt.libvirtError):
                 stats = dom.jobStats(0)
                 remaining = stats.get("data_remaining")
+                processed = stats.get("data_processed", 0) + stats.get("disk_processed", 0)
                 if stats.get("type", 0) != libvirt.VIR_DOMAIN_JOB_NONE and not announced:
                     announced = True
                     ctx.step("migrating")
+                # Progress is less left to send, or more sent: while the disk is copied (and
+                # under a bandwidth cap) the memory left can stay flat for a long time.
                 if remaining is not None and (best_remaining is None or remaining < best_remaining):
                     best_remaining = remaining
+                    progressed_at = now
+                if processed > most_processed:
+                    most_processed = processed
                     progressed_at = now
             if not abort_reason and now > deadline:
                 abort_reason = f"timed out after {timeout:.1f} s"

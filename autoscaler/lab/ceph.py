@@ -427,6 +427,18 @@ def start_osd(layout: LabLayout, osd: int) -> int:
     return pid if pid is not None else _spawn_daemon(layout, "ceph-osd", "osd", str(osd))
 
 
+def stop_mon(layout: LabLayout) -> None:
+    """Fault injection: stop the monitor with SIGTERM (its store keeps the cluster's maps)."""
+    if not stop_process(_run_dir(layout), "mon.a"):
+        raise RuntimeError("mon.a was not running")
+
+
+def start_mon(layout: LabLayout) -> int:
+    """Restart the monitor stopped by ``stop_mon``; returns its pid (clients find it again)."""
+    pid = running_pid(_run_dir(layout), "mon.a")
+    return pid if pid is not None else _spawn_daemon(layout, "ceph-mon", "mon", "a")
+
+
 def stop(layout: LabLayout) -> None:
     """Stop the OSDs, then the mgr, then the mon, and remove the cluster's folder."""
     stop_all(_run_dir(layout))  # newest first: OSDs, then the mgr, then the mon

@@ -84,7 +84,10 @@ mount --bind "$BASE/cache" /var/cache/libvirt
 # libvirt locks character devices (guest channels) in /run/lock by path: two hosts would
 # collide on domain-1-web-1, so each host gets its own.
 mkdir -p /run/lock && mount --bind "$BASE/lock" /run/lock
-/usr/sbin/virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid
+# A restarted libvirtd (after a fault) keeps the virtlogd that still serves its guests' logs.
+if ! { [ -f /run/libvirt/virtlogd.pid ] && kill -0 "$(cat /run/libvirt/virtlogd.pid)" 2>/dev/null; }; then
+  /usr/sbin/virtlogd -d -f /etc/libvirt/virtlogd.conf -p /run/libvirt/virtlogd.pid
+fi
 exec /usr/sbin/libvirtd -d --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid
 INNER
 for _ in $(seq 1 100); do [ -S "$BASE/run/libvirt-sock" ] && break; sleep 0.05; done

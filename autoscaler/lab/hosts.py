@@ -76,6 +76,21 @@ def start_host(layout: LabLayout, record: HostRecord) -> None:
     )
 
 
+def restart_libvirtd(layout: LabLayout, record: HostRecord) -> None:
+    """Start a host's libvirtd again after it died (fault injection kills it with SIGKILL).
+
+    Its guests kept running: the new daemon finds them through the status files and monitor
+    sockets in the host's run folder. The dead daemon's socket files are removed first, or the
+    wait for the new socket would pass at once.
+    """
+    if libvirtd_running(record):
+        return
+    run = Path(record.base) / "run"
+    for leftover in ("libvirt-sock", "libvirt-sock-ro", "libvirt-admin-sock", "libvirtd.pid"):
+        (run / leftover).unlink(missing_ok=True)
+    start_host(layout, record)
+
+
 def open_local(record: HostRecord) -> libvirt.virConnect:
     """The lab's own side door to a host (unix socket), for setup and teardown only."""
     return libvirt.open(record.local_uri)

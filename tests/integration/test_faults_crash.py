@@ -16,27 +16,38 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import libvirt
 import pytest
+from ruamel.yaml import YAML
 
-from actuators.volumes import list_overlays
 from autoscaler.apply_cli import CRASH_ENV, JOURNAL_FILE
 from autoscaler.journal import SqliteJournal
+from autoscaler.lab import ceph
 from autoscaler.lab import lab as lab_mod
 from autoscaler.lab.lab import Lab
 from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
-from autoscaler.model import Phase
+from autoscaler.model import HotAddVcpu, Phase
+from policies.loader import load_policy_dir
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, stop
-from tests.integration.test_faults_hosts import events, placements
+from tests.integration.test_faults_ceph import cluster, hosts_of, rack_of, restart_osds
+from tests.integration.test_faults_hosts import events, orphans, placements
+from tests.integration.test_faults_libvirtd import (
+    MIGRATION_MIB_S,
+    evacuation_under_way,
+    final_entry,
+    finished,
+    with_executor,
+)
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin"]
-__all__ = ["restore_lab"]
+__all__ = ["orphans", "restore_lab"]  # orphans: for the other fault tests
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATES = {p.name for p in (ROOT / "examples" / "images").iterdir()}
 
 
 def run_controller(
@@ -57,19 +68,30 @@ def run_controller(
     )
 
 
-def orphans(lab: Lab) -> dict[str, tuple[list[str], list[str]]]:
-    """Per host: (overlays without a domain, our domains without an overlay)."""
-    out = {}
-    for record_ in lab.state.hosts:
-        conn = lab.connect(record_.name)
-        try:
-            overlays = set(list_overlays(conn, TEMPLATES))
-            domains = {d.name() for d in conn.listAllDomains(0)}
-        finally:
-            conn.close()
-        if overlays ^ domains:
-            out[record_.name] = (sorted(overlays - domains), sorted(domains - overlays))
-    return out
+def reconciling(log: Path, since: float) -> Callable[[], bool]:
+    """Whether the controller logging to ``log`` reconciled its journal after ``since``."""
+
+    def seen() -> bool:
+        return any(
+            e.get("event") == "reconciled the journal" and float(str(e.get("at", 0))) >= since
+            for e in events(log)
+        )
+
+    return seen
+
+
+def restart_and_reconcile(config: Path, port: int, log: Path) -> None:
+    """Start the controller again, wait until it has reconciled, and stop it cleanly."""
+    restarted_at = time.time()
+    second = run_controller(config, port, log, crash_at=None)
+    try:
+        wait_for(
+            reconciling(log, restarted_at), bool, timeout=240, what="the controller reconciling"
+        )
+        assert healthz(port).get("healthy") is True
+    finally:
+        code = stop(second)
+    assert code == 0, log.read_text()[-2000:]
 
 
 @pytest.mark.timeout(420)
@@ -110,19 +132,7 @@ def test_the_controller_killed_during_a_clone_reconciles_on_restart_and_loses_no
     interrupted = [k.split("/", 1)[1] for k, _ in left]
     lab_mod.set_demand(lab, {"web": {"cores": 0.05}})  # no new scale-out after the restart
 
-    restarted_at = time.time()
-    second = run_controller(config, port, log, crash_at=None)
-    try:
-        wait_for(
-            lambda: [e for e in events(log) if float(str(e.get("at", 0))) >= restarted_at],
-            lambda evs: any(e.get("event") == "reconciled the journal" for e in evs),
-            timeout=240,
-            what="the restarted controller reconciling",
-        )
-        assert healthz(port).get("healthy") is True
-    finally:
-        code = stop(second)
-    assert code == 0, log.read_text()[-2000:]
+    restart_and_reconcile(config, port, log)
     with SqliteJournal(tmp_path / "state" / JOURNAL_FILE) as journal:
         assert journal.unfinished() == []
         entry = journal.get(key)
@@ -145,4 +155,193 @@ def test_the_controller_killed_during_a_clone_reconciles_on_restart_and_loses_no
         behaviour=f"restarted, took the lease and reconciled {key}: "
         f"{reconciled[0].get('detail')}; journal entry {entry.phase.value}",
         lost="nothing: the clone on exactly one host, no orphaned overlay or definition",
+    )
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("how", ["crash-point", "sigkill"])
+def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_loses_nothing(
+    lab: Lab, tmp_path: Path, restore_lab: None, how: str
+) -> None:
+    """The controller killed while it live-migrates web-1 off a rack whose Ceph OSDs are down:
+    at the crash point ``live_migrate:migrating``, or by a SIGKILL from outside once the
+    journal says ``migrating``.
+
+    Expect: restarted, it reconciles; web-1 runs on exactly one host, off the failing rack; no
+    orphaned overlay or definition; the journal shows the migration settled.
+    """
+    config = with_executor(
+        controller_file(lab, tmp_path), migration_bandwidth_mib_s=MIGRATION_MIB_S
+    )
+    state = tmp_path / "state"
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    assert orphans(lab) == {}
+    before = placements(lab)
+    source = hosts_of(lab, "web-1")[0]
+    rack = rack_of(lab, source)
+    osds = cluster(lab).osds_by_rack[rack]
+    first = run_controller(
+        config, port, log, crash_at="live_migrate:migrating" if how == "crash-point" else None
+    )
+    try:
+        wait_for(
+            lambda: healthz(port), lambda h: h.get("role") == "leader", timeout=30, what="lead"
+        )
+        try:
+            entry = evacuation_under_way(lab, state, osds)
+            if how == "sigkill":
+                first.send_signal(signal.SIGKILL)
+            wait_for(first.poll, lambda code: code is not None, timeout=30, what="the kill")
+            assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+            assert not finished(final_entry(state, entry.key))
+
+            restarted_at = time.time()
+            second = run_controller(config, port, log, crash_at=None)
+            try:
+                wait_for(
+                    reconciling(log, restarted_at),
+                    bool,
+                    timeout=240,
+                    what="the restarted controller reconciling",
+                )
+                wait_for(
+                    lambda: hosts_of(lab, "web-1"),
+                    lambda hs: len(hs) == 1 and rack_of(lab, hs[0]) != rack,
+                    timeout=240,
+                    what="web-1 off the failing rack, on one host",
+                )
+                settled_after = time.time() - restarted_at
+                assert healthz(port).get("healthy") is True
+                restart_osds(lab, osds, port, rack)
+            finally:
+                code = stop(second)
+            assert code == 0, log.read_text()[-2000:]
+        finally:
+            for osd in osds:  # already running again unless the test failed on the way
+                ceph.start_osd(lab.layout, osd)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    with SqliteJournal(state / JOURNAL_FILE) as journal:
+        assert journal.unfinished() == []
+        settled = journal.get(entry.key)
+    assert settled is not None and finished(settled)
+    after = placements(lab)
+    assert all(len(hosts) == 1 for hosts in after.values()), after
+    assert set(before) <= set(after)
+    assert orphans(lab) == {}
+    reconciled = [
+        e for e in events(log) if e.get("event") == "reconciled" and e.get("key") == entry.key
+    ]
+    assert reconciled, "the restarted controller did not settle the interrupted migration"
+    record(
+        "fault",
+        "controller SIGKILLed during a migration"
+        + (" (crash point)" if how == "crash-point" else " (from outside)"),
+        injected=(
+            "AUTOSCALER_CRASH_AT=live_migrate:migrating: the controller killed itself"
+            if how == "crash-point"
+            else "SIGKILL of the controller from outside"
+        )
+        + f" while web-1 was live-migrated off rack {rack} (its Ceph OSDs down, stream capped "
+        f"at {MIGRATION_MIB_S} MiB/s)",
+        behaviour=f"restarted, reconciled {entry.key}: {reconciled[0].get('outcome')} "
+        f"({str(reconciled[0].get('detail'))[:120]}); journal entry {settled.phase.value}; "
+        f"web-1 on {after['web-1'][0]} {settled_after:.1f} s after the restart",
+        lost="nothing: web-1 on exactly one host, no orphaned overlay or definition",
+    )
+
+
+def tune_web(folder: Path, **scaling: object) -> None:
+    """Change the web policy the controller file of ``folder`` points at (``scaling`` keys)."""
+    path = folder / "businesses" / "web.yaml"
+    yaml = YAML(typ="safe", pure=True)
+    web = yaml.load(path.read_text())
+    web["scaling"].update(scaling)
+    with open(path, "w") as out:
+        yaml.dump(web, out)
+
+
+def live_vcpus(lab: Lab, host: str, vm: str) -> int:
+    conn = lab.connect(host)
+    try:
+        return int(conn.lookupByName(vm).vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE))
+    finally:
+        conn.close()
+
+
+@pytest.mark.timeout(480)
+@pytest.mark.parametrize("kind", ["hot_add_vcpu", "retire"])
+def test_the_controller_killed_during_a_hot_add_or_a_retire_settles_it_on_restart(
+    lab: Lab, tmp_path: Path, restore_lab: None, kind: str
+) -> None:
+    """The controller SIGKILLed at the crash point ``hot_add_vcpu:vcpus-set`` (a hot-add under
+    load) or ``retire:stopped`` (a scale-in, the guest already shut down).
+
+    Expect: restarted, it reconciles: the hot-added VM runs once with its new vCPUs, or the
+    retired VM is gone from every host with its overlay; nothing else lost or duplicated.
+    """
+    config = controller_file(lab, tmp_path)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    state = tmp_path / "state"
+    if kind == "hot_add_vcpu":
+        tune_web(tmp_path, vertical={"enabled": True, "vcpu_step": 1})
+        crash_at, demand, settle_demand = "hot_add_vcpu:vcpus-set", 0.6, 0.05
+    else:  # a third web VM at low load: a scale-in retires one, without a long stabilisation
+        tune_web(
+            tmp_path, scale_down_stabilisation_s=5, cooldowns={"scale_up_s": 0, "scale_down_s": 0}
+        )
+        policies = load_policy_dir(tmp_path / "businesses")
+        domains = lab_mod.status(lab).domains
+        lab_mod.start_vm(lab, policies["web"], "web-3", min(domains, key=lambda h: len(domains[h])))
+        crash_at, demand, settle_demand = "retire:stopped", 0.02, 0.02
+    lab_mod.set_demand(lab, {"web": {"cores": demand}})
+    before = placements(lab)
+    first = run_controller(config, port, log, crash_at=crash_at)
+    try:
+        wait_for(first.poll, lambda code: code is not None, timeout=300, what="the crash point")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    with SqliteJournal(state / JOURNAL_FILE) as journal:
+        left = [e for e in journal.unfinished() if e.action.kind == kind]
+    assert left, "the crash point was reached but no entry is unfinished"
+    entry = left[0]
+    lab_mod.set_demand(lab, {"web": {"cores": settle_demand}})
+
+    restart_and_reconcile(config, port, log)
+    with SqliteJournal(state / JOURNAL_FILE) as journal:
+        settled = journal.get(entry.key)
+    assert settled is not None and settled.phase is Phase.DONE, settled
+    after = placements(lab)
+    assert all(len(hosts) == 1 for hosts in after.values()), after
+    assert orphans(lab) == {}
+    vm = entry.action.vm
+    if isinstance(entry.action, HotAddVcpu):
+        assert after.get(vm) == [entry.action.host], after
+        assert live_vcpus(lab, entry.action.host, vm) == entry.action.vcpus
+        outcome = f"{vm} runs once on {entry.action.host} with {entry.action.vcpus} vCPUs"
+        lab_mod.remove_vm(lab, vm, entry.action.host)  # restore_lab makes it anew, 1 vCPU
+    else:
+        assert vm not in after, after
+        assert set(before) - {vm} <= set(after)
+        outcome = f"{vm} gone from every host with its overlay; the others untouched"
+    reconciled = [
+        e for e in events(log) if e.get("event") == "reconciled" and e.get("key") == entry.key
+    ]
+    assert reconciled, "the restarted controller did not settle the interrupted action"
+    why = "load above saturation" if kind == "hot_add_vcpu" else "a scale-in at low load"
+    record(
+        "fault",
+        f"controller SIGKILLed during a {'hot-add' if kind == 'hot_add_vcpu' else 'retire'}",
+        injected=f"AUTOSCALER_CRASH_AT={crash_at}: the controller killed itself in the middle "
+        f"of {entry.key} it decided ({why})",
+        behaviour=f"restarted, reconciled {entry.key}: {reconciled[0].get('outcome')}; journal "
+        f"entry {settled.phase.value}; {outcome}",
+        lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
     )

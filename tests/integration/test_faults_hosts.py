@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from actuators.volumes import list_overlays
 from autoscaler.lab import lab as lab_mod
 from autoscaler.lab import net
 from autoscaler.lab.lab import Lab
@@ -40,6 +41,8 @@ pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin"]
 __all__ = ["restore_lab"]  # the fixture, imported to be used by name
 DISRUPTIVE = ("retire", "live_migrate")
+EXAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "examples" / "images"
+TEMPLATES = {p.name for p in EXAMPLE_IMAGES.iterdir()}
 
 
 def metrics(port: int) -> str:
@@ -73,6 +76,17 @@ def events(log: Path) -> list[dict[str, object]]:
     return out
 
 
+def disruptive_between(log: Path, start: float, end: float) -> list[dict[str, object]]:
+    """Retires and migrations the controller planned or ran between ``start`` and ``end``."""
+    return [
+        e
+        for e in events(log)
+        if e.get("event") in ("planned", "action")
+        and e.get("kind") in DISRUPTIVE
+        and start <= float(str(e.get("at", 0))) <= end
+    ]
+
+
 def placements(lab: Lab) -> dict[str, list[str]]:
     """VM -> the hosts it is defined on (active or not)."""
     seen: dict[str, list[str]] = {}
@@ -84,6 +98,21 @@ def placements(lab: Lab) -> dict[str, list[str]]:
         finally:
             conn.close()
     return seen
+
+
+def orphans(lab: Lab) -> dict[str, tuple[list[str], list[str]]]:
+    """Per host: (overlays without a domain, our domains without an overlay)."""
+    out = {}
+    for record_ in lab.state.hosts:
+        conn = lab.connect(record_.name)
+        try:
+            overlays = set(list_overlays(conn, TEMPLATES))
+            domains = {d.name() for d in conn.listAllDomains(0)}
+        finally:
+            conn.close()
+        if overlays ^ domains:
+            out[record_.name] = (sorted(overlays - domains), sorted(domains - overlays))
+    return out
 
 
 def _libvirtd_pid(lab: Lab, host: str) -> int:
@@ -159,13 +188,7 @@ def test_a_host_cut_off_or_hung_is_stale_never_acted_on_and_recovered(
     finally:
         code = stop(process)
     assert code == 0, log.read_text()[-2000:]
-    acted = [
-        e
-        for e in events(log)
-        if e.get("event") in ("planned", "action")
-        and e.get("kind") in DISRUPTIVE
-        and injected_at <= float(str(e.get("at", 0))) <= cleared_at + 2 * DECIDE_S
-    ]
+    acted = disruptive_between(log, injected_at, cleared_at + 2 * DECIDE_S)
     assert acted == [], f"retire or migration decided on stale data: {acted}"
     after = placements(lab)
     assert all(len(hosts) == 1 for hosts in after.values()), after

@@ -20,7 +20,7 @@ from autoscaler.lab.lab import PROJECT_ROOT, Lab
 from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
-from tests.integration.test_faults_hosts import DISRUPTIVE, events, metrics, placements
+from tests.integration.test_faults_hosts import disruptive_between, metrics, placements
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
@@ -99,13 +99,7 @@ def test_a_dead_source_is_stale_never_zero_never_acted_on_and_recovered(
     finally:
         code = stop(process)
     assert code == 0, log.read_text()[-2000:]
-    acted = [
-        e
-        for e in events(log)
-        if e.get("event") in ("planned", "action")
-        and e.get("kind") in DISRUPTIVE
-        and injected_at <= float(str(e.get("at", 0))) <= cleared_at
-    ]
+    acted = disruptive_between(log, injected_at, cleared_at)
     assert acted == [], f"retire or migration while {source} was dead: {acted}"
     after = placements(lab)
     assert all(len(hosts) == 1 for hosts in after.values()), after
