@@ -8,11 +8,13 @@ in all, ``max_concurrent`` actions), gives each action a deadline, retries tempo
 with backoff (tenacity), and returns one result per action: done, failed with its reason, or
 skipped. The journal and the lease come in as objects (``Journal`` / ``Lease`` protocols): the
 intent is recorded before the first side effect, each step as it is reached, the outcome after;
-an action decided under an older lease generation than the current one is refused.
+an action decided under an older lease generation than the current one is refused, before it
+starts and at each of its steps (a deposed leader leaves the rest to the new one).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,6 +66,8 @@ class ExecutorLimits:
 
 
 DEFAULT_LIMITS = ExecutorLimits()
+# The journal step of an action whose compensation waits for its host (see ``_compensate``).
+PENDING_STEP = "compensation-pending"
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,13 @@ def run_action(
         )
 
     def record_step(step: str) -> None:
+        # Fenced at every step: a leader frozen mid-action (SIGSTOP, a VM pause, a long GC)
+        # that wakes up deposed stops at its next step instead of racing the new leader, which
+        # has taken the journal over and settles this entry itself. A lease that cannot be read
+        # right now proves nothing: the step goes on (the check before the first side effect
+        # is strict).
+        with contextlib.suppress(TemporaryError):
+            check_lease(action, lease)
         journal.record_step(action.key, step, clock())
         if on_step is not None:
             on_step(action, step)
@@ -190,6 +201,7 @@ def run_action(
                 journal.record_intent(plan_id, action, clock())
             recorded = True
             record_step("intent")
+        check_lease(action, lease)  # the last word before the first side effect
         journal.record_outcome(action.key, Phase.RUNNING, clock())
         actuator.execute(action, ctx)
         ctx.check_deadline("before verification")
@@ -204,6 +216,10 @@ def run_action(
     )
     try:
         detail = retrying(attempt)
+    except DeposedLeader as exc:
+        # Neither compensate nor write the outcome: the entry now belongs to the new leader,
+        # whose reconciliation finishes or undoes it; touching it here would race that.
+        return result("failed", f"{type(exc).__name__}: {exc}; left to the new leader")
     except AutoscalerError as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if recorded:
@@ -237,6 +253,12 @@ def _compensate(
 ) -> str:
     try:
         undone = actuator.compensate(action, ctx)
+    except TemporaryError as exc:
+        # The host cannot be reached to undo what was done (its libvirtd down, its link cut):
+        # closing the entry now would leave a half-made VM nobody settles. It stays unfinished,
+        # and the reconciler finishes or undoes it once the host answers again.
+        journal.record_step(action.key, PENDING_STEP, clock())
+        return f"; compensation pending until the host answers: {exc}"
     except Exception as exc:  # the failure is reported, not raised
         journal.record_outcome(action.key, Phase.FAILED, clock(), f"{reason}; compensation: {exc}")
         return f"; compensation failed: {exc}"

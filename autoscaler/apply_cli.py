@@ -5,7 +5,9 @@ the same ``apply_plan``. It opens the SQLite journal in the state folder (stampi
 into its domain), reconciles whatever a previous run left unfinished, then runs the plan and
 prints one line per action (or JSON). For crash tests, ``AUTOSCALER_CRASH_AT=<kind>:<step>``
 (e.g. ``clone_from_template:started``, ``live_migrate:migrating``) makes the process SIGKILL
-itself right after that step is journalled: a deterministic crash at a known point.
+itself right after that step is journalled: a deterministic crash at a known point;
+``AUTOSCALER_FREEZE_AT=<kind>:<step>`` makes it SIGSTOP itself there instead, once (a leader
+frozen mid-action, for the takeover tests: they SIGCONT it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +38,29 @@ from policies.loader import load_policy_dir
 from policies.yaml_source import printable
 
 CRASH_ENV = "AUTOSCALER_CRASH_AT"
+FREEZE_ENV = "AUTOSCALER_FREEZE_AT"
 JOURNAL_FILE = "journal.sqlite"
 
 
-def crash_hook(spec: str | None = None) -> StepHook | None:
-    """A step hook that SIGKILLs this process at ``<kind>:<step>`` (from the environment)."""
+def crash_hook(spec: str | None = None, freeze: str | None = None) -> StepHook | None:
+    """A step hook that SIGKILLs this process at ``<kind>:<step>`` (``spec``, else from the
+    environment), or SIGSTOPs it the first time it reaches ``freeze`` (likewise)."""
     target = spec if spec is not None else os.environ.get(CRASH_ENV, "")
-    if not target:
+    stop_at = freeze if freeze is not None else os.environ.get(FREEZE_ENV, "")
+    if not target and not stop_at:
         return None
+    frozen = threading.Event()
 
     def hook(action: BaseAction, step: str) -> None:
-        kind = getattr(action, "kind", "")
-        if f"{kind}:{step}" == target:
+        point = f"{getattr(action, 'kind', '')}:{step}"
+        if point == target:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+        elif point == stop_at and not frozen.is_set():
+            # Once only: resumed, the process must show what it does next, not stop again.
+            frozen.set()
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     return hook
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -63,6 +64,8 @@ from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_stat
 from policies.state import DecideSettings, DecisionState
 
 log = logging.getLogger("autoscaler.controller")
+# How often entries left unfinished (their host unreachable) are tried again.
+RESETTLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class Actuation(Protocol):
     def execute(self, plan: Plan) -> Sequence[ActionOutcome]: ...
 
     def reconcile(self) -> int: ...
+
+    def unfinished(self) -> int:
+        """How many journal entries are unfinished (between cycles: waiting for a host)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -166,6 +173,10 @@ class Controller:
         self.on_event: Callable[[str], None] | None = None
         """Called with a one-line text for every planned action and outcome (live views)."""
         self._leader_generation: int | None = None
+        self._reconcile_pending = False
+        self._settled_at = 0.0
+        self._state_problems: dict[str, str] = {}
+        self._problems_lock = threading.Lock()
         self._act_lock = threading.Lock()
         self._stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
@@ -227,11 +238,14 @@ class Controller:
                 state = self.lease.renew(now)
             else:
                 state = self.lease.try_acquire(now)
+            self._state_written("lease")
         except DeposedLeader as exc:
             event(log, "deposed", logging.WARNING, reason=str(exc))
             state = None
         except TemporaryError as exc:
-            event(log, "lease unavailable", logging.WARNING, reason=str(exc))
+            # Cannot take or keep the lease (its file cannot be written, a full disk; or Ceph
+            # cannot be reached): do not lead, and say why instead of passing for a standby.
+            self._state_failed("lease", str(exc))
             state = None
         was_leader = self._leader_generation is not None
         self._leader_generation = state.generation if state is not None else None
@@ -240,14 +254,52 @@ class Controller:
         if current is not None:
             self.metrics.lease_generation.set(current.generation)
         self.health.role = "leader" if state is not None else "standby"
+        self.health.lease_expires_at = state.expires_at if state is not None else None
         if state is not None and not was_leader:
             event(log, "became leader", generation=state.generation)
-            if self.actuation is not None and not self.dry_run:
-                with self._act_lock:
-                    settled = self.actuation.reconcile()
-                event(log, "reconciled the journal", entries=settled)
+            # Settled by the next decide cycle, before it acts: a reconciliation can take
+            # minutes (a clone to finish) and this job must go on renewing meanwhile.
+            self._reconcile_pending = True
         elif state is None and was_leader:
             event(log, "lost the lease", logging.WARNING)
+
+    def _reconcile_if_pending(self) -> None:
+        if not self._reconcile_pending and self.actuation is not None and not self.dry_run:
+            # Between cycles nothing runs, so an unfinished entry waits for a host that could
+            # not be reached to finish or undo it: try again, at most every RESETTLE_S.
+            due = self.clock() - self._settled_at >= RESETTLE_S
+            self._reconcile_pending = due and self.actuation.unfinished() > 0
+        if not self._reconcile_pending:
+            return
+        if self.actuation is not None and not self.dry_run:
+            with self._act_lock:
+                settled = self.actuation.reconcile()
+            event(log, "reconciled the journal", entries=settled)
+        self._settled_at = self.clock()
+        self._reconcile_pending = False
+
+    # -- state folder -----------------------------------------------------------------------
+    def _state_failed(self, store: str, error: str) -> None:
+        """A write of our own state failed: counted, logged when it starts, and /healthz
+        unhealthy until the same store is written again."""
+        self.metrics.state_write_errors.labels(store).inc()
+        with self._problems_lock:  # the lease, collect and ledger jobs run side by side
+            new = store not in self._state_problems
+            self._state_problems[store] = error
+            self._show_problems()
+        if new:
+            event(log, "state write failing", logging.ERROR, store=store, error=error)
+
+    def _state_written(self, store: str) -> None:
+        with self._problems_lock:
+            was = self._state_problems.pop(store, None) is not None
+            self._show_problems()
+        if was:
+            event(log, "state write recovered", store=store)
+
+    def _show_problems(self) -> None:
+        problems = [f"{store}: {error}" for store, error in sorted(self._state_problems.items())]
+        self.health.problem = "; ".join(problems) or None
 
     # -- collect ----------------------------------------------------------------------------
     def collect_job(self) -> None:
@@ -277,7 +329,7 @@ class Controller:
             self.metrics.instances.labels(name).set(fig.ready)
             self.metrics.demand.labels(name).set(fig.demand_cores)
             self.metrics.capacity.labels(name).set(fig.capacity_cores)
-            self.history.record_business(
+            self._record_history(
                 name,
                 now,
                 busy_cores=fig.demand_cores,
@@ -299,6 +351,16 @@ class Controller:
         for c in collections:
             if not c.stale:
                 self.metrics.collector_last_success.labels(c.source).set(now)
+
+    def _record_history(self, business: str, now: float, **figures: float) -> None:
+        # A history that cannot be written (a full disk) loses these minutes of figures; the
+        # cycle goes on with the snapshot it has, and the problem is reported.
+        try:
+            self.history.record_business(business, now, **figures)
+        except sqlite3.Error as exc:
+            self._state_failed("history", str(exc))
+        else:
+            self._state_written("history")
 
     # -- decide and act ---------------------------------------------------------------------
     def decision_state(self, now: float) -> DecisionState:
@@ -339,9 +401,13 @@ class Controller:
         if snapshot is None:
             return
         now = self.clock()
-        generation = self._leader_generation
+        # The lease as held right now, not as the lease job last saw it: a leader frozen past
+        # its lease's end must not decide on waking up before that job has run.
+        held = self.lease.held(now) if self._leader_generation is not None else None
+        generation = held.generation if held is not None else None
         if generation is None and not self.dry_run:
             return  # a standby collects and stays ready; only the leader decides
+        self._reconcile_if_pending()
         started = time.monotonic()
         state = self.decision_state(now)
         plan = decide(snapshot, self.policies, state, now)
@@ -524,7 +590,7 @@ class Controller:
             self.metrics.sli_total.labels(name).inc(total)
             status = sla_status(ledger, policy.sla, now)
             self.metrics.budget_left.labels(name).set(status.error_budget_left)
-            self.history.record_business(name, now, sli_good_s=good, sli_total_s=total)
+            self._record_history(name, now, sli_good_s=good, sli_total_s=total)
 
     # -- forecast refit ---------------------------------------------------------------------
     def refit_job(self) -> None:
@@ -586,8 +652,11 @@ class Controller:
                 coalesce=True,
                 misfire_grace_time=None,
             )
-        self._guard("lease", self.lease_job)()
+        # The first collection can take seconds (every host, every source): do it before the
+        # lease, or the lease taken first runs out before its first renewal and a controller
+        # started alongside takes it over (leadership flapping at start).
         self._guard("collect", self.collect_job)()
+        self._guard("lease", self.lease_job)()
         self.scheduler.start()
         event(log, "controller started", holder=self.holder, dry_run=self.dry_run)
 

@@ -3,8 +3,9 @@
 Where it sits: the last stage of the flow ("reports"). The controller updates a
 ``ControllerMetrics`` (an explicit prometheus-client registry, never the global one) as it
 collects, decides and acts; ``MetricsServer`` serves ``/metrics`` and ``/healthz`` on loopback by
-default. ``/healthz`` fails once the last successful cycle is older than three intervals; a
-standby is healthy and says so.
+default. ``/healthz`` fails once the last successful cycle is older than three intervals, or
+while a problem is reported (the state folder cannot be written); a standby is healthy and says
+so, and a leader whose lease ran out unrenewed answers as a standby.
 """
 
 from __future__ import annotations
@@ -149,7 +150,14 @@ class ControllerMetrics:
         self.signal = Gauge(
             "autoscaler_signal_value",
             "Health signals of the last snapshot (rack temperature, OSDs up, DPDK drops...).",
-            ["scope", "target", "name"], registry=r,
+            ["scope", "target", "name"],
+            registry=r,
+        )
+        self.state_write_errors = Counter(
+            "autoscaler_state_write_errors",
+            "Failed writes of the controller's own state (lease, history), e.g. a full disk.",
+            ["store"],
+            registry=r,
         )
         self.paused = Gauge(
             "autoscaler_business_paused",
@@ -167,16 +175,26 @@ class HealthState:
     role: str = "starting"
     last_success: float | None = None
     started: float = 0.0
+    lease_expires_at: float | None = None
+    """While leading: when the lease runs out unless renewed."""
+    problem: str | None = None
+    """What keeps the controller from working (e.g. its state folder cannot be written)."""
 
     def check(self, now: float) -> tuple[bool, dict[str, object]]:
         reference = self.last_success if self.last_success is not None else self.started
         age = now - reference
-        healthy = self.role == "standby" or age <= 3 * self.interval_s
+        role = self.role
+        if role == "leader" and self.lease_expires_at is not None and now >= self.lease_expires_at:
+            # Not renewed in time (this process was frozen, or is stuck): whatever the role
+            # said, it does not lead now; never let two controllers both answer "leader".
+            role = "standby"
+        healthy = self.problem is None and (role == "standby" or age <= 3 * self.interval_s)
         return healthy, {
             "healthy": healthy,
-            "role": self.role,
+            "role": role,
             "last_successful_cycle_age_s": round(age, 3),
             "max_age_s": 3 * self.interval_s,
+            "problem": self.problem,
         }
 
 

@@ -163,7 +163,7 @@ class HistoryStore:
                 self._db.executemany(UPSERT, rows)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return len(rows)
 
@@ -183,7 +183,7 @@ class HistoryStore:
                     self._db.execute(UPSERT, (series, _minute(when), float(value)))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 self._series_ids.clear()  # ids created in the rolled-back transaction are gone
                 raise
         self._maybe_prune(when)
@@ -211,7 +211,7 @@ class HistoryStore:
                 self._db.executemany(UPSERT, rows)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 self._series_ids.clear()
                 raise
         self._maybe_prune(when)
@@ -222,6 +222,12 @@ class HistoryStore:
 
     def record_vm(self, vm: str, when: float, **figures: float) -> None:
         self.record_figures(SeriesKind.VM, vm, when, figures)
+
+    def _rollback(self) -> None:
+        # SQLite rolls the transaction back by itself on some errors (a full disk: SQLITE_FULL);
+        # a ROLLBACK then fails with "no transaction is active" and would hide the real error.
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
 
     # --- retention -----------------------------------------------------------------------
 
@@ -236,11 +242,15 @@ class HistoryStore:
             ids = [r[0] for r in self._db.execute("SELECT id FROM series").fetchall()]
             deleted = 0
             self._db.execute("BEGIN")
-            for series in ids:  # one primary-key range per series: no index on minute needed
-                deleted += self._db.execute(
-                    "DELETE FROM points WHERE series=? AND minute < ?", (series, oldest)
-                ).rowcount
-            self._db.execute("COMMIT")
+            try:
+                for series in ids:  # one primary-key range per series: no index on minute needed
+                    deleted += self._db.execute(
+                        "DELETE FROM points WHERE series=? AND minute < ?", (series, oldest)
+                    ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # never leave a transaction open: every later write would fail
+                raise
             self._db.execute(
                 "DELETE FROM series WHERE id NOT IN (SELECT DISTINCT series FROM points)"
             )

@@ -13,11 +13,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from autoscaler.model import DeposedLeader, LeaseState, TemporaryError
+
+LOCK_WAIT_S = 2.0
 
 
 class FileLease:
@@ -39,11 +43,29 @@ class FileLease:
         except OSError as exc:
             raise TemporaryError(f"cannot open the lease lock: {exc}", retry_after=2) from exc
         with lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._flock(lock)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _flock(lock: IO[str]) -> None:
+        # Never wait without end: a holder frozen inside its few milliseconds under the lock
+        # (SIGSTOP, a paused VM) would otherwise hang this job, and the standby with it.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TemporaryError(
+                        f"the lease lock is held for more than {LOCK_WAIT_S:.0f} s "
+                        "(its holder frozen?)",
+                        retry_after=1,
+                    ) from None
+                time.sleep(0.02)
 
     def _read(self) -> LeaseState | None:
         try:
