@@ -1,6 +1,8 @@
 """Reconciliation on start: finish or undo what a crashed run left half-done.
 
-Where it sits: called by the controller (and ``autoscaler apply``) before it executes anything.
+Where it sits: called by the controller (and ``autoscaler apply``) before it executes anything,
+and again between cycles while an entry waits for a host that could not be reached to settle it
+(its step ``compensation-pending``: the entry stays unfinished until the host answers).
 For every unfinished journal intent it reads the truth from libvirt and settles it: a half-made
 clone is finished (or, when it cannot be, removed), an interrupted migration ends with the VM on
 exactly one host, a retirement is carried through, a hot-add or snapshot is resumed (each of
@@ -19,7 +21,7 @@ import libvirt
 
 from actuators.base import ActionContext, Fleet, StepHook, find_domain
 from actuators.clone import CloneActuator
-from actuators.executor import DEFAULT_LIMITS, ExecutorLimits, Registry, run_action
+from actuators.executor import DEFAULT_LIMITS, PENDING_STEP, ExecutorLimits, Registry, run_action
 from actuators.migrate import settle
 from actuators.snapshot import delete_snapshot_files
 from actuators.volumes import delete_overlay, overlay_exists
@@ -81,6 +83,9 @@ def _settle_entry(
             moved, detail = settle(
                 ctx, action, job_wait_s=min(action.timeout_s, limits.action_timeout_s)
             )
+        except TemporaryError as exc:  # a host down: settled by a later reconciliation
+            journal.record_step(action.key, PENDING_STEP, clock())
+            return Reconciled(action.key, "pending", str(exc))
         except AutoscalerError as exc:
             journal.record_outcome(action.key, Phase.FAILED, clock(), f"reconcile: {exc}")
             return Reconciled(action.key, "failed", str(exc))
@@ -103,6 +108,9 @@ def _settle_entry(
         # Could not be finished before its precondition even held: clean it up anyway.
         try:
             undone = CloneActuator().compensate(action, ctx)
+        except TemporaryError as exc:  # its host down: settled by a later reconciliation
+            journal.record_step(action.key, PENDING_STEP, clock())
+            return Reconciled(action.key, "pending", str(exc))
         except AutoscalerError as exc:
             journal.record_outcome(action.key, Phase.FAILED, clock(), f"reconcile: {exc}")
             return Reconciled(action.key, "failed", str(exc))

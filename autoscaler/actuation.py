@@ -76,6 +76,9 @@ class ExecutorActuation:
             event(log, "reconciled", key=item.key, outcome=item.outcome, detail=item.detail)
         return len(done)
 
+    def unfinished(self) -> int:
+        return len(self.journal.unfinished())
+
     def execute(self, plan: Plan) -> Sequence[ActionOutcome]:
         results = execute_plan(
             plan,
