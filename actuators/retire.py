@@ -79,9 +79,9 @@ class RetireActuator:
     def execute(self, action: Retire, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
-            if dom is None or not dom.isActive():
-                return  # not serving (gone, or shut down by an earlier attempt): finish it
-            if dom is not None:
+            # Not serving any more (gone, or shut down by an earlier attempt that was cut
+            # short): nothing to drain or stop, go straight on to removing what is left.
+            if dom is not None and dom.isActive():
                 meta = vm_metadata(dom)
                 if dom.isActive() and (meta is None or not meta.draining):
                     ctx.step("draining")

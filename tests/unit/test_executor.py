@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from actuators.base import ActionContext, Actuator, Fleet
-from actuators.executor import ExecutorLimits, execute_plan, run_action
+from actuators.executor import PENDING_STEP, ExecutorLimits, execute_plan, run_action
 from autoscaler.journal import SqliteJournal
 from autoscaler.model import (
     Action,
@@ -160,6 +160,28 @@ def test_retries_stop_and_the_failure_is_compensated(journal: SqliteJournal) -> 
     entry = journal.get(first.key)
     assert entry is not None and entry.phase is Phase.COMPENSATED
     assert journal.get(later.key) is None  # never started: nothing journalled
+
+
+@dataclass
+class HostGone(Scripted):
+    """Fails for good, and its host cannot be reached to undo anything."""
+
+    def compensate(self, action: BaseAction, ctx: ActionContext) -> str:
+        raise TemporaryError(f"the host of {action.vm} unreachable", retry_after=5)
+
+
+def test_a_compensation_that_cannot_reach_its_host_leaves_the_entry_unfinished(
+    journal: SqliteJournal,
+) -> None:
+    action = vcpu("a")
+    adds = HostGone("hot_add_vcpu", failures={action.key: 10})
+    limits = ExecutorLimits(retries=0, backoff_initial_s=0.01)
+    (result,) = execute_plan(plan(action), FLEET, journal, registry=registry(adds), limits=limits)
+    assert result.status == "failed" and "compensation pending" in result.reason
+    entry = journal.get(action.key)
+    assert entry is not None and entry.phase is Phase.RUNNING
+    assert entry.step == PENDING_STEP
+    assert [e.key for e in journal.unfinished()] == [action.key]  # the reconciler's to settle
 
 
 def test_a_failed_precondition_changes_nothing_and_is_not_retried(journal: SqliteJournal) -> None:
