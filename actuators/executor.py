@@ -223,7 +223,7 @@ def run_action(
     except AutoscalerError as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if recorded:
-            reason += _compensate(actuator, action, ctx, journal, reason, clock)
+            reason += _compensate(actuator, action, ctx, journal, reason, clock, lease)
         elif journal.get(action.key) is not None and not _finished(journal, action.key):
             journal.record_outcome(action.key, Phase.FAILED, clock(), reason)
         return result("failed", reason)
@@ -231,7 +231,7 @@ def run_action(
         log.exception("action %s crashed", action.key)
         reason = f"unexpected {type(exc).__name__}: {exc}"
         if recorded:
-            reason += _compensate(actuator, action, ctx, journal, reason, clock)
+            reason += _compensate(actuator, action, ctx, journal, reason, clock, lease)
         return result("failed", reason)
     if recorded or not _finished(journal, action.key):
         journal.record_outcome(action.key, Phase.DONE, clock(), detail)
@@ -250,7 +250,16 @@ def _compensate(
     journal: Journal,
     reason: str,
     clock: Callable[[], float],
+    lease: Lease | None = None,
 ) -> str:
+    try:
+        check_lease(action, lease)
+    except DeposedLeader as exc:
+        # Deposed while it failed (frozen mid-call, then woken): the new leader settles the
+        # entry, and undoing it here could undo what that leader has already finished.
+        return f"; not compensated, left to the new leader ({exc})"
+    except TemporaryError:
+        pass  # the lease cannot be read now: undo as usual
     try:
         undone = actuator.compensate(action, ctx)
     except TemporaryError as exc:

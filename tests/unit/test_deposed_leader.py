@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from actuators.base import ActionContext, Fleet
-from actuators.executor import run_action
+from actuators.executor import ActionResult, run_action
 from autoscaler.exporter import HealthState
 from autoscaler.journal import SqliteJournal
 from autoscaler.lease import LOCK_WAIT_S, FileLease
-from autoscaler.model import BaseAction, HotAddVcpu, LeaseState, TemporaryError
+from autoscaler.model import BaseAction, HotAddVcpu, JournalEntry, LeaseState, TemporaryError
 from tests.unit.test_executor import FixedLease
 
 FLEET = Fleet(hosts={"h1": "test:///h1"}, businesses={})
@@ -60,20 +60,17 @@ class MovingLease(FixedLease):
         self.state = LeaseState(holder="b", generation=self.state.generation + 1, expires_at=1e12)
 
 
-@pytest.mark.parametrize(
-    ("taken_at", "done_before", "step"),
-    [("intent", [], "intent"), ("one", ["started", "after one"], "one")],
-)
-def test_a_leader_deposed_mid_action_stops_at_its_next_step_and_undoes_nothing(
-    tmp_path: Path, taken_at: str, done_before: list[str], step: str
-) -> None:
+def run_deposed_at(
+    tmp_path: Path, actuator: TwoSteps, taken_at: str
+) -> tuple[ActionResult, JournalEntry | None]:
+    """Run one action whose lease the standby takes over when step ``taken_at`` is reached
+    (as if this leader was frozen right there); the result and the journal entry after."""
     lease = MovingLease(4)
-    actuator = TwoSteps()
     action = HotAddVcpu(business="web", vm="a", host="h1", vcpus=2, reason="r", lease_generation=4)
 
     def hook(_action: BaseAction, reached: str) -> None:
         if reached == taken_at:
-            lease.take_over()  # the standby led while this one was frozen right here
+            lease.take_over()
 
     with SqliteJournal(tmp_path / "journal.sqlite") as journal:
         result = run_action(
@@ -85,7 +82,18 @@ def test_a_leader_deposed_mid_action_stops_at_its_next_step_and_undoes_nothing(
             registry={"hot_add_vcpu": actuator},
             on_step=hook,
         )
-        entry = journal.get(action.key)
+        return result, journal.get(action.key)
+
+
+@pytest.mark.parametrize(
+    ("taken_at", "done_before", "step"),
+    [("intent", [], "intent"), ("one", ["started", "after one"], "one")],
+)
+def test_a_leader_deposed_mid_action_stops_at_its_next_step_and_undoes_nothing(
+    tmp_path: Path, taken_at: str, done_before: list[str], step: str
+) -> None:
+    actuator = TwoSteps()
+    result, entry = run_deposed_at(tmp_path, actuator, taken_at)
     assert result.status == "failed" and "DeposedLeader" in result.reason
     assert "left to the new leader" in result.reason
     assert actuator.log == done_before  # nothing after the takeover, and no compensation
@@ -122,3 +130,20 @@ def test_a_lease_lock_held_by_a_frozen_process_fails_in_time_instead_of_hanging(
             lease.try_acquire(1000.0)
         assert time.monotonic() - started < LOCK_WAIT_S + 1
     assert lease.try_acquire(1000.0) is not None  # let go: taken at once
+
+
+@dataclass
+class FailsAfterOne(TwoSteps):
+    """Its libvirt call fails once this leader wakes up (the new leader changed the domain)."""
+
+    def execute(self, action: BaseAction, ctx: ActionContext) -> None:
+        ctx.step("one")
+        raise RuntimeError("domain already exists")
+
+
+def test_a_deposed_leader_whose_call_then_fails_does_not_undo_it(tmp_path: Path) -> None:
+    actuator = FailsAfterOne()
+    result, entry = run_deposed_at(tmp_path, actuator, "one")
+    assert result.status == "failed" and "not compensated, left to the new leader" in result.reason
+    assert "compensated" not in actuator.log
+    assert entry is not None and not entry.phase.finished
