@@ -64,13 +64,6 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     # theirs below), so every thread inherits the mask and only the main thread takes these
     # signals, through sigwaitinfo, which also says which process sent them.
     signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, RELOAD_SIGNAL})
-    # A child forked without exec (pyroute2 enters a host's network namespace that way) must
-    # still die of the SIGTERM its parent library sends it, not inherit our mask.
-    os.register_at_fork(
-        after_in_child=lambda: signal.pthread_sigmask(
-            signal.SIG_UNBLOCK, {*STOP_SIGNALS, RELOAD_SIGNAL}
-        )
-    )
     logs.setup()
     # libvirt prints every error to stderr too; we get each as an exception and log it once.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
