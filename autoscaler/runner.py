@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
+from types import FrameType
 
 import libvirt
 
@@ -46,24 +47,7 @@ def rados_lease(config: ControllerConfig, holder: str) -> RadosLease:
     return RadosLease(cluster.open_ioctx(config.ceph.pool), holder, config.lease.duration_s)
 
 
-STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-RELOAD_SIGNAL = signal.SIGHUP
-
-
-def sender(pid: int) -> str:
-    """``pid`` and its command line, to say in the log who asked us to stop."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return str(pid)
-    return f"{pid} ({' '.join(a.decode(errors='replace') for a in argv if a)[:200]})"
-
-
 def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | None) -> int:
-    # Blocked before any thread exists (librados, libvirt's event loop and the scheduler start
-    # theirs below), so every thread inherits the mask and only the main thread takes these
-    # signals, through sigwaitinfo, which also says which process sent them.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {*STOP_SIGNALS, RELOAD_SIGNAL})
     logs.setup()
     # libvirt prints every error to stderr too; we get each as an exception and log it once.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -88,17 +72,22 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
         lease=lease,
     )
     controller.actuation = ExecutorActuation(config, controller.lease, lambda: controller.policies)
+    stop = threading.Event()
+
+    def on_stop(signum: int, _frame: FrameType | None) -> None:
+        event(log, "stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    def on_hup(_signum: int, _frame: FrameType | None) -> None:
+        threading.Thread(target=controller.reload_policies, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
     server.start()
     event(log, "serving metrics", listen=f"{host}:{server.port}")
     controller.start()
-    while True:
-        received = signal.sigwaitinfo({*STOP_SIGNALS, RELOAD_SIGNAL})
-        if received.si_signo == RELOAD_SIGNAL:
-            threading.Thread(target=controller.reload_policies, daemon=True).start()
-            continue
-        name = signal.Signals(received.si_signo).name
-        event(log, "stopping", signal=name, sender=sender(received.si_pid))
-        break
+    stop.wait()
     controller.stop()
     server.stop()
     return 0

@@ -11,7 +11,6 @@ keyring path, the PKI path, the user or the password. The metrics port serves on
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -117,9 +116,6 @@ def test_keyrings_tls_uris_and_passwords_never_reach_logs_or_metrics(tmp_path: P
     assert "ceph collector unavailable" in text  # the Ceph error itself is logged ...
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert len(lines) >= 5
-    stopping = [line for line in lines if line.get("event") == "stopping"]
-    assert [s["signal"] for s in stopping] == ["SIGTERM"]
-    assert stopping[0]["sender"].startswith(f"{os.getpid()} (")  # who asked it to stop
     for secret in SECRETS:  # ... but no secret, in any line, metric or health answer
         assert secret not in text, f"{secret} in the log"
         assert secret not in metrics, f"{secret} in /metrics"
