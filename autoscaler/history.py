@@ -21,6 +21,7 @@ from typing import Literal, overload
 
 import pandas as pd
 
+from autoscaler.journal import use_wal
 from autoscaler.model.names import check_name
 
 MINUTE_S = 60
@@ -87,7 +88,8 @@ class HistoryStore:
         self._series_ids: dict[tuple[str, str, str], int] = {}
         self._last_prune: float | None = None
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._db.execute(

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,22 @@ Stamper = Callable[[JournalEntry], None]
 _SELECT = "SELECT key, plan_id, action, phase, step, detail, started_at, updated_at FROM entries"
 
 
+def use_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
+    """Switch to write-ahead logging. Two controllers starting at the same instant on one
+    state folder race for it, and SQLite answers "locked" at once, without waiting on its busy
+    timeout, while the other holds the lock: wait it out (WAL then persists in the file)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SqliteJournal:
     """One row per execution of an action (a key may run again later: the newest row counts)."""
 
@@ -57,10 +74,12 @@ class SqliteJournal:
         self.path = path
         self._stamper = stamper
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=5.0
+        )
         self._db.execute("PRAGMA busy_timeout=5000")
+        use_wal(self._db)
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from autoscaler.journal import SqliteJournal
@@ -85,3 +86,29 @@ def test_an_intent_written_just_before_a_sigkill_is_there_after_it(tmp_path: Pat
     with SqliteJournal(path) as journal:
         (entry,) = journal.unfinished()
         assert (entry.action.vm, entry.step) == ("web-9", "defined")
+
+
+def test_journals_opened_at_the_same_instant_on_a_new_file_both_open(tmp_path: Path) -> None:
+    """Two controllers started together race to switch a new journal to WAL mode."""
+    for attempt in range(20):
+        path = tmp_path / f"j{attempt}.sqlite"
+        barrier = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def open_one(
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[BaseException] = errors,
+        ) -> None:
+            barrier.wait()
+            try:
+                SqliteJournal(path).close()
+            except BaseException as exc:  # collected: the assertion below names it
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
