@@ -83,7 +83,7 @@ class RetireActuator:
             # short): nothing to drain or stop, go straight on to removing what is left.
             if dom is not None and dom.isActive():
                 meta = vm_metadata(dom)
-                if dom.isActive() and (meta is None or not meta.draining):
+                if meta is None or not meta.draining:
                     ctx.step("draining")
                     libvirt_call("mark draining", lambda: update_vm_metadata(dom, draining="1"))
                 if dom.isActive():

@@ -264,17 +264,16 @@ class Controller:
             event(log, "lost the lease", logging.WARNING)
 
     def _reconcile_if_pending(self) -> None:
-        if not self._reconcile_pending and self.actuation is not None and not self.dry_run:
-            # Between cycles nothing runs, so an unfinished entry waits for a host that could
-            # not be reached to finish or undo it: try again, at most every RESETTLE_S.
-            due = self.clock() - self._settled_at >= RESETTLE_S
-            self._reconcile_pending = due and self.actuation.unfinished() > 0
-        if not self._reconcile_pending:
+        if self.actuation is None or self.dry_run:
             return
-        if self.actuation is not None and not self.dry_run:
-            with self._act_lock:
-                settled = self.actuation.reconcile()
-            event(log, "reconciled the journal", entries=settled)
+        # Between cycles nothing runs, so an unfinished entry waits for a host that could not
+        # be reached to finish or undo it: try again, at most every RESETTLE_S.
+        due = self.clock() - self._settled_at >= RESETTLE_S
+        if not self._reconcile_pending and not (due and self.actuation.unfinished() > 0):
+            return
+        with self._act_lock:
+            settled = self.actuation.reconcile()
+        event(log, "reconciled the journal", entries=settled)
         self._settled_at = self.clock()
         self._reconcile_pending = False
 

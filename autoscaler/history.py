@@ -21,8 +21,8 @@ from typing import Literal, overload
 
 import pandas as pd
 
-from autoscaler.journal import use_wal
 from autoscaler.model.names import check_name
+from autoscaler.sqlite_wal import use_wal
 
 MINUTE_S = 60
 MIN_RETENTION_DAYS = 14.0

@@ -15,7 +15,6 @@ import contextlib
 import logging
 import sqlite3
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ import libvirt
 
 from actuators.domain_xml import JOURNAL_NS
 from autoscaler.model import Action, JournalEntry, Phase, action_adapter, check_name
+from autoscaler.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,6 @@ CREATE INDEX IF NOT EXISTS entries_by_phase ON entries (phase);
 
 Stamper = Callable[[JournalEntry], None]
 _SELECT = "SELECT key, plan_id, action, phase, step, detail, started_at, updated_at FROM entries"
-
-
-def use_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:
-    """Switch to write-ahead logging. Two controllers starting at the same instant on one
-    state folder race for it, and SQLite answers "locked" at once, without waiting on its busy
-    timeout, while the other holds the lock: wait it out (WAL then persists in the file)."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 class SqliteJournal:

@@ -59,6 +59,16 @@ def hosts_of(lab: Lab, vm: str) -> list[str]:
     return placements(lab).get(vm, [])
 
 
+def wait_off_rack(lab: Lab, vm: str, rack: str) -> None:
+    """Wait until ``vm`` is defined on exactly one host, outside ``rack``."""
+    wait_for(
+        lambda: hosts_of(lab, vm),
+        lambda hs: len(hs) == 1 and rack_of(lab, hs[0]) != rack,
+        timeout=240,
+        what=f"{vm} off {rack}, on one host",
+    )
+
+
 def restart_osds(lab: Lab, osds: tuple[int, ...], port: int, rack: str) -> float:
     """Start ``osds`` again; return how long until the controller saw the rack healthy."""
     started_at = time.time()

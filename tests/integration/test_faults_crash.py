@@ -33,7 +33,13 @@ from autoscaler.model import HotAddVcpu, Phase
 from policies.loader import load_policy_dir
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, stop
-from tests.integration.test_faults_ceph import cluster, hosts_of, rack_of, restart_osds
+from tests.integration.test_faults_ceph import (
+    cluster,
+    hosts_of,
+    rack_of,
+    restart_osds,
+    wait_off_rack,
+)
 from tests.integration.test_faults_hosts import events, orphans, placements
 from tests.integration.test_faults_libvirtd import (
     MIGRATION_MIB_S,
@@ -205,12 +211,7 @@ def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_lose
                     timeout=240,
                     what="the restarted controller reconciling",
                 )
-                wait_for(
-                    lambda: hosts_of(lab, "web-1"),
-                    lambda hs: len(hs) == 1 and rack_of(lab, hs[0]) != rack,
-                    timeout=240,
-                    what="web-1 off the failing rack, on one host",
-                )
+                wait_off_rack(lab, "web-1", rack)
                 settled_after = time.time() - restarted_at
                 assert healthz(port).get("healthy") is True
                 restart_osds(lab, osds, port, rack)

@@ -32,7 +32,13 @@ from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
 from autoscaler.model import CloneFromTemplate, JournalEntry, Phase
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
-from tests.integration.test_faults_ceph import cluster, hosts_of, rack_of, restart_osds
+from tests.integration.test_faults_ceph import (
+    cluster,
+    hosts_of,
+    rack_of,
+    restart_osds,
+    wait_off_rack,
+)
 from tests.integration.test_faults_hosts import events, orphans, placements
 from tests.reliability import record
 
@@ -141,12 +147,7 @@ def test_libvirtd_killed_during_a_migration_from_it_leaves_the_vm_once_and_runni
             )
             closed = final_entry(state, entry.key)
             assert closed is not None
-            wait_for(
-                lambda: hosts_of(lab, "web-1"),
-                lambda hs: len(hs) == 1 and rack_of(lab, hs[0]) != rack,
-                timeout=240,
-                what="web-1 off the failing rack, on one host",
-            )
+            wait_off_rack(lab, "web-1", rack)
             settled_after = time.time() - killed_at
             assert healthz(port).get("healthy") is True
         finally:
