@@ -227,17 +227,10 @@ class MigrateActuator:
             dom = find_domain(dst, action.vm)
             if dom is None or not dom.isPersistent():
                 raise TemporaryError(f"{action.vm} is not persistent on {action.destination}")
-            observer = ctx.fleet.observer
-            if observer is not None:
-                timeout = max(2.0, min(15.0, ctx.remaining()))
-                view = observer.wait_for(dst, dom, lambda _v: True, timeout)
-                if view is None:
-                    raise TemporaryError(f"{action.vm}'s guest does not answer on the destination")
-                return (
-                    f"{action.vm} runs on {action.destination} only; the guest answers"
-                    f" ({view.online_cpus} CPUs, {view.mem_kib} KiB)"
-                )
-        return f"{action.vm} runs on {action.destination} only"
+            guest = _guest_after_move(ctx, dst, dom)
+            if guest is not None and not guest[0]:
+                raise TemporaryError(f"{action.vm}: {guest[1]} on the destination")
+        return f"{action.vm} runs on {action.destination} only" + (f"; {guest[1]}" if guest else "")
 
     def compensate(self, action: LiveMigrate, ctx: ActionContext) -> str:
         return settle(ctx, action)[1]
@@ -271,7 +264,10 @@ def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) ->
         src_state, dst_state = _state(src, action.vm), _state(dst, action.vm)
         if dst_state == "running" and src_state != "running":
             _remove_copy(src, action.vm)
-            return True, f"{action.vm} completed its move: on {action.destination} only"
+            guest = _guest_after_move(ctx, dst, dst.lookupByName(action.vm))
+            return True, f"{action.vm} completed its move: on {action.destination} only" + (
+                f"; {guest[1]}" if guest else ""
+            )
         if src_state in ("running", "paused"):
             if src_state == "paused":
                 libvirt_call("resume on source", src.lookupByName(action.vm).resume)
@@ -285,6 +281,25 @@ def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) ->
             f"{action.vm} runs on neither host (source {src_state}, destination {dst_state})",
             retry_after=5,
         )
+
+
+def _guest_after_move(
+    ctx: ActionContext, conn: libvirt.virConnect, dom: libvirt.virDomain
+) -> tuple[bool, str] | None:
+    """Whether the moved guest answers on its new host, and what it says; None when the fleet
+    has no way to ask.
+
+    A migration that libvirt calls complete can still leave a guest that no longer runs
+    (seen on TCG after long, throttled migrations): the journal says so rather than "done"
+    alone.
+    """
+    observer = ctx.fleet.observer
+    if observer is None:
+        return None
+    view = observer.wait_for(conn, dom, lambda _v: True, max(2.0, min(15.0, ctx.remaining())))
+    if view is None:
+        return False, "the guest does not answer"
+    return True, f"the guest answers ({view.online_cpus} CPUs, {view.mem_kib} KiB)"
 
 
 def _remove_copy(conn: libvirt.virConnect, vm: str) -> None:

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -170,6 +170,7 @@ class Controller:
         self.policies: dict[str, BusinessPolicy] = {}
         self._policy_stamp: tuple[tuple[str, float], ...] = ()
         self._snapshot: Snapshot | None = None
+        self._new_snapshot = threading.Condition()  # notified by the collect job
         self.on_event: Callable[[str], None] | None = None
         """Called with a one-line text for every planned action and outcome (live views)."""
         self._leader_generation: int | None = None
@@ -263,6 +264,30 @@ class Controller:
         elif state is None and was_leader:
             event(log, "lost the lease", logging.WARNING)
 
+    @contextlib.contextmanager
+    def _acting(self, rounds: int) -> Iterator[None]:
+        """One actor at a time within this process. /healthz counts the time as progress for
+        as long as ``rounds`` actions one after the other may take (each is bounded by the
+        action timeout, and its compensation by as much again)."""
+        with self._act_lock:
+            self.health.busy_limit_s = max(1, rounds) * 2 * self.config.executor.action_timeout_s
+            self.health.busy_since = self.clock()
+            try:
+                yield
+            finally:
+                self.health.busy_since = None
+
+    def _snapshot_since(self, since: float) -> Snapshot | None:
+        """The latest snapshot if it was taken at or after ``since``, waiting up to two
+        collection intervals for one; None if none came."""
+        with self._new_snapshot:
+            self._new_snapshot.wait_for(
+                lambda: self._snapshot is not None and self._snapshot.now >= since,
+                timeout=2 * self.config.intervals.collect_s,
+            )
+            snapshot = self._snapshot
+        return snapshot if snapshot is not None and snapshot.now >= since else None
+
     def _reconcile_if_pending(self) -> None:
         if self.actuation is None or self.dry_run:
             return
@@ -271,7 +296,7 @@ class Controller:
         due = self.clock() - self._settled_at >= RESETTLE_S
         if not self._reconcile_pending and not (due and self.actuation.unfinished() > 0):
             return
-        with self._act_lock:
+        with self._acting(rounds=self.actuation.unfinished()):  # settled one by one
             settled = self.actuation.reconcile()
         event(log, "reconciled the journal", entries=settled)
         self._settled_at = self.clock()
@@ -323,7 +348,9 @@ class Controller:
                     )
                 }
             )
-        self._snapshot = snapshot
+        with self._new_snapshot:
+            self._snapshot = snapshot
+            self._new_snapshot.notify_all()
         for name, fig in business_figures(snapshot).items():
             self.metrics.instances.labels(name).set(fig.ready)
             self.metrics.demand.labels(name).set(fig.demand_cores)
@@ -407,6 +434,11 @@ class Controller:
         if generation is None and not self.dry_run:
             return  # a standby collects and stays ready; only the leader decides
         self._reconcile_if_pending()
+        # Settling may have moved or finished VMs since this snapshot was taken: deciding on it
+        # would plan from where they were (a second migration of a VM just moved).
+        snapshot = self._snapshot_since(self._settled_at)
+        if snapshot is None:
+            return
         started = time.monotonic()
         state = self.decision_state(now)
         plan = decide(snapshot, self.policies, state, now)
@@ -529,7 +561,8 @@ class Controller:
     def _execute(self, plan: Plan, now: float) -> None:
         if self.actuation is None:
             return
-        with self._act_lock:
+        concurrent = self.config.executor.max_concurrent_actions
+        with self._acting(rounds=-(-len(plan.actions) // concurrent)):
             outcomes = self.actuation.execute(plan)
         for out in outcomes:
             self._tell(f"{out.result} {out.key} in {out.duration_s:.1f}s: {out.reason}")

@@ -179,21 +179,29 @@ class HealthState:
     """While leading: when the lease runs out unless renewed."""
     problem: str | None = None
     """What keeps the controller from working (e.g. its state folder cannot be written)."""
+    busy_since: float | None = None
+    """While the leader executes a plan or settles its journal: since when. A cycle waits
+    for it, and that is progress, not a hang, until ``busy_limit_s`` (the executor's own
+    bound on a plan) has passed."""
+    busy_limit_s: float = 0.0
 
     def check(self, now: float) -> tuple[bool, dict[str, object]]:
         reference = self.last_success if self.last_success is not None else self.started
         age = now - reference
+        busy_s = None if self.busy_since is None else now - self.busy_since
         role = self.role
         if role == "leader" and self.lease_expires_at is not None and now >= self.lease_expires_at:
             # Not renewed in time (this process was frozen, or is stuck): whatever the role
             # said, it does not lead now; never let two controllers both answer "leader".
             role = "standby"
-        healthy = self.problem is None and (role == "standby" or age <= 3 * self.interval_s)
+        busy = busy_s is not None and busy_s <= self.busy_limit_s
+        healthy = self.problem is None and (role == "standby" or age <= 3 * self.interval_s or busy)
         return healthy, {
             "healthy": healthy,
             "role": role,
             "last_successful_cycle_age_s": round(age, 3),
             "max_age_s": 3 * self.interval_s,
+            "acting_for_s": None if busy_s is None else round(busy_s, 3),
             "problem": self.problem,
         }
 

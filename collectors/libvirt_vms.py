@@ -133,7 +133,8 @@ class DomainStatsParser:
         quota = _positive(meta.get("cpu-quota"))
         add("vm_cpu_quota", quota)
         add("vm_draining", 1.0 if meta.get("draining") == "1" else 0.0)
-        add("vm_ready_timestamp", finite_or_none(meta.get("ready")))
+        ready_at = finite_or_none(meta.get("ready"))
+        add("vm_ready_timestamp", ready_at)
         add("vm_created_timestamp", finite_or_none(meta.get("created")))
 
         if state != "running" or "cpu.time" not in s:
@@ -157,6 +158,11 @@ class DomainStatsParser:
         self._previous[key] = counters
         if before is None or counters.at <= before.at or counters.cpu_ns < before.cpu_ns:
             return samples  # first sight, or the domain restarted: no rate yet
+        if ready_at is not None and ready_at > before.at:
+            # The interval holds the end of the guest's boot (run under a raised CPU cap):
+            # that CPU is not the business's load, yet it reads as a spike of it (enough to
+            # scale out again). No rate until a whole interval after readiness.
+            return samples
         wall = counters.at - before.at
         busy_cores = (counters.cpu_ns - before.cpu_ns) / 1e9 / wall
         add("vm_cpu_busy_cores", busy_cores)

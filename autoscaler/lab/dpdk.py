@@ -126,12 +126,21 @@ def _cap_workers(pid: int, cgroup: Path) -> None:
     workers = [
         task.name
         for task in Path(f"/proc/{pid}/task").iterdir()
-        if (task / "comm").read_text().startswith("rte-worker")
+        if _thread_name(task).startswith("rte-worker")
     ]
     if not workers:
         raise RuntimeError("dpdk-testpmd has no rte-worker thread to cap")
     for tid in workers:
         (cgroup / "tasks").write_text(f"{tid}\n")
+
+
+def _thread_name(task: Path) -> str:
+    """A thread's name; "" for one that ended while we listed them (EAL's start-up threads
+    do)."""
+    try:
+        return task.joinpath("comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
 
 
 def command(layout: LabLayout, text: str) -> None:

@@ -3,10 +3,11 @@
 Where it sits: outside the controller, in place of the seed cloud's access-layer load balancer.
 Each tick it reads the demand file (business -> constant cores or a trace replayed with time
 compression), lists the business's running instances through libvirt (those marked draining
-get nothing), and splits the demand over the instances that passed the health check (the guest
-acknowledged its last duty) in proportion to their capacity, so every ready instance runs at the
-same utilisation. Demand above capacity is capped: that is what an SLA breach looks like here.
-It writes what it did to a status file so tests and the demo can see the split.
+get nothing; a paused one, such as a VM arriving by migration, is not touched), and splits the
+demand over the instances that passed the health check (the guest acknowledged its last duty)
+in proportion to their capacity, so every ready instance runs at the same utilisation. Demand
+above capacity is capped: that is what an SLA breach looks like here. It writes what it did to
+a status file so tests and the demo can see the split.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from actuators.domain_xml import METADATA_NS, parse_vm_metadata
 from actuators.guest_agent import LoadChannel
 from actuators.libvirt_events import ensure_event_loop
 from autoscaler.lab.state import LabState
+
+CLOSE_DELAY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,21 @@ class LoadDriver:
     _conns: dict[str, libvirt.virConnect] = field(default_factory=dict)
     _channels: dict[str, LoadChannel] = field(default_factory=dict)
     _healthy: set[str] = field(default_factory=set)
+    _closing: list[tuple[float, LoadChannel]] = field(default_factory=list)
+
+    def _let_go(self, key: str) -> None:
+        """Forget a channel whose domain went away, closing its stream only later: libvirt
+        9.0's daemon deadlocks (stream lock against character-device lock) when a stream is
+        finished while the same domain is being destroyed, and then hangs for good."""
+        self._closing.append((time.monotonic() + CLOSE_DELAY_S, self._channels.pop(key)))
+        self._healthy.discard(key)
+
+    def _close_due(self) -> None:
+        now = time.monotonic()
+        due = [channel for at, channel in self._closing if at <= now]
+        self._closing = [(at, channel) for at, channel in self._closing if at > now]
+        for channel in due:
+            channel.close()
 
     def _conn(self, host: str) -> libvirt.virConnect | None:
         conn = self._conns.get(host)
@@ -135,7 +153,10 @@ class LoadDriver:
             if conn is None:
                 continue
             try:
-                domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+                # Running only: a domain paused for an incoming migration is left alone.
+                # Writing to its channel before the guest runs there corrupted the guest
+                # (TCG, QEMU 7.2): after a slow migration its kernel hung in a spinlock.
+                domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
             except libvirt.libvirtError:
                 continue
             for dom in domains:
@@ -178,10 +199,10 @@ class LoadDriver:
         demand = read_demand_file(self.demand_file, elapsed, self.base)
         instances = self.instances()
         live_keys = {f"{i.host}/{i.vm}" for insts in instances.values() for i in insts}
+        self._close_due()
         for key in list(self._channels):
-            if key not in live_keys:  # gone or migrated away: drop the stale stream
-                self._channels.pop(key).close()
-                self._healthy.discard(key)
+            if key not in live_keys:  # gone, paused or migrated away: drop the stale stream
+                self._let_go(key)
         status: dict[str, object] = {"elapsed_s": round(elapsed, 1), "businesses": {}}
         for business, insts in sorted(instances.items()):
             ready = [i for i in insts if f"{i.host}/{i.vm}" in self._healthy]
@@ -196,8 +217,7 @@ class LoadDriver:
                         self._healthy.add(key)
                     channel.set_duty(duties.get(inst.vm, 0))
                 except (libvirt.libvirtError, OSError, Exception):
-                    self._channels.pop(key).close()
-                    self._healthy.discard(key)
+                    self._let_go(key)
             status["businesses"][business] = {  # type: ignore[index]
                 "demand_cores": round(demand.get(business, 0.0), 4),
                 "ready": sorted(i.vm for i in ready),

@@ -147,3 +147,14 @@ def test_a_deposed_leader_whose_call_then_fails_does_not_undo_it(tmp_path: Path)
     assert result.status == "failed" and "not compensated, left to the new leader" in result.reason
     assert "compensated" not in actuator.log
     assert entry is not None and not entry.phase.finished
+
+
+def test_a_leader_acting_past_three_intervals_stays_healthy_until_the_action_bound() -> None:
+    health = HealthState(interval_s=3.0, role="leader", last_success=100.0, started=90.0)
+    assert health.check(120.0)[0] is False  # no cycle for 20 s and nothing running: stuck
+    health.busy_since, health.busy_limit_s = 105.0, 360.0
+    ok, info = health.check(120.0)
+    assert ok is True and info["acting_for_s"] == 15.0
+    assert health.check(466.0)[0] is False  # past the executor's own bound: stuck after all
+    health.busy_since = None
+    assert health.check(120.0)[0] is False
