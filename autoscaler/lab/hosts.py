@@ -19,6 +19,8 @@ import libvirt
 
 from autoscaler.lab.layout import LabLayout
 from autoscaler.lab.state import HostRecord
+from autoscaler.model import TemporaryError
+from collectors.common import call_with_deadline
 
 HOST_SCRIPT = Path(__file__).with_name("host.sh")
 POOL_NAME = "images"
@@ -140,7 +142,8 @@ def stop_host(record: HostRecord) -> None:
     """Destroy its domains, stop its daemons and any QEMU left, remove its cgroups."""
     base = Path(record.base)
     if libvirtd_running(record):
-        try:
+
+        def destroy_all() -> None:
             conn = open_local(record)
             try:
                 for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
@@ -148,8 +151,11 @@ def stop_host(record: HostRecord) -> None:
                         dom.destroy()
             finally:
                 conn.close()
-        except libvirt.libvirtError:
-            pass
+
+        # A deadlocked libvirtd never answers: give up on it after a while, the QEMU pid
+        # files below end its guests anyway.
+        with contextlib.suppress(libvirt.libvirtError, TemporaryError):
+            call_with_deadline(destroy_all, 60.0, f"{record.name}: destroy its domains")
     _kill_pidfile(base / "run" / "libvirtd.pid")
     _kill_pidfile(base / "run" / "virtlogd.pid")
     qemu_dir = base / "run" / "qemu"
