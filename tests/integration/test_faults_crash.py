@@ -37,7 +37,6 @@ from tests.integration.test_controller import (
     guest_after_migration,
     healthz,
     restore_lab,
-    silent_accounted,
     stop,
 )
 from tests.integration.test_faults_ceph import (
@@ -59,7 +58,7 @@ from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin"]
-__all__ = ["orphans", "restore_lab", "silent_accounted"]  # orphans: for the other fault tests
+__all__ = ["orphans", "restore_lab"]  # orphans: for the other fault tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -180,7 +179,7 @@ def test_the_controller_killed_during_a_clone_reconciles_on_restart_and_loses_no
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("how", ["crash-point", "sigkill"])
 def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_loses_nothing(
-    lab: Lab, tmp_path: Path, restore_lab: None, silent_accounted: set[str], how: str
+    lab: Lab, tmp_path: Path, restore_lab: set[str], how: str
 ) -> None:
     """The controller killed while it live-migrates web-1 off a rack whose Ceph OSDs are down:
     at the crash point ``live_migrate:migrating``, or by a SIGKILL from outside once the
@@ -265,7 +264,7 @@ def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_lose
         behaviour=f"restarted, reconciled {entry.key}: {reconciled[0].get('outcome')} "
         f"({str(reconciled[0].get('detail'))[:120]}); journal entry {settled.phase.value}; "
         f"web-1 on {after['web-1'][0]} {settled_after:.1f} s after the restart",
-        lost=guest_after_migration(lab, "web-1", log, silent_accounted),
+        lost=guest_after_migration(lab, "web-1", log, restore_lab),
     )
 
 

@@ -36,7 +36,6 @@ from tests.integration.test_controller import (
     guest_after_migration,
     healthz,
     restore_lab,
-    silent_accounted,
     start,
     stop,
 )
@@ -52,7 +51,7 @@ from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin"]
-__all__ = ["restore_lab", "silent_accounted"]
+__all__ = ["restore_lab"]
 DEAD_FOR_S = 5.0  # how long the host's libvirtd stays dead
 # Slow enough that a tiny guest's migration lasts ~14 s. Not slower: at 2 MiB/s (~48 s, several
 # dirty-page rounds) QEMU 7.2's TCG left the guest hung in a kernel spinlock after about one
@@ -118,7 +117,7 @@ def finished(entry: JournalEntry | None) -> bool:
 
 @pytest.mark.timeout(600)
 def test_libvirtd_killed_during_a_migration_from_it_leaves_the_vm_once_and_running(
-    lab: Lab, tmp_path: Path, restore_lab: None, silent_accounted: set[str]
+    lab: Lab, tmp_path: Path, restore_lab: set[str]
 ) -> None:
     """The source host's libvirtd SIGKILLed while the controller live-migrates web-1 off a
     rack whose Ceph OSDs are down; restarted 5 s later.
@@ -188,7 +187,7 @@ def test_libvirtd_killed_during_a_migration_from_it_leaves_the_vm_once_and_runni
         behaviour=f"kept running; the interrupted migration ended {closed.phase.value} "
         f"({closed.detail[:120] or closed.step}); action results {outcomes}; web-1 on "
         f"{after['web-1'][0]} {settled_after:.1f} s after the kill",
-        lost=guest_after_migration(lab, "web-1", log, silent_accounted),
+        lost=guest_after_migration(lab, "web-1", log, restore_lab),
         settled_after_s=round(settled_after, 1),
     )
 
