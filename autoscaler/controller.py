@@ -294,9 +294,10 @@ class Controller:
         # Between cycles nothing runs, so an unfinished entry waits for a host that could not
         # be reached to finish or undo it: try again, at most every RESETTLE_S.
         due = self.clock() - self._settled_at >= RESETTLE_S
-        if not self._reconcile_pending and not (due and self.actuation.unfinished() > 0):
+        unfinished = self.actuation.unfinished() if due or self._reconcile_pending else 0
+        if not self._reconcile_pending and unfinished == 0:
             return
-        with self._acting(rounds=self.actuation.unfinished()):  # settled one by one
+        with self._acting(rounds=unfinished):  # settled one by one
             settled = self.actuation.reconcile()
         event(log, "reconciled the journal", entries=settled)
         self._settled_at = self.clock()

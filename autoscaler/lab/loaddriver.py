@@ -159,9 +159,7 @@ class LoadDriver:
             if conn is None:
                 continue
             try:
-                # Running only: a domain paused for an incoming migration is left alone.
-                # Writing to its channel before the guest runs there corrupted the guest
-                # (TCG, QEMU 7.2): after a slow migration its kernel hung in a spinlock.
+                # Running only: a paused domain (one arriving by migration) gets no load.
                 domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)
             except libvirt.libvirtError:
                 continue
