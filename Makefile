@@ -11,9 +11,10 @@ deps:
 
 lint: deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 types: deps
-	$(VENV)/bin/mypy autoscaler collectors policies actuators bench
+	$(VENV)/bin/mypy autoscaler collectors policies actuators bench lab
 
 unit: deps
 	$(PY) -m pytest -q tests/unit
@@ -26,7 +27,7 @@ integration: deps
 test: lint types
 	rm -rf build/reliability
 	$(PY) -m pytest -q -p no:cacheprovider tests
-	$(PY) -m autoscaler.reliability_report
+	$(PY) -m lab.reliability_report
 
 # The inner loop: lint, types and the unit tests (no lab, well under a minute).
 test-fast: lint types unit
@@ -34,13 +35,13 @@ test-fast: lint types unit
 # The demo: the lab, the fleet it discovers, then the closed loop on real traces and a rack
 # fault, with a live view; the lab is taken down at the end.
 demo: deps
-	$(VENV)/bin/autoscaler demo --root $(DEMO_ROOT)
+	$(PY) -m lab demo --root $(DEMO_ROOT)
 
 lab-up: deps
-	$(VENV)/bin/autoscaler lab up --root $(DEMO_ROOT)
+	$(PY) -m lab up --root $(DEMO_ROOT)
 
 lab-down:
-	$(VENV)/bin/autoscaler lab down --root $(DEMO_ROOT)
+	$(PY) -m lab down --root $(DEMO_ROOT)
 
 clean: lab-down
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -20,7 +20,7 @@ from typing import Protocol, TypeVar
 import libvirt
 
 from actuators.domain_xml import METADATA_NS, GuestBoot, VmMetadata, parse_vm_metadata
-from actuators.guest_agent import GuestView, LabAgent, ReadinessProbe
+from actuators.guest_agent import GuestView, ReadinessProbe, SerialAgent
 from autoscaler.model import (
     BaseAction,
     Business,
@@ -44,8 +44,8 @@ class GuestObserver(Protocol):
     ) -> GuestView | None: ...
 
 
-class LabAgentObserver:
-    """The lab guest's agent channel (reports within ~50 ms of a change)."""
+class SerialAgentObserver:
+    """The serial agent's channel (the lab's guest reports within ~50 ms of a change)."""
 
     def wait_for(
         self,
@@ -54,7 +54,7 @@ class LabAgentObserver:
         predicate: Callable[[GuestView], bool],
         timeout_s: float,
     ) -> GuestView | None:
-        with LabAgent(conn, domain) as agent:
+        with SerialAgent(conn, domain) as agent:
             return agent.wait_for(predicate, timeout_s)
 
 
@@ -74,6 +74,7 @@ class Fleet:
     readiness: ReadinessProbe | None = None
     observer: GuestObserver | None = None
     ready_timeout_s: float = 120.0
+    channels: tuple[str, ...] = ()
     connect_fn: Callable[[str], libvirt.virConnect] = libvirt.open
 
     def uri(self, host: str) -> str:

@@ -80,7 +80,7 @@ class CloneActuator:
             domain_type=ctx.fleet.domain_type,
             boot=ctx.fleet.boot,
             created_at=time.time(),
-            lab_channels=ctx.fleet.observer is not None,
+            channels=ctx.fleet.channels,
             serial_log=serial_log_path(action.vm),
         )
 

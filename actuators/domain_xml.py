@@ -20,8 +20,9 @@ from autoscaler.model import Template, check_name
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
 METADATA_PREFIX = "as"
 JOURNAL_NS = "https://kvm-autoscaler.dev/ns/journal/1"
-LOAD_CHANNEL = "org.lab.load"
-AGENT_CHANNEL = "org.lab.agent"
+# The serial agent's channel (``actuators.guest_agent``) and the QEMU guest agent's.
+AGENT_CHANNEL = "org.kvm-autoscaler.agent"
+QEMU_GA_CHANNEL = "org.qemu.guest_agent.0"
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class InstanceSpec:
     mac: str | None = None
     uuid: str | None = None
     created_at: float | None = None
-    lab_channels: bool = True
+    channels: tuple[str, ...] = ()
+    """Named virtio-serial channels (unix sockets bound by QEMU) for the guest's agents."""
     serial_log: str | None = None
     boot_boost: bool = True
     """Start without the CPU quota (it is applied once the guest is ready: see apply_cpu_quota).
@@ -130,8 +132,8 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     _sub(serial, "target", port="0")
     console = _sub(dev, "console", type="pty")
     _sub(console, "target", type="serial", port="0")
-    if spec.lab_channels:
-        for channel in (LOAD_CHANNEL, AGENT_CHANNEL):
+    if spec.channels:
+        for channel in spec.channels:
             ch = _sub(dev, "channel", type="unix")
             _sub(ch, "source", mode="bind")
             _sub(ch, "target", type="virtio", name=channel)

@@ -1,9 +1,9 @@
 """Talking to a guest: readiness and what the guest itself sees (online CPUs, MemTotal).
 
 Where it sits: actuators verify their work through it (a clone is done when the guest reports
-ready; a hot-add is seen when the guest's own CPU count or MemTotal changes), and the lab load
-driver sets each guest's load through it. Readiness is pluggable (``ReadinessProbe``): the lab
-agent's virtio-serial channel here, the QEMU guest agent on guests that run one. Everything goes
+ready; a hot-add is seen when the guest's own CPU count or MemTotal changes). Readiness is
+pluggable (``ReadinessProbe``): a small serial agent on a virtio-serial channel (the lab's guest
+runs one), or the QEMU guest agent on guests that run qemu-ga. Everything goes
 through libvirt streams, so it works over a remote ``qemu+tcp`` or ``qemu+tls`` URI.
 """
 
@@ -19,7 +19,7 @@ from typing import Protocol
 
 import libvirt
 
-from actuators.domain_xml import AGENT_CHANNEL, LOAD_CHANNEL
+from actuators.domain_xml import AGENT_CHANNEL
 from actuators.libvirt_events import ensure_event_loop
 from autoscaler.model import TemporaryError
 
@@ -28,7 +28,7 @@ _STATE_RE = re.compile(r"STATE ((?:[a-z_]+=\S*\s*)+)")
 
 @dataclass(frozen=True)
 class GuestView:
-    """One STATE report of the lab agent."""
+    """One STATE report of the serial agent."""
 
     seq: int
     ready: bool
@@ -60,7 +60,7 @@ class GuestView:
             return None
 
 
-class _Channel:
+class GuestChannel:
     """A non-blocking stream on one named virtio-serial channel of a domain."""
 
     def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain, name: str) -> None:
@@ -105,11 +105,13 @@ class _Channel:
                 self._stream.abort()
 
 
-class LabAgent:
-    """The lab guest's agent channel: ask for and wait on what the guest sees."""
+class SerialAgent:
+    """The serial agent's channel (``org.kvm-autoscaler.agent``): ask for and wait on what the guest
+    sees. The guest answers ``ping`` with one line ``STATE seq=N ready=0|1 vm=... business=...
+    ncpus=N mem_kib=N ...`` and sends one on every change of its own."""
 
     def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> None:
-        self._channel = _Channel(conn, domain, AGENT_CHANNEL)
+        self._channel = GuestChannel(conn, domain, AGENT_CHANNEL)
         self.latest: GuestView | None = None
 
     def _drain(self) -> None:
@@ -140,33 +142,11 @@ class LabAgent:
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> LabAgent:
+    def __enter__(self) -> SerialAgent:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-
-class LoadChannel:
-    """The lab guest's load channel: set the guest's CPU duty (0-100 % of each vCPU)."""
-
-    def __init__(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> None:
-        self._channel = _Channel(conn, domain, LOAD_CHANNEL)
-
-    def set_duty(self, duty: int) -> None:
-        self._channel.send_line(f"duty {max(0, min(100, int(duty)))}")
-
-    def acknowledged(self) -> int | None:
-        """The last duty the guest acknowledged since the previous call, if any."""
-        last = None
-        for line in self._channel.read_lines():
-            match = re.search(r"ACK vm=\S* duty=(\d+)", line)
-            if match:
-                last = int(match.group(1))
-        return last
-
-    def close(self) -> None:
-        self._channel.close()
 
 
 class ReadinessProbe(Protocol):
@@ -179,13 +159,13 @@ class ReadinessProbe(Protocol):
     ) -> bool: ...
 
 
-class LabAgentReadiness:
-    name = "lab-agent"
+class SerialAgentReadiness:
+    name = "serial-agent"
 
     def wait_ready(
         self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float
     ) -> bool:
-        with LabAgent(conn, domain) as agent:
+        with SerialAgent(conn, domain) as agent:
             return agent.wait_for(lambda v: v.ready, timeout_s) is not None
 
 
@@ -212,7 +192,7 @@ class QemuGuestAgentReadiness:
 
 
 READINESS_PROBES: dict[str, Callable[[], ReadinessProbe]] = {
-    "lab-agent": LabAgentReadiness,
+    "serial-agent": SerialAgentReadiness,
     "qemu-guest-agent": QemuGuestAgentReadiness,
 }
 

@@ -10,9 +10,9 @@ Ceph CRUSH rack and temperature sensor.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from autoscaler.model import Datacenter, Host, Name, Rack, Region
 from policies.yaml_source import read_yaml, validate_file
@@ -144,6 +144,13 @@ class Metrics(Strict):
     listen: str = Field(default="127.0.0.1:9900", pattern=r"^[0-9a-fA-F.:\[\]]+:[0-9]{1,5}$")
 
 
+# A virtio-serial port name (``org.example.agent``): dotted DNS-label characters, nothing that
+# could leave the domain XML attribute or the guest's /dev/virtio-ports path.
+ChannelName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z0-9]+(?:[.-][a-z0-9]+)*$", max_length=100)
+]
+
+
 class ControllerConfig(Strict):
     api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
     kind: Literal["Controller"]
@@ -155,6 +162,14 @@ class ControllerConfig(Strict):
         default=None, description="boot instances from this kernel (the lab); None: from disk"
     )
     guest_initrd: str | None = None
+    guest_agent: Literal["qemu-guest-agent", "serial"] = Field(
+        default="qemu-guest-agent",
+        description="how a guest says it is ready and what it sees: qemu-ga, or the serial agent",
+    )
+    guest_channels: tuple[ChannelName, ...] = Field(
+        default=(),
+        description="more virtio-serial channels every new instance gets (for the guest's agents)",
+    )
     inventory: Inventory
     prometheus: Prometheus | None = None
     ceph: Ceph | None = None

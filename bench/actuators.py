@@ -26,11 +26,7 @@ from typing import Any
 from actuators.base import Fleet
 from actuators.executor import ActionResult, ExecutorLimits, execute_plan
 from actuators.libvirt_events import ensure_event_loop
-from autoscaler.apply_cli import build_fleet, open_journal, quiet_libvirt
 from autoscaler.config import load_controller_config
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.spec import LabSpec
 from autoscaler.model import (
     Action,
     CloneFromTemplate,
@@ -42,6 +38,11 @@ from autoscaler.model import (
     Retire,
     SnapshotDisk,
 )
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import build_fleet, open_journal, quiet_libvirt
+from lab import lab as lab_mod
+from lab.spec import LabSpec
+from policies.loader import load_policy_dir
 
 VMS = ("bench-1", "bench-2", "bench-3", "bench-4")
 WHY = {"business": "web", "reason": "benchmark"}
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 lab = lab_mod.up(root, LabSpec(), start_vms=False)
                 config = load_controller_config(lab.controller_file)
-                fleet = build_fleet(config)
+                fleet = build_fleet(config, load_policy_dir(config.policy_dir))
                 limits = ExecutorLimits(max_migrations_per_host=2, max_migrations=4)
                 with open_journal(Path(tmp) / "state", fleet) as journal:
                     bench = Bench(fleet, journal, limits)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import libvirt
 
-from autoscaler.collection import CollectionStage
-from autoscaler.history import HistoryStore, SeriesKind
+from autoscaler.runtime.collection import CollectionStage
+from autoscaler.runtime.history import HistoryStore, SeriesKind
 from collectors.base import Collector
 from collectors.libvirt_vms import (
     DomainRecord,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from autoscaler.history import BUSY_CORES, HistoryStore, SeriesKind
+from autoscaler.runtime.history import BUSY_CORES, HistoryStore, SeriesKind
 
 DAY_S = 86400
 

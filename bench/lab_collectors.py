@@ -20,14 +20,14 @@ from pathlib import Path
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.lab import ceph, dpdk, ovs, prometheus, temperature
-from autoscaler.lab.layout import PORT_NODE_EXPORTER, LabLayout
 from collectors.base import Collection
 from collectors.ceph import CephCollector, connect
 from collectors.dpdk import DpdkTelemetryCollector
 from collectors.links import LinksCollector
 from collectors.node import NodeCollector
 from collectors.ovs_bond import OvsBondCollector
+from lab import ceph, dpdk, ovs, prometheus, temperature
+from lab.layout import PORT_NODE_EXPORTER, LabLayout
 
 RACKS = ("r1", "r2")
 HOSTS = ("h0", "h1")

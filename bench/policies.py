@@ -34,12 +34,17 @@ from autoscaler.model import (
     Stale,
     VmState,
 )
+from autoscaler.simulation.simulator import (
+    SimulationOptions,
+    instance_hours,
+    report,
+    simulate_trace,
+)
 from policies.decide import decide
 from policies.forecast import ForecastSpec, refit
 from policies.loader import load_policy
 from policies.rack_health import RackHealthSettings, assess_temperature
 from policies.schema import BusinessPolicy
-from policies.simulator import SimulationOptions, instance_hours, report, simulate_trace
 from policies.sla import SlaLedger
 from policies.state import DecisionState
 

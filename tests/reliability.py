@@ -6,7 +6,7 @@ through ``pytest_plugins``). For every test of those modules a file
 ``build/reliability/<test>.json`` says what was injected, what the controller did, what
 was lost (must be nothing) and whether the test passed. A test says what
 it found through ``record(...)``; a test that fails before it could say so is still written,
-from its docstring, with its failure. ``python -m autoscaler.reliability_report`` turns the
+from its docstring, with its failure. ``python -m lab.reliability_report`` turns the
 files into RELIABILITY.md.
 """
 

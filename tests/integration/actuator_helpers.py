@@ -12,18 +12,20 @@ from actuators.base import Fleet
 from actuators.executor import ActionResult, ExecutorLimits, Registry, execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from actuators.volumes import overlay_exists
-from autoscaler.apply_cli import build_fleet, quiet_libvirt
 from autoscaler.config import load_controller_config
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
 from autoscaler.model import Action, Plan
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import build_fleet, quiet_libvirt
+from lab import lab as lab_mod
+from lab.lab import Lab
+from policies.loader import load_policy_dir
 
 
 def fleet_of(lab: Lab) -> Fleet:
     ensure_event_loop()
     quiet_libvirt()
-    return build_fleet(load_controller_config(lab.controller_file))
+    config = load_controller_config(lab.controller_file)
+    return build_fleet(config, load_policy_dir(config.policy_dir))
 
 
 def run_plan(

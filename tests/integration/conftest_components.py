@@ -1,7 +1,7 @@
 """Session fixtures that start the lab's real components (a pytest plugin module).
 
 Where it sits: under the integration tests of the collectors. Each fixture starts one real
-component through the project's own lab module (``autoscaler.lab.*``) in slot 7 under a private
+component through the project's own lab module (``lab.*``) in slot 7 under a private
 temporary folder, yields what was started, and stops it at the end of the session, checking
 that no process of it is left behind. Test files import the fixtures they use by name; each
 component is started once per session however many files import its fixture.
@@ -17,9 +17,9 @@ from typing import ClassVar, TypeVar, cast
 
 import pytest
 
-from autoscaler.lab import ceph, dpdk, ovs, prometheus, temperature
-from autoscaler.lab.layout import LabLayout
-from autoscaler.lab.supervision import ComponentStatus
+from lab import ceph, dpdk, ovs, prometheus, temperature
+from lab.layout import LabLayout
+from lab.supervision import ComponentStatus
 
 LAB_SLOT = 7
 RACKS = ("r1", "r2")

@@ -13,9 +13,9 @@ from typing import TypeVar
 
 import pytest
 
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.spec import LabSpec
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.spec import LabSpec
 
 T = TypeVar("T")
 

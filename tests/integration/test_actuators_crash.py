@@ -15,9 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.apply_cli import CRASH_ENV, JOURNAL_FILE
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab.lab import Lab
 from autoscaler.model import (
     Action,
     CloneFromTemplate,
@@ -26,6 +23,9 @@ from autoscaler.model import (
     Plan,
     Retire,
 )
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import CRASH_ENV, JOURNAL_FILE
+from lab.lab import Lab
 from tests.integration.actuator_helpers import (
     domain_xml,
     empty_host,
@@ -52,7 +52,7 @@ def apply_args(lab: Lab, plan: Path, state: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "autoscaler.apply_cli",
+        "autoscaler.cli.apply",
         str(plan),
         "--config",
         str(lab.controller_file),

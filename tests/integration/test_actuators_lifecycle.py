@@ -13,12 +13,8 @@ import pytest
 from actuators.base import Fleet, vm_attribute
 from actuators.domain_xml import build_domain_xml
 from actuators.executor import ExecutorLimits, default_registry
-from actuators.guest_agent import LabAgent
+from actuators.guest_agent import SerialAgent
 from actuators.migrate import MigrateActuator
-from autoscaler.apply_cli import open_journal
-from autoscaler.journal import SqliteJournal, read_stamp
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
 from autoscaler.model import (
     CloneFromTemplate,
     HotAddMemory,
@@ -28,6 +24,10 @@ from autoscaler.model import (
     Retire,
     SnapshotDisk,
 )
+from autoscaler.runtime.journal import SqliteJournal, read_stamp
+from autoscaler.runtime.wiring import open_journal
+from lab import lab as lab_mod
+from lab.lab import Lab
 from policies.loader import load_policy_dir
 from tests.integration.actuator_helpers import (
     domain_xml,
@@ -77,7 +77,7 @@ def guest(lab: Lab, host: str) -> tuple[libvirt.virConnect, libvirt.virDomain]:
 def test_a_clone_boots_reports_ready_and_runs_under_its_quota(lab: Lab, clone: Clone) -> None:
     conn, dom = guest(lab, clone.host)
     try:
-        with LabAgent(conn, dom) as agent:
+        with SerialAgent(conn, dom) as agent:
             view = agent.wait_for(lambda v: v.ready, 10)
         assert view is not None and (view.vm, view.business) == (VM, "web")
         assert vm_attribute(dom, "ready") is not None and vm_attribute(dom, "business") == "web"
@@ -106,7 +106,7 @@ def test_hot_added_vcpu_and_memory_are_seen_inside_the_guest(lab: Lab, clone: Cl
     assert [r.status for r in results] == ["done", "done"], results
     conn, dom = guest(lab, clone.host)
     try:
-        with LabAgent(conn, dom) as agent:
+        with SerialAgent(conn, dom) as agent:
             view = agent.wait_for(lambda v: v.online_cpus == 2, 5)
             assert view is not None, "the guest does not see 2 CPUs"
             assert view.mem_kib > 256 * 1024  # 256 MiB boot size: MemTotal ~153 MiB
@@ -161,7 +161,7 @@ def test_a_migration_across_datacenters_merges_the_snapshot_first_and_the_guest_
     assert result.figures["migration_downtime_s"] < 1.0
     conn, dom = guest(lab, destination)
     try:
-        with LabAgent(conn, dom) as agent:
+        with SerialAgent(conn, dom) as agent:
             view = agent.wait_for(lambda v: v.ready, 10)
         assert view is not None and view.online_cpus == 3  # hot-added CPUs came along
         disk = domain_xml(dom).find("./devices/disk/source")
@@ -195,7 +195,7 @@ def test_a_migration_that_times_out_is_aborted_and_leaves_the_vm_on_its_source(
     assert where(lab, VM) == {source: "running"}
     conn, dom = guest(lab, source)
     try:
-        with LabAgent(conn, dom) as agent:
+        with SerialAgent(conn, dom) as agent:
             assert agent.wait_for(lambda v: v.ready, 10) is not None
     finally:
         conn.close()

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import rados
 
-from autoscaler.lab import ceph
-from autoscaler.lab.layout import LabLayout
-from autoscaler.lab.supervision import running_pid
 from autoscaler.model import Scope, SignalName
 from collectors.base import Collection
 from collectors.ceph import CephCollector, connect
+from lab import ceph
+from lab.layout import LabLayout
+from lab.supervision import running_pid
 from tests.integration import conftest_components as components
 
 lab_layout = components.lab_layout

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from autoscaler.lab import dpdk
-from autoscaler.lab.layout import LabLayout
 from autoscaler.model import Scope, SignalName
 from collectors.base import Collection, LastGood, guarded
 from collectors.dpdk import DpdkTelemetryCollector
+from lab import dpdk
+from lab.layout import LabLayout
 from tests.integration import conftest_components as components
 
 lab_layout = components.lab_layout

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from autoscaler.lab import ovs
-from autoscaler.lab.layout import LabLayout
 from autoscaler.model import Scope, SignalName
 from collectors.base import Collection
 from collectors.links import LinksCollector
 from collectors.ovs_bond import OvsBondCollector
+from lab import ovs
+from lab.layout import LabLayout
 from tests.integration import conftest_components as components
 
 lab_layout = components.lab_layout

@@ -7,12 +7,12 @@ import time
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.lab import prometheus, temperature
-from autoscaler.lab.layout import PORT_NODE_EXPORTER, LabLayout
-from autoscaler.lab.supervision import running_pid, stop_process
 from autoscaler.model import Scope, SignalName
 from collectors.base import Collection, LastGood, guarded
 from collectors.node import NodeCollector
+from lab import prometheus, temperature
+from lab.layout import PORT_NODE_EXPORTER, LabLayout
+from lab.supervision import running_pid, stop_process
 from tests.integration import conftest_components as components
 
 lab_layout = components.lab_layout

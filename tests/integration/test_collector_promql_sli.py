@@ -15,11 +15,11 @@ import pytest
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from autoscaler.lab import prometheus
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS_2, LabLayout
 from autoscaler.model import Scope, SignalName
 from collectors.base import Collection, LastGood, guarded
 from collectors.promql_sli import PromqlSliCollector, window_seconds, windowed
+from lab import prometheus
+from lab.layout import PORT_CONTROLLER_METRICS_2, LabLayout
 from tests.integration import conftest_components as components
 
 lab_layout = components.lab_layout

@@ -17,10 +17,10 @@ import libvirt
 import pytest
 from ruamel.yaml import YAML
 
-from actuators.guest_agent import LabAgent
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
+from actuators.guest_agent import SerialAgent
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
 from policies.loader import load_policy_dir
 from tests.integration.lab_fixtures import wait_for
 
@@ -115,7 +115,7 @@ def silent_guests(lab: Lab, timeout_s: float = 20.0) -> dict[str, str]:
         conn = lab.connect(record_.name)
         try:
             for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
-                with LabAgent(conn, dom) as agent:
+                with SerialAgent(conn, dom) as agent:
                     if agent.wait_for(lambda _v: True, timeout_s) is None:
                         silent[dom.name()] = record_.name
         finally:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from autoscaler.dashboards import all_dashboards, panel_queries
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_ALERTMANAGER, PORT_CONTROLLER_METRICS, PORT_PROMETHEUS
+from autoscaler.observability.dashboards import all_dashboards, panel_queries
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_ALERTMANAGER, PORT_CONTROLLER_METRICS, PORT_PROMETHEUS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import (
     FIRST_VMS,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.lab import ceph
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
+from lab import ceph
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
 from tests.integration.test_faults_hosts import (

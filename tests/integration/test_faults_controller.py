@@ -31,12 +31,12 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.apply_cli import FREEZE_ENV, JOURNAL_FILE
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
 from autoscaler.model import Phase
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import FREEZE_ENV, JOURNAL_FILE
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import (
     DECIDE_S,

@@ -23,13 +23,13 @@ import libvirt
 import pytest
 from ruamel.yaml import YAML
 
-from autoscaler.apply_cli import CRASH_ENV, JOURNAL_FILE
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab import ceph
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
 from autoscaler.model import HotAddVcpu, Phase
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import CRASH_ENV, JOURNAL_FILE
+from lab import ceph
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from policies.loader import load_policy_dir
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import (

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from actuators.volumes import list_overlays
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab import net
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
+from lab import lab as lab_mod
+from lab import net
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import (
     DECIDE_S,

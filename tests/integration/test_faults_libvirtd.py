@@ -23,13 +23,13 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from autoscaler.apply_cli import JOURNAL_FILE
-from autoscaler.journal import SqliteJournal
-from autoscaler.lab import ceph, hosts
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab.lab import Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
 from autoscaler.model import CloneFromTemplate, JournalEntry, Phase
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.wiring import JOURNAL_FILE
+from lab import ceph, hosts
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import (
     controller_file,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.lab import dpdk, prometheus
-from autoscaler.lab.lab import PROJECT_ROOT, Lab
-from autoscaler.lab.layout import PORT_CONTROLLER_METRICS
+from lab import dpdk, prometheus
+from lab.lab import PROJECT_ROOT, Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
 from tests.integration.test_faults_hosts import disruptive_between, metrics, placements

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoscaler.history import BUSY_CORES, MIN_RETENTION_DAYS, HistoryStore, SeriesKind
+from autoscaler.runtime.history import BUSY_CORES, MIN_RETENTION_DAYS, HistoryStore, SeriesKind
 
 DAY_S = 86400
 END = 1_790_000_000.0 - (1_790_000_000 % 60)  # a minute boundary

@@ -8,14 +8,14 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from autoscaler.cli import main
+from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
-from autoscaler.discovery import discover
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab import net
-from autoscaler.lab.lab import Lab
 from autoscaler.model import Scope, Snapshot, VmState
+from autoscaler.runtime.discovery import discover
 from collectors.libvirt_vms import LibvirtHostCollector
+from lab import lab as lab_mod
+from lab import net
+from lab.lab import Lab
 from policies.loader import load_policy_dir
 from tests.integration.lab_fixtures import wait_for
 

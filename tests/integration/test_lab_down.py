@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.lab import lab as lab_mod
-from autoscaler.lab import net, slots
-from autoscaler.lab.layout import LabLayout
-from autoscaler.lab.spec import LabSpec
+from lab import lab as lab_mod
+from lab import net, slots
+from lab.layout import LabLayout
+from lab.spec import LabSpec
 
 pytestmark = pytest.mark.lab
 

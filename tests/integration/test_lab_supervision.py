@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.lab.layout import LabLayout
-from autoscaler.lab.supervision import (
+from lab.layout import LabLayout
+from lab.supervision import (
     create_netns,
     netns_exists,
     pid_alive,
@@ -44,7 +44,7 @@ def test_a_start_killed_midway_leaves_only_what_stop_removes(tmp_path: Path) -> 
         f"""
         import os, signal
         from pathlib import Path
-        from autoscaler.lab.supervision import create_cpu_cgroup, create_netns, spawn
+        from lab.supervision import create_cpu_cgroup, create_netns, spawn
         folder = Path({str(folder)!r})
         create_netns(folder, "{PREFIX}-ns")
         cgroup = create_cpu_cgroup(folder, "{PREFIX}-cg", 0.05)

@@ -7,9 +7,9 @@ import time
 import pytest
 import rados
 
-from autoscaler.lab import ceph
 from autoscaler.model import DeposedLeader
-from autoscaler.rados_lease import RadosLease
+from autoscaler.runtime.rados_lease import RadosLease
+from lab import ceph
 from tests.integration.conftest_components import ceph_cluster, eventually, lab_layout
 
 __all__ = ["ceph_cluster", "lab_layout"]

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
-from autoscaler.cli import main
+from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
 from autoscaler.model import ConfigError
 from policies.loader import load_policy

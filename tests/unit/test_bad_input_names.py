@@ -24,12 +24,12 @@ from ruamel.yaml import YAML
 
 from actuators.domain_xml import InstanceSpec, build_domain_xml
 from actuators.volumes import overlay_name
-from autoscaler.apply_cli import main as apply_main
-from autoscaler.cli import main
+from autoscaler.cli.apply import main as apply_main
+from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
 from autoscaler.model import ConfigError, Plan, Retire, Snapshot, check_name
 from autoscaler.model.names import NAME_PATTERN
-from autoscaler.snapshot_builder import build_snapshot
+from autoscaler.runtime.snapshot_builder import build_snapshot
 from collectors.base import Collection
 from collectors.libvirt_vms import DomainRecord, DomainStatsParser
 from policies.loader import load_policy, load_policy_dir

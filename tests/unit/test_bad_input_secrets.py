@@ -150,7 +150,7 @@ def test_the_metrics_port_serves_only_its_two_reads_and_drops_silent_clients(
     Expect: 404/501 for anything but GET /metrics and /healthz; a silent client dropped within
     the handler timeout; the endpoint still serves afterwards.
     """
-    from autoscaler.exporter import ControllerMetrics, HealthState, MetricsServer
+    from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
 
     server = MetricsServer(ControllerMetrics(), HealthState(interval_s=1.0), "127.0.0.1", 0)
     server.start()

@@ -18,10 +18,10 @@ import pytest
 
 from actuators.base import ActionContext, Fleet
 from actuators.executor import ActionResult, run_action
-from autoscaler.exporter import HealthState
-from autoscaler.journal import SqliteJournal
-from autoscaler.lease import LOCK_WAIT_S, FileLease
 from autoscaler.model import BaseAction, HotAddVcpu, JournalEntry, LeaseState, TemporaryError
+from autoscaler.observability.exporter import HealthState
+from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.lease import LOCK_WAIT_S, FileLease
 from tests.unit.test_executor import FixedLease
 
 FLEET = Fleet(hosts={"h1": "test:///h1"}, businesses={})

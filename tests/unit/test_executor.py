@@ -18,7 +18,6 @@ import pytest
 
 from actuators.base import ActionContext, Actuator, Fleet
 from actuators.executor import PENDING_STEP, ExecutorLimits, execute_plan, run_action
-from autoscaler.journal import SqliteJournal
 from autoscaler.model import (
     Action,
     BaseAction,
@@ -31,6 +30,7 @@ from autoscaler.model import (
     Retire,
     TemporaryError,
 )
+from autoscaler.runtime.journal import SqliteJournal
 
 FLEET = Fleet(hosts={f"h{i}": f"test:///h{i}" for i in range(1, 7)}, businesses={})
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.dashboards import all_dashboards, panel_queries
-from autoscaler.grafana_files import differences
-from autoscaler.rules import business_alerts
+from autoscaler.observability.dashboards import all_dashboards, panel_queries
+from autoscaler.observability.grafana_files import differences
+from autoscaler.observability.rules import business_alerts
 from policies.loader import load_policy_dir
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.history import HistoryStore
+from autoscaler.runtime.history import HistoryStore
 
 
 def test_a_full_database_fails_with_its_own_error_and_writes_again_once_there_is_room(

@@ -9,8 +9,8 @@ import textwrap
 import threading
 from pathlib import Path
 
-from autoscaler.journal import SqliteJournal
 from autoscaler.model import CloneFromTemplate, LiveMigrate, Phase
+from autoscaler.runtime.journal import SqliteJournal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_an_intent_written_just_before_a_sigkill_is_there_after_it(tmp_path: Pat
         f"""
         import os, signal
         from pathlib import Path
-        from autoscaler.journal import SqliteJournal
+        from autoscaler.runtime.journal import SqliteJournal
         from autoscaler.model import CloneFromTemplate
         j = SqliteJournal(Path({str(path)!r}))
         a = CloneFromTemplate(business="web", vm="web-9", host="h1", reason="r")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.lease import FileLease
 from autoscaler.model import DeposedLeader, Lease
+from autoscaler.runtime.lease import FileLease
 
 
 def test_file_lease_is_a_lease(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.cli import main
+from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
 from autoscaler.model import ConfigError
 from policies.loader import load_policy, load_policy_dir

@@ -8,11 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autoscaler import simulate_cli
+from autoscaler.cli import simulate
 from autoscaler.model import ConfigError
-from policies.loader import load_policy
-from policies.schema import Instances
-from policies.simulator import (
+from autoscaler.simulation.simulator import (
     POLICIES,
     SimulationOptions,
     demand_in_cores,
@@ -21,6 +19,8 @@ from policies.simulator import (
     run_threshold,
     simulate_trace,
 )
+from policies.loader import load_policy
+from policies.schema import Instances
 from tests.unit.policies.builders import history, policy
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "nab"
@@ -101,7 +101,7 @@ def test_the_simulate_cli_prints_the_json_report(
         {"when": series.index.strftime("%Y-%m-%d %H:%M:%S"), "cores": series.values}
     ).to_csv(csv, index=False)
     parser = argparse.ArgumentParser()
-    simulate_cli.add_parser(parser.add_subparsers())
+    simulate.add_parser(parser.add_subparsers())
     policy_file = Path(__file__).resolve().parents[3] / "examples" / "businesses" / "web.yaml"
     args = parser.parse_args(
         [
@@ -131,4 +131,4 @@ def test_the_simulate_cli_names_a_missing_column(tmp_path: Path) -> None:
     csv = tmp_path / "bad.csv"
     csv.write_text("t,v\n2024-01-01 00:00:00,1\n")
     with pytest.raises(ConfigError, match="timestamp"):
-        simulate_cli.read_trace(csv, "timestamp", "value")
+        simulate.read_trace(csv, "timestamp", "value")

@@ -1,0 +1,1 @@
+"""The ``autoscaler`` command line: one module per group of subcommands (``main`` is the entry)."""

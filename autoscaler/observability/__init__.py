@@ -1,0 +1,2 @@
+"""What the controller shows: the metrics collector and HTTP endpoints, and the generators of
+Prometheus rules and Grafana dashboards."""

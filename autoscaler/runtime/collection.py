@@ -1,0 +1,122 @@
+"""The collection stage: build every configured collector and run them all in parallel.
+
+Where it sits: the controller's collect job. Collectors are built from the controller file
+(one libvirt collector per host; node metrics when Prometheus is configured; Ceph when a Ceph
+conf is given; DPDK, links and bonds per host where the inventory names them). Each cycle runs
+them in parallel, each under its own deadline and through ``guarded`` so one failing source
+becomes stale scopes, never an exception in the loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import libvirt
+
+from autoscaler.config import ControllerConfig
+from autoscaler.model import Scope
+from autoscaler.runtime.logs import event
+from collectors.base import Collection, Collector, LastGood, guarded
+from collectors.libvirt_vms import LibvirtHostCollector
+
+log = logging.getLogger("autoscaler.collection")
+
+
+def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
+    return lambda: libvirt.open(uri)
+
+
+def libvirt_collectors(
+    config: ControllerConfig, timeout_s: float = 5.0
+) -> list[LibvirtHostCollector]:
+    """One libvirt collector per inventory host."""
+    return [
+        LibvirtHostCollector(h.name, _opener(h.uri), timeout_s=timeout_s)
+        for *_, h in config.inventory.hosts()
+    ]
+
+
+def build_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[Collector]:
+    collectors: list[Collector] = list(libvirt_collectors(config, timeout_s))
+    hosts = [h for *_, h in config.inventory.hosts()]
+    if config.prometheus is not None:
+        from prometheus_api_client import PrometheusConnect
+
+        from collectors.node import NodeCollector
+
+        prometheus = PrometheusConnect(url=config.prometheus.url, disable_ssl=True)
+        instances = {h.name: h.node_exporter for h in hosts if h.node_exporter}
+        racks = [k.name for *_, k in config.inventory.racks() if k.temperature_sensor]
+        collectors.append(
+            NodeCollector(prometheus, instances, racks, timeout_s=config.prometheus.timeout_s)
+        )
+    if config.ceph is not None:
+        try:
+            from collectors.ceph import CephCollector, connect
+
+            cluster = connect(
+                Path(config.ceph.conf),
+                Path(config.ceph.keyring) if config.ceph.keyring else Path("/etc/ceph/keyring"),
+                timeout_s=config.ceph.timeout_s,
+                name=config.ceph.client_name,
+            )
+            collectors.append(CephCollector(cluster, timeout_s=config.ceph.timeout_s))
+        except Exception as exc:  # a Ceph down at start must not stop the controller
+            event(log, "ceph collector unavailable", logging.WARNING, error=str(exc))
+    from collectors.dpdk import DpdkTelemetryCollector
+    from collectors.links import LinksCollector
+
+    for h in hosts:
+        if h.dpdk_socket:
+            collectors.append(DpdkTelemetryCollector(h.name, Path(h.dpdk_socket)))
+        if h.uplinks:
+            collectors.append(LinksCollector(h.name, h.uplinks, netns=h.netns))
+    bonds = {h.name: h.ovs_bond for h in hosts if h.ovs_bond}
+    if config.ovs is not None and bonds:
+        from collectors.ovs_bond import OvsBondCollector
+
+        collectors.append(
+            OvsBondCollector(Path(config.ovs.control), bonds, timeout_s=config.ovs.timeout_s)
+        )
+    return collectors
+
+
+def _key(collector: Collector) -> str:
+    return f"{collector.name}/{collector.target}"
+
+
+class CollectionStage:
+    """Runs every collector each cycle; remembers the latest Collection of each."""
+
+    def __init__(self, collectors: list[Collector], deadline_s: float = 10.0) -> None:
+        self.collectors = collectors
+        self.deadline_s = deadline_s
+        # Several collectors of one kind (links, dpdk) differ by target: key by both.
+        self._last_good = {_key(c): LastGood() for c in collectors}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(32, len(collectors))))
+        self.latest: dict[str, Collection] = {}
+
+    def run(self, now: float) -> list[Collection]:
+        futures = {
+            self._pool.submit(guarded, c, now, self._last_good[_key(c)]): c for c in self.collectors
+        }
+        done, pending = wait(futures, timeout=self.deadline_s)
+        for future in done:
+            collector = futures[future]
+            self.latest[_key(collector)] = future.result()
+        for future in pending:  # a collector past the stage deadline: stale this cycle
+            collector = futures[future]
+            stale = self._last_good[_key(collector)].stale(
+                collector.scope, collector.target, collector.name, "collection deadline passed"
+            )
+            self.latest[_key(collector)] = Collection(source=collector.name, stale=(stale,))
+        return list(self.latest.values())
+
+    def stale_scopes(self) -> list[tuple[str, Scope, str]]:
+        return [(s.source, s.scope, s.target) for c in self.latest.values() for s in c.stale]
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,106 @@
+"""One builder of the actuators' handles from the controller file, for ``run`` and ``apply``.
+
+Where it sits: between the controller file (``autoscaler.config``) and ``actuators``. The live
+loop (``autoscaler.runtime.actuation``) and ``autoscaler apply`` build their fleet, executor
+limits, actuator registry (migration bandwidth and stall settings) and journal here, so an
+operator's plan runs with exactly the settings the controller uses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import libvirt
+
+from actuators.base import Fleet, SerialAgentObserver, StepHook
+from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL, GuestBoot
+from actuators.executor import ExecutorLimits, Registry, default_registry
+from actuators.guest_agent import readiness_probe
+from autoscaler.config import ControllerConfig
+from autoscaler.model import BaseAction
+from autoscaler.runtime.journal import DomainStamper, SqliteJournal
+from policies.schema import BusinessPolicy
+
+CRASH_ENV = "AUTOSCALER_CRASH_AT"
+FREEZE_ENV = "AUTOSCALER_FREEZE_AT"
+JOURNAL_FILE = "journal.sqlite"
+
+
+def build_fleet(
+    config: ControllerConfig,
+    policies: Mapping[str, BusinessPolicy],
+    readiness: str | None = None,
+) -> Fleet:
+    """The actuators' handles: host URIs, businesses, how guests boot and how they report."""
+    serial = config.guest_agent == "serial"
+    agent_channel = AGENT_CHANNEL if serial else QEMU_GA_CHANNEL
+    return Fleet(
+        hosts={h.name: h.uri for *_, h in config.inventory.hosts()},
+        businesses={name: p.to_business() for name, p in policies.items()},
+        boot=GuestBoot(kernel=config.guest_kernel, initrd=config.guest_initrd),
+        domain_type=config.domain_type,
+        readiness=readiness_probe(readiness or ("serial-agent" if serial else "qemu-guest-agent")),
+        observer=SerialAgentObserver() if serial else None,
+        channels=(agent_channel, *config.guest_channels),
+    )
+
+
+def executor_limits(config: ControllerConfig) -> ExecutorLimits:
+    e = config.executor
+    return ExecutorLimits(
+        max_migrations_per_host=e.max_migrations_per_host,
+        max_migrations=e.max_migrations,
+        max_concurrent=e.max_concurrent_actions,
+        action_timeout_s=e.action_timeout_s,
+        retries=e.retries,
+    )
+
+
+def actuator_registry(config: ControllerConfig) -> Registry:
+    return default_registry(
+        migration_bandwidth_mib_s=config.executor.migration_bandwidth_mib_s,
+        migration_stall_s=config.executor.migration_stall_s,
+    )
+
+
+def open_journal(state_dir: Path, fleet: Fleet) -> SqliteJournal:
+    stamper = DomainStamper(dict(fleet.hosts), libvirt.open)
+    return SqliteJournal(state_dir / JOURNAL_FILE, stamper=stamper)
+
+
+def quiet_libvirt() -> None:
+    """libvirt prints every error to stderr by default, also the ones we expect and handle
+    (a lookup of a domain that is not there); they reach us as exceptions anyway."""
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def crash_hook(spec: str | None = None, freeze: str | None = None) -> StepHook | None:
+    """For the crash tests: ``AUTOSCALER_CRASH_AT=<kind>:<step>`` (e.g.
+    ``clone_from_template:started``) SIGKILLs the process right after that step is journalled;
+    ``AUTOSCALER_FREEZE_AT=<kind>:<step>`` SIGSTOPs it there once (a leader frozen mid-action).
+
+    A step hook that SIGKILLs this process at ``<kind>:<step>`` (``spec``, else from the
+    environment), or SIGSTOPs it the first time it reaches ``freeze`` (likewise)."""
+    target = spec if spec is not None else os.environ.get(CRASH_ENV, "")
+    stop_at = freeze if freeze is not None else os.environ.get(FREEZE_ENV, "")
+    if not target and not stop_at:
+        return None
+    frozen = threading.Event()
+
+    def hook(action: BaseAction, step: str) -> None:
+        point = f"{getattr(action, 'kind', '')}:{step}"
+        if point == target:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif point == stop_at and not frozen.is_set():
+            # Once only: resumed, the process must show what it does next, not stop again.
+            frozen.set()
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+    return hook

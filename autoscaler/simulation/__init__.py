@@ -1,0 +1,1 @@
+"""Replaying real demand traces through the controller and through the usual baselines."""

@@ -1,0 +1,122 @@
+#!/bin/busybox sh
+# /init of the lab's tiny guest: the load agent.
+#
+# Two virtio-serial ports:
+#   org.lab.load   host -> guest: "duty N" (0-100: busy share of each period on every online vCPU)
+#                  guest -> host: "ACK vm=.. duty=N" (the load balancer's health check)
+#   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
+#                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=.."
+# A STATE line goes out within ~50 ms of a change (online CPUs, MemTotal, duty, readiness) and
+# every 5 s as a heartbeat. Hot-added CPUs are onlined here (no udev); DIMMs are onlined by the
+# kernel (memhp_default_state=online). An ACPI power-button press powers the guest off.
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mkdir -p /run /etc/acpi/PWRF
+for m in @MODS@; do insmod /lib/modules/$m.ko; done
+
+VM=unknown; BUSINESS=unknown; PERIOD=100
+for a in $(cat /proc/cmdline); do
+  case $a in
+    as.vm=*) VM=${a#*=};; as.business=*) BUSINESS=${a#*=};; loadperiod=*) PERIOD=${a#*=};;
+  esac
+done
+echo "GUEST-UP vm=$VM business=$BUSINESS uptime=$(cut -d' ' -f1 /proc/uptime)"
+
+# ACPI power button -> clean power-off (busybox acpid runs /etc/acpi/PWRF/00000080).
+printf '#!/bin/sh\necho ACPI-POWEROFF\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+chmod +x /etc/acpi/PWRF/00000080
+acpid -c /etc/acpi -l /run/acpid.log
+
+echo 0 > /run/duty
+LOAD=/dev/virtio-ports/org.lab.load; AGENT=/dev/virtio-ports/org.kvm-autoscaler.agent
+while [ ! -e $LOAD ] || [ ! -e $AGENT ]; do   # no udev: name the ports ourselves
+  for p in /sys/class/virtio-ports/vport*; do
+    [ -r "$p/name" ] || continue; mkdir -p /dev/virtio-ports
+    read n < "$p/name"; [ -n "$n" ] && ln -sf ../${p##*/} /dev/virtio-ports/$n
+  done
+  [ -e $LOAD ] && [ -e $AGENT ] || usleep 100000
+done
+exec 3<>$LOAD   # a port allows a single open: keep one per port, shared by our processes
+exec 4<>$AGENT
+
+# Loops must not fork (a fork + exec costs many milliseconds of TCG time): wait with `read -t`
+# on a FIFO nobody writes to instead of `sleep`, and wake the writer through a second FIFO.
+# The monitor sleeps until something changes: busybox `uevent` runs a tiny handler on every
+# kernel uevent (a CPU or DIMM hot-added), and the load reader pokes it on a new duty.
+mkfifo /run/never /run/notify /run/wake
+exec 5<>/run/never 6<>/run/notify 7<>/run/wake
+nap() { read -t "$1" _ <&5; }
+printf '#!/bin/sh\necho > /run/wake\n' > /bin/on-uevent; chmod +x /bin/on-uevent
+uevent /bin/on-uevent &
+set_duty() {
+  case "$1" in [0-9]|[1-9][0-9]|100) echo "$1" > /run/duty; echo >&7;; esac
+}
+load_reader() {   # read() gives EOF while no host is connected: retry
+  while :; do
+    while read -r cmd arg <&3; do
+      case "$cmd" in duty) set_duty "$arg"; read d < /run/duty; echo "ACK vm=$VM duty=$d" >&3;; esac
+    done
+    nap 0.2
+  done
+}
+agent_reader() {
+  while :; do
+    while read -r cmd arg <&4; do case "$cmd" in ping*) echo >&6;; esac; done
+    nap 0.2
+  done
+}
+writer() {   # writes block while no host is connected: only this process waits, at no cost
+  while :; do
+    read -t 5 _ <&6    # a change (or a ping), or a 5 s heartbeat
+    read s < /run/state
+    echo "STATE $s" >&4
+  done
+}
+now_cs() { read up x < /proc/uptime; s=${up%.*}; f=${up#*.}; now=$((s*100 + 1$f - 100)); }
+burner() {   # busy for duty% of each PERIOD (centiseconds), absolute schedule
+  now_cs; start=$now
+  while :; do
+    read d < /run/duty; [ -n "$d" ] || d=0
+    end=$((start + PERIOD*d/100)); next=$((start + PERIOD))
+    now_cs; while [ $now -lt $end ]; do now_cs; done
+    now_cs; rest=$((next - now)); [ $rest -gt 0 ] && nap $((rest / 100)).$((rest % 100 / 10))$((rest % 10))
+    start=$next; now_cs; [ $now -gt $((next + PERIOD)) ] && start=$now
+  done
+}
+
+seq=0; last=""; online=""
+echo "seq=0 ready=0 vm=$VM business=$BUSINESS" > /run/state
+load_reader &
+agent_reader &
+writer &
+while :; do   # monitor: online new CPUs, keep one burner per online CPU, publish changes
+  read present < /sys/devices/system/cpu/present
+  read now_online < /sys/devices/system/cpu/online
+  if [ "$present" != "$now_online" ]; then
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+      [ -e $c/online ] && { read o < $c/online; [ "$o" = 0 ] && echo 1 > $c/online; }
+    done
+    read now_online < /sys/devices/system/cpu/online
+  fi
+  if [ "$now_online" != "$online" ]; then
+    online=$now_online; n=0
+    for c in /sys/devices/system/cpu/cpu[0-9]*; do
+      i=${c##*cpu}; o=1; [ -e $c/online ] && read o < $c/online
+      [ "$o" = 1 ] || continue
+      n=$((n + 1))
+      if ! eval "[ -n \"\$B$i\" ] && kill -0 \$B$i 2>/dev/null"; then
+        burner & eval "B$i=$!"; taskset -p -c $i $! >/dev/null; renice -n 19 -p $! >/dev/null
+      fi
+    done
+    ncpus=$n
+  fi
+  read k mem_kib unit < /proc/meminfo
+  read duty < /run/duty
+  cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty"
+  if [ "$cur" != "$last" ]; then
+    last=$cur; seq=$((seq + 1))
+    echo "seq=$seq $cur" > /run/state; echo >&6
+    echo "STATE seq=$seq $cur"
+  fi
+  read -t 2 _ <&7   # until a uevent or a new duty (2 s at most, in case one was missed)
+done
