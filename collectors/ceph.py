@@ -226,20 +226,20 @@ def parse_reading(replies: dict[str, object]) -> CephReading:
 
 
 def connect(
-    conffile: Path, keyring: Path, *, timeout_s: float = 5.0, name: str = "client.admin"
+    conffile: Path, keyring: Path | None, *, timeout_s: float = 5.0, name: str = "client.admin"
 ) -> Any:
-    """A connected rados handle whose mon and OSD operations time out after ``timeout_s``."""
+    """A connected rados handle whose mon and OSD operations time out after ``timeout_s``
+    (``keyring`` None: the one ``conffile`` names). The controller builds one per process and
+    shares it between this collector and the RADOS lease."""
     seconds = str(max(1, round(timeout_s)))
-    cluster = rados.Rados(
-        conffile=str(conffile),
-        name=name,
-        conf={
-            "keyring": str(keyring),
-            "rados_mon_op_timeout": seconds,
-            "rados_osd_op_timeout": seconds,
-            "client_mount_timeout": seconds,
-        },
-    )
+    conf = {
+        "rados_mon_op_timeout": seconds,
+        "rados_osd_op_timeout": seconds,
+        "client_mount_timeout": seconds,
+    }
+    if keyring is not None:
+        conf["keyring"] = str(keyring)
+    cluster = rados.Rados(conffile=str(conffile), name=name, conf=conf)
     try:
         cluster.connect(timeout=max(1, round(timeout_s)))
     except rados.Error as exc:

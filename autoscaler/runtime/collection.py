@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -39,7 +40,26 @@ def libvirt_collectors(
     ]
 
 
-def build_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[Collector]:
+def connect_ceph(config: ControllerConfig) -> Any:
+    """The process's one rados handle, with the controller file's timeouts (for the Ceph
+    collector and the RADOS lease alike); a TemporaryError when the cluster does not answer."""
+    from collectors.ceph import connect
+
+    if config.ceph is None:
+        raise ValueError("the controller file has no ceph section")
+    return connect(
+        Path(config.ceph.conf),
+        Path(config.ceph.keyring) if config.ceph.keyring else None,
+        timeout_s=config.ceph.timeout_s,
+        name=config.ceph.client_name,
+    )
+
+
+def build_collectors(
+    config: ControllerConfig, timeout_s: float = 5.0, *, ceph: Any | None = None
+) -> list[Collector]:
+    """Every collector the controller file asks for. ``ceph``: the process's rados handle
+    (``connect_ceph``); without one, one is connected here if the file has a ceph section."""
     collectors: list[Collector] = list(libvirt_collectors(config, timeout_s))
     hosts = [h for *_, h in config.inventory.hosts()]
     if config.prometheus is not None:
@@ -55,14 +75,9 @@ def build_collectors(config: ControllerConfig, timeout_s: float = 5.0) -> list[C
         )
     if config.ceph is not None:
         try:
-            from collectors.ceph import CephCollector, connect
+            from collectors.ceph import CephCollector
 
-            cluster = connect(
-                Path(config.ceph.conf),
-                Path(config.ceph.keyring) if config.ceph.keyring else Path("/etc/ceph/keyring"),
-                timeout_s=config.ceph.timeout_s,
-                name=config.ceph.client_name,
-            )
+            cluster = ceph if ceph is not None else connect_ceph(config)
             collectors.append(CephCollector(cluster, timeout_s=config.ceph.timeout_s))
         except Exception as exc:  # a Ceph down at start must not stop the controller
             event(log, "ceph collector unavailable", logging.WARNING, error=str(exc))

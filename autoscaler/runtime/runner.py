@@ -14,15 +14,16 @@ import socket
 import threading
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import libvirt
 
 from autoscaler.config import ControllerConfig, load_controller_config
-from autoscaler.model import ConfigError, ConfigProblem
+from autoscaler.model import ConfigError, ConfigProblem, TemporaryError
 from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
-from autoscaler.runtime.collection import CollectionStage, build_collectors
+from autoscaler.runtime.collection import CollectionStage, build_collectors, connect_ceph
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.rados_lease import RadosLease
@@ -30,21 +31,28 @@ from autoscaler.runtime.rados_lease import RadosLease
 log = logging.getLogger("autoscaler.run")
 
 
-def rados_lease(config: ControllerConfig, holder: str) -> RadosLease:
-    """The RADOS lease on the configured Ceph cluster (a ConfigError without Ceph)."""
-    import rados
-
+def ceph_handle(config: ControllerConfig) -> Any | None:
+    """The one rados handle of this process (collector and lease share it), or None without
+    Ceph. A Ceph that does not answer at start only costs the collector, unless the lease is
+    kept in RADOS: then the controller cannot lead and says so at once."""
     if config.ceph is None:
-        raise ConfigError(
-            "controller file",
-            [ConfigProblem(line=None, field="lease.kind", message="'rados' needs a ceph section")],
-        )
-    conf = {"rados_osd_op_timeout": "5", "rados_mon_op_timeout": "5"}
-    if config.ceph.keyring:
-        conf["keyring"] = config.ceph.keyring
-    cluster = rados.Rados(conffile=config.ceph.conf, name=config.ceph.client_name, conf=conf)
-    cluster.connect(timeout=int(config.ceph.timeout_s))
-    return RadosLease(cluster.open_ioctx(config.ceph.pool), holder, config.lease.duration_s)
+        if config.lease.kind == "rados":
+            raise ConfigError(
+                "controller file",
+                [
+                    ConfigProblem(
+                        line=None, field="lease.kind", message="'rados' needs a ceph section"
+                    )
+                ],
+            )
+        return None
+    try:
+        return connect_ceph(config)
+    except TemporaryError as exc:
+        if config.lease.kind == "rados":
+            raise
+        event(log, "ceph unavailable at start", logging.WARNING, error=str(exc))
+        return None
 
 
 def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | None) -> int:
@@ -57,10 +65,11 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     health = HealthState(interval_s=config.intervals.decide_s)
     host, _, port = (listen or config.metrics.listen).rpartition(":")
     server = MetricsServer(metrics, health, host.strip("[]"), int(port))
-    collection = CollectionStage(build_collectors(config))
+    cluster = ceph_handle(config)
+    collection = CollectionStage(build_collectors(config, ceph=cluster))
     lease = None
-    if config.lease.kind == "rados":
-        lease = rados_lease(config, holder)
+    if config.lease.kind == "rados" and config.ceph is not None and cluster is not None:
+        lease = RadosLease(cluster.open_ioctx(config.ceph.pool), holder, config.lease.duration_s)
     controller = Controller(
         config,
         holder=holder,
