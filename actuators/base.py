@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 
 import libvirt
 
+from actuators.connections import LibvirtPool
 from actuators.domain_xml import METADATA_NS, GuestBoot, VmMetadata, parse_vm_metadata
 from actuators.guest_agent import GuestView, ReadinessProbe, SerialAgent
 from autoscaler.model import (
@@ -62,9 +63,10 @@ class SerialAgentObserver:
 class Fleet:
     """Handles the actuators work with: host URIs, the businesses and how guests boot.
 
-    ``connect`` opens a libvirt connection to a host by name (the controller's URI for it);
-    ``hosts`` maps every inventory host to that URI, which is also what a source host uses to
-    reach a migration destination (peer to peer).
+    ``connection`` lends a libvirt connection to a host by name (the controller's URI for it)
+    from ``pool``, which the controller keeps across cycles; ``hosts`` maps every inventory
+    host to that URI, which is also what a source host uses to reach a migration destination
+    (peer to peer).
     """
 
     hosts: Mapping[str, str]
@@ -75,7 +77,7 @@ class Fleet:
     observer: GuestObserver | None = None
     ready_timeout_s: float = 120.0
     channels: tuple[str, ...] = ()
-    connect_fn: Callable[[str], libvirt.virConnect] = libvirt.open
+    pool: LibvirtPool = field(default_factory=LibvirtPool, compare=False)
 
     def uri(self, host: str) -> str:
         check_name(host, what="host name")
@@ -92,17 +94,19 @@ class Fleet:
 
     @contextlib.contextmanager
     def connection(self, host: str) -> Iterator[libvirt.virConnect]:
-        """A fresh connection to ``host``; an unreachable host is a temporary error."""
+        """A connection to ``host`` from the pool (reused while it stays alive; retired when an
+        error leaves the block); an unreachable host is a temporary error."""
         uri = self.uri(host)
         try:
-            conn = self.connect_fn(uri)
+            entry = self.pool.acquire(uri)
         except libvirt.libvirtError as exc:
             raise TemporaryError(f"host {host} unreachable: {exc}", retry_after=5) from exc
         try:
-            yield conn
-        finally:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.close()
+            yield entry.conn
+        except BaseException:
+            self.pool.release(uri, entry, broken=True)
+            raise
+        self.pool.release(uri, entry, broken=False)
 
 
 StepHook = Callable[[BaseAction, str], None]

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 from actuators.base import Fleet
+from actuators.connections import LibvirtPool
 from actuators.executor import execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
@@ -45,10 +46,12 @@ class ExecutorActuation:
         self.limits = executor_limits(config)
         self.registry = actuator_registry(config)
         self.on_step = crash_hook()
+        # One connection per host for the controller's lifetime, checked before each reuse.
+        self.pool = LibvirtPool()
         self.journal = open_journal(config.state_dir, self.fleet())
 
     def fleet(self) -> Fleet:
-        return build_fleet(self.config, self.policies())
+        return build_fleet(self.config, self.policies(), pool=self.pool)
 
     def reconcile(self) -> int:
         done = reconcile(
@@ -90,3 +93,4 @@ class ExecutorActuation:
 
     def close(self) -> None:
         self.journal.close()
+        self.pool.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import libvirt
 
+from actuators.connections import LibvirtPool
 from actuators.domain_xml import JOURNAL_NS
 from autoscaler.model import Action, JournalEntry, Phase, action_adapter, check_name
 from autoscaler.runtime.sqlite_wal import use_wal
@@ -170,19 +171,9 @@ class DomainStamper:
     """Writes ``<asj:action plan= key= kind= phase= step= at=/>`` into the action's domain on
     each of its hosts where the domain exists (live and persistent)."""
 
-    def __init__(self, hosts: dict[str, str], connect: Callable[[str], libvirt.virConnect]) -> None:
+    def __init__(self, hosts: dict[str, str], pool: LibvirtPool) -> None:
         self._hosts = hosts
-        self._connect = connect
-        self._connections: dict[str, libvirt.virConnect] = {}
-        self._lock = threading.Lock()
-
-    def _conn(self, host: str) -> libvirt.virConnect:
-        with self._lock:
-            conn = self._connections.get(host)
-            if conn is None or not conn.isAlive():
-                conn = self._connect(self._hosts[check_name(host, what="host name")])
-                self._connections[host] = conn
-            return conn
+        self._pool = pool  # the actuators' own connections: no second set per host
 
     def __call__(self, entry: JournalEntry) -> None:
         el = ET.Element("action")
@@ -194,34 +185,39 @@ class DomainStamper:
         el.set("at", f"{entry.updated_at:.3f}")
         xml = ET.tostring(el, encoding="unicode")
         for host in entry.action.hosts:
+            uri = self._hosts[check_name(host, what="host name")]
             try:
-                dom = self._conn(host).lookupByName(entry.action.vm)
+                with self._pool.connection(uri) as conn:
+                    self._stamp(conn, entry.action.vm, xml)
             except libvirt.libvirtError:
-                continue  # not (or no longer) on this host
-            # A metadata change waits (up to 30 s) for a running job to end: skip a domain in a
-            # job (a migration's source, or its incoming copy, whose job libvirt will not even
-            # describe); the SQLite row already holds the step.
-            try:
-                busy = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
-            except libvirt.libvirtError:
-                busy = True
-            if busy:
-                continue
-            flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if dom.isPersistent() else []
-            if dom.isActive():
-                flags.append(libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            for flag in flags:
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.setMetadata(
-                        libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, JOURNAL_PREFIX, JOURNAL_NS, flag
-                    )
+                continue  # the host does not answer: the SQLite row holds the step
+
+    @staticmethod
+    def _stamp(conn: libvirt.virConnect, vm: str, xml: str) -> None:
+        try:
+            dom = conn.lookupByName(vm)
+        except libvirt.libvirtError:
+            return  # not (or no longer) on this host
+        # A metadata change waits (up to 30 s) for a running job to end: skip a domain in a
+        # job (a migration's source, or its incoming copy, whose job libvirt will not even
+        # describe); the SQLite row already holds the step.
+        try:
+            busy = dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+        except libvirt.libvirtError:
+            busy = True
+        if busy:
+            return
+        flags = [libvirt.VIR_DOMAIN_AFFECT_CONFIG] if dom.isPersistent() else []
+        if dom.isActive():
+            flags.append(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        for flag in flags:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.setMetadata(
+                    libvirt.VIR_DOMAIN_METADATA_ELEMENT, xml, JOURNAL_PREFIX, JOURNAL_NS, flag
+                )
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections.values():
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.close()
-            self._connections.clear()
+        """Nothing of its own to close: the pool belongs to whoever built it."""
 
 
 def read_stamp(domain: libvirt.virDomain) -> dict[str, str] | None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import libvirt
 
 from actuators.base import Fleet, SerialAgentObserver, StepHook
+from actuators.connections import LibvirtPool
 from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL, GuestBoot
 from actuators.executor import ExecutorLimits, Registry, default_registry
 from actuators.guest_agent import readiness_probe
@@ -35,8 +36,12 @@ def build_fleet(
     config: ControllerConfig,
     policies: Mapping[str, BusinessPolicy],
     readiness: str | None = None,
+    *,
+    pool: LibvirtPool | None = None,
 ) -> Fleet:
-    """The actuators' handles: host URIs, businesses, how guests boot and how they report."""
+    """The actuators' handles: host URIs, businesses, how guests boot and how they report.
+    ``pool``: the libvirt connections to keep across calls (the live loop keeps one for its
+    lifetime); a new one without."""
     serial = config.guest_agent == "serial"
     agent_channel = AGENT_CHANNEL if serial else QEMU_GA_CHANNEL
     return Fleet(
@@ -47,6 +52,7 @@ def build_fleet(
         readiness=readiness_probe(readiness or ("serial-agent" if serial else "qemu-guest-agent")),
         observer=SerialAgentObserver() if serial else None,
         channels=(agent_channel, *config.guest_channels),
+        pool=pool if pool is not None else LibvirtPool(),
     )
 
 
@@ -69,7 +75,7 @@ def actuator_registry(config: ControllerConfig) -> Registry:
 
 
 def open_journal(state_dir: Path, fleet: Fleet) -> SqliteJournal:
-    stamper = DomainStamper(dict(fleet.hosts), libvirt.open)
+    stamper = DomainStamper(dict(fleet.hosts), fleet.pool)
     return SqliteJournal(state_dir / JOURNAL_FILE, stamper=stamper)
 
 
