@@ -1,41 +1,18 @@
-"""The collector protocol: built with its handle, one method returning Samples for ``now``.
+"""What every collector shares: last-good bookkeeping, and the guard that keeps the loop going.
 
-Where it sits: the first stage of the flow. The controller calls every collector each cycle
-(in parallel, each with its own timeout) and feeds the Samples to the history store and the
-snapshot builder. A collector reports what it could not read as ``Stale`` scopes with the time
-of the last good sample; it never reports a missing value as zero. A collector may raise
-``TemporaryError`` or ``PermanentError`` for a whole-source failure: ``guarded`` turns that into
-a stale entry for the collector's own scope so the loop goes on.
+Where it sits: the first stage of the flow. The ``Collector`` protocol and its ``Collection``
+live in the vocabulary (``autoscaler.model.collection``). The controller calls every collector
+each cycle (in parallel, each with its own timeout) and feeds the Samples to the history store
+and the snapshot builder. A collector may raise ``TemporaryError`` or ``PermanentError`` for a
+whole-source failure: ``guarded`` turns that into a stale entry for the collector's own scope so
+the loop goes on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from autoscaler.model import AutoscalerError, Collection, Collector, Scope, Stale
 
-from autoscaler.model import AutoscalerError, Sample, Scope, Stale
-
-
-@dataclass(frozen=True, slots=True)
-class Collection:
-    """What one collector saw at one time."""
-
-    source: str
-    samples: tuple[Sample, ...] = ()
-    stale: tuple[Stale, ...] = ()
-    duration_s: float = 0.0
-    errors: tuple[str, ...] = field(default=())
-
-
-@runtime_checkable
-class Collector(Protocol):
-    """One source. ``name`` is stable (it labels metrics and stale entries)."""
-
-    name: str
-    scope: Scope
-    target: str
-
-    def collect(self, now: float) -> Collection: ...
+__all__ = ["Collection", "Collector", "LastGood", "guarded"]
 
 
 class LastGood:

@@ -20,6 +20,7 @@ from autoscaler.model.actions import (
     SnapshotDisk,
     action_adapter,
 )
+from autoscaler.model.collection import Collection, Collector
 from autoscaler.model.errors import (
     AutoscalerError,
     ConfigError,
@@ -55,6 +56,8 @@ __all__ = [
     "BaseAction",
     "Business",
     "CloneFromTemplate",
+    "Collection",
+    "Collector",
     "ConfigError",
     "ConfigProblem",
     "Datacenter",
