@@ -1,5 +1,7 @@
 """Grafana dashboards, generated from code and committed under ``grafana/dashboards``.
 
+Built with Grafana's own typed builders (grafana-foundation-sdk, pinned for Grafana 11.6), so a
+panel, query or variable that Grafana's schema does not know fails here, not in Grafana.
 Where it sits: beside the rules generator; ``autoscaler grafana generate`` writes the JSON and
 ``make test`` fails when the committed files differ from what this module generates. Every panel
 queries Prometheus (datasource uid ``prometheus``, provisioned by ``grafana/provisioning``); the
@@ -8,78 +10,72 @@ end-to-end test runs every panel's query against the lab's real Prometheus.
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, Literal
 
-DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import dashboard as model
+
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="prometheus")
+Query = tuple[str, str]  # (PromQL expression, legend)
 
 
 def _panel(
     pid: int,
     title: str,
-    exprs: list[tuple[str, str]],
+    exprs: list[Query],
     *,
-    kind: str = "timeseries",
+    kind: Literal["timeseries", "stat"] = "timeseries",
     unit: str = "short",
-    x: int = 0,
-    y: int = 0,
-    w: int = 12,
-    h: int = 8,
-) -> dict[str, Any]:
-    return {
-        "id": pid,
-        "type": kind,
-        "title": title,
-        "datasource": DATASOURCE,
-        "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "options": {},
-        "targets": [
-            {
-                "refId": chr(ord("A") + i),
-                "datasource": DATASOURCE,
-                "expr": expr,
-                "legendFormat": legend,
-            }
-            for i, (expr, legend) in enumerate(exprs)
-        ],
-    }
+) -> timeseries.Panel | stat.Panel:
+    panel = timeseries.Panel() if kind == "timeseries" else stat.Panel()
+    panel.id(pid).title(title).datasource(DATASOURCE).unit(unit)
+    for i, (expr, legend) in enumerate(exprs):
+        panel.with_target(
+            prometheus.Dataquery()
+            .ref_id(chr(ord("A") + i))
+            .datasource(DATASOURCE)
+            .expr(expr)
+            .legend_format(legend)
+        )
+    return panel
 
 
 def _dashboard(
     uid: str,
     title: str,
-    panels: list[dict[str, Any]],
-    variables: list[dict[str, Any]] | None = None,
+    panels: list[timeseries.Panel | stat.Panel],
+    variables: list[dashboard.QueryVariable] | None = None,
 ) -> dict[str, Any]:
+    board = (
+        dashboard.Dashboard(title)
+        .uid(uid)
+        .tags(["autoscaler"])
+        .timezone("utc")
+        .readonly()
+        .refresh("10s")
+        .time("now-1h", "now")
+    )
+    for variable in variables or []:
+        board.with_variable(variable)
     for i, panel in enumerate(panels):  # two panels a row, in order
-        panel["gridPos"]["x"] = (i % 2) * 12
-        panel["gridPos"]["y"] = (i // 2) * 8
-    return {
-        "uid": uid,
-        "title": title,
-        "tags": ["autoscaler"],
-        "timezone": "utc",
-        "schemaVersion": 39,
-        "version": 1,
-        "editable": False,
-        "refresh": "10s",
-        "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": variables or []},
-        "panels": panels,
-    }
+        board.with_panel(panel.grid_pos(model.GridPos(h=8, w=12, x=(i % 2) * 12, y=(i // 2) * 8)))
+    # Plain JSON from here on: the files under grafana/ and the e2e test read dictionaries.
+    built: dict[str, Any] = json.loads(json.dumps(board.build(), cls=JSONEncoder))
+    return built
 
 
-def _business_variable() -> dict[str, Any]:
-    return {
-        "name": "business",
-        "type": "query",
-        "datasource": DATASOURCE,
-        "query": "label_values(autoscaler_business_instances, business)",
-        "refresh": 2,
-        "includeAll": True,
-        "multi": True,
-        "current": {"text": "All", "value": "$__all"},
-    }
+def _business_variable() -> dashboard.QueryVariable:
+    return (
+        dashboard.QueryVariable("business")
+        .datasource(DATASOURCE)
+        .query("label_values(autoscaler_business_instances, business)")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .include_all(True)
+        .multi(True)
+        .current(model.VariableOption(text="All", value="$__all"))
+    )
 
 
 B = 'business=~"$business"'
