@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from autoscaler.model import ConfigError
+from autoscaler.cli.main import dispatch
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
@@ -103,15 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":
