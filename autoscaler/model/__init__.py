@@ -20,6 +20,7 @@ from autoscaler.model.actions import (
     SnapshotDisk,
     action_adapter,
 )
+from autoscaler.model.controls import Controls
 from autoscaler.model.errors import (
     AutoscalerError,
     ConfigError,
@@ -57,6 +58,7 @@ __all__ = [
     "CloneFromTemplate",
     "ConfigError",
     "ConfigProblem",
+    "Controls",
     "Datacenter",
     "DeposedLeader",
     "Health",

@@ -48,7 +48,6 @@ from autoscaler.runtime.lease import FileLease
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from policies.decide import decide
-from policies.drain import drain_actions
 from policies.forecast import (
     FittedForecaster,
     ForecastSpec,
@@ -442,15 +441,11 @@ class Controller:
             return
         started = time.monotonic()
         state = self.decision_state(now)
-        plan = decide(snapshot, self.policies, state, now)
         controls = self.controls.read()
-        drains, stays = drain_actions(
-            snapshot, self.policies, controls.draining, state, now, already=plan.actions
-        )
-        for why in stays:
+        decision = decide(snapshot, self.policies, controls, state, now)
+        plan = decision.plan
+        for why in decision.notes:
             event(log, "drain leaves a VM", logging.WARNING, why=why)
-        if drains:
-            plan = Plan.build([*plan.actions, *drains], created_at=now)
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
         self._export_views(snapshot, state, now)
         wanted = {b: f.ready for b, f in business_figures(snapshot).items()}

@@ -19,6 +19,7 @@ import pandas as pd
 from autoscaler.model import (
     VM,
     CloneFromTemplate,
+    Controls,
     Datacenter,
     Host,
     HotAddMemory,
@@ -141,7 +142,7 @@ def run_controller(
             sla={business: ledger},
             settings=settings,
         )
-        plan = decide(snapshot, {business: policy}, state, now)
+        plan = decide(snapshot, {business: policy}, Controls(), state, now).plan
         actions += len(plan.actions)
         for action in plan.actions:
             if isinstance(action, CloneFromTemplate):
