@@ -116,6 +116,7 @@ class Cycle:
         acting: Callable[[int], AbstractContextManager[None]] = _unaccounted,
         tell: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
+        log: logging.Logger = log,
     ) -> None:
         """``acting(rounds)`` wraps every execution and settling (the live /healthz counts it
         as progress); ``tell`` gets a one-line text per planned action and outcome; ``clock``
@@ -132,6 +133,7 @@ class Cycle:
         self.acting = acting
         self.tell = tell
         self.clock = clock
+        self.log = log
         self.last_decision: Decision | None = None
         self.last_controls: Controls | None = None
         self.reconcile_pending = False
@@ -162,7 +164,7 @@ class Cycle:
         self.last_decision = decision
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
         for why in decision.notes:
-            event(log, "drain leaves a VM", logging.WARNING, why=why)
+            event(self.log, "drain leaves a VM", logging.WARNING, why=why)
         result = self._route(decision, policies, controls.approved, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
@@ -195,7 +197,7 @@ class Cycle:
         executed = Plan.build(auto, now) if auto else None
         if plan.actions:
             event(
-                log,
+                self.log,
                 "decided",
                 plan=plan.id,
                 actions=len(plan.actions),
@@ -206,7 +208,7 @@ class Cycle:
                 for action in part.actions if part else ():
                     self._tell(f"planned {action.kind} {action.vm}: {action.reason}")
                     event(
-                        log,
+                        self.log,
                         "planned",
                         plan=part.id if part else None,
                         decided=plan.id,
@@ -219,7 +221,7 @@ class Cycle:
             where = self.plans.export(exported)
             self.metrics.plans.labels("recommend").inc()
             event(
-                log,
+                self.log,
                 "plan exported for approval",
                 plan=exported.id,
                 file=where,
@@ -235,7 +237,9 @@ class Cycle:
                 for a in p.actions
             ]
             executed = Plan.build([*(executed.actions if executed else ()), *extra], now)
-            event(log, "approved plans joined", plan=executed.id, approved=[p.id for p in taken])
+            event(
+                self.log, "approved plans joined", plan=executed.id, approved=[p.id for p in taken]
+            )
         if executed is None or self.actuation is None:
             return CycleResult(decision=decision, exported=exported)
         self.metrics.plans.labels("auto").inc()
@@ -256,7 +260,7 @@ class Cycle:
             self.metrics.actions.labels(out.kind, out.result).inc()
             self.metrics.action_seconds.labels(out.kind).observe(out.duration_s)
             event(
-                log,
+                self.log,
                 "action",
                 key=out.key,
                 kind=out.kind,
@@ -280,7 +284,7 @@ class Cycle:
             return
         with self.acting(unfinished):  # settled one by one
             settled = self.actuation.reconcile()
-        event(log, "reconciled the journal", entries=settled)
+        event(self.log, "reconciled the journal", entries=settled)
         self.settled_at = self.clock() if self.clock is not None else now
         self.reconcile_pending = False
 
@@ -359,7 +363,7 @@ class Cycle:
         self.memory.forecasters = fitted
         self.memory.last_refit_at = now
         event(
-            log,
+            self.log,
             "forecasts refitted",
             fitted=sorted(fitted),
             seconds=round(time.monotonic() - started, 3),
