@@ -190,3 +190,32 @@ def test_the_same_inputs_give_the_same_plan() -> None:
     first = decide(snapshot, {"web": web}, CONTROLS, state, NOW).plan
     second = decide(snapshot, {"web": web}, CONTROLS, state, NOW).plan
     assert first.actions and first.id == second.id
+
+
+def test_the_operators_controls_are_an_input_paused_cordoned_and_drained() -> None:
+    fleet = Fleet()
+    web, api = policy("web"), policy("api")
+    fleet.add_vms("web", 2, utilisation=0.85)
+    fleet.add_vms("api", 2, utilisation=0.3)
+    drained = fleet.vms[0].host
+    cordoned = {h for r in fleet.rack_names for h in fleet.host_names(r)} - {
+        fleet.host_names(fleet.rack_names[-1])[0],
+        fleet.host_names(fleet.rack_names[-2])[0],
+    }
+    controls = Controls(
+        paused=frozenset({"api"}), cordoned=frozenset(cordoned), draining=frozenset({drained})
+    )
+    state = _state({"web": [0.3] * 12 + [0.425], "api": [0.15] * 12})
+    decision = decide(fleet.snapshot(web, api), {"web": web, "api": api}, controls, state, NOW)
+    actions = decision.plan.actions
+    assert actions and all(a.business == "web" for a in actions)
+    assert "paused by an operator" in decision.reasons["api"]
+    assert set(decision.sla) == set(decision.forecasts) == {"web", "api"}
+    for clone in _kinds(actions, CloneFromTemplate):
+        assert clone.host not in cordoned
+    moves = [m for m in _kinds(actions, LiveMigrate) if m.source == drained]
+    assert [m.vm for m in moves] == [fleet.vms[0].name]
+    assert moves[0].destination not in cordoned
+    # The whole decision is one plan, built once: the same inputs give the same id.
+    again = decide(fleet.snapshot(web, api), {"web": web, "api": api}, controls, state, NOW)
+    assert again.plan.id == decision.plan.id
