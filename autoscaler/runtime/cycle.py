@@ -181,6 +181,7 @@ class Cycle:
         if not plan.actions and not approved:
             return CycleResult(decision=decision)
         acting = generation is not None and not self.settings.dry_run
+        decided_keys = {a.key for a in plan.actions}
         auto: list[Action] = []
         recommend: list[Action] = []
         for action in plan.actions:
@@ -191,8 +192,16 @@ class Cycle:
                 auto.append(action.model_copy(update={"lease_generation": generation}))
             else:
                 recommend.append(action)
-        # Each part is a plan of its own, built once: its id is the one logged as planned, the
-        # one journalled (executed) or the file's name (exported).
+        # Approved plans run with this cycle's auto actions, under this lease generation.
+        taken = self.plans.take_approved(approved) if acting else []
+        keys = {a.key for a in auto}
+        for approved_plan in taken:
+            for action in approved_plan.actions:
+                if action.key not in keys:  # decided again meanwhile: once is enough
+                    keys.add(action.key)
+                    auto.append(action.model_copy(update={"lease_generation": generation}))
+        # Each part is a plan of its own, built once: its id is the one logged as planned and
+        # the one journalled (executed), or the exported file's name (recommended).
         exported = Plan.build(recommend, now) if recommend else None
         executed = Plan.build(auto, now) if auto else None
         if plan.actions:
@@ -204,19 +213,25 @@ class Cycle:
                 auto=executed.id if executed else None,
                 recommend=exported.id if exported else None,
             )
-            for part in (executed, exported):
-                for action in part.actions if part else ():
-                    self._tell(f"planned {action.kind} {action.vm}: {action.reason}")
-                    event(
-                        self.log,
-                        "planned",
-                        plan=part.id if part else None,
-                        decided=plan.id,
-                        kind=action.kind,
-                        business=action.business,
-                        vm=action.vm,
-                        reason=action.reason,
-                    )
+        if taken and executed is not None:
+            event(
+                self.log, "approved plans joined", plan=executed.id, approved=[p.id for p in taken]
+            )
+        for part in (executed, exported):
+            for action in part.actions if part is not None else ():
+                if action.lease_generation is not None and action.key not in decided_keys:
+                    continue  # from an approved plan: planned when it was exported
+                self._tell(f"planned {action.kind} {action.vm}: {action.reason}")
+                event(
+                    self.log,
+                    "planned",
+                    plan=part.id if part is not None else None,
+                    decided=plan.id,
+                    kind=action.kind,
+                    business=action.business,
+                    vm=action.vm,
+                    reason=action.reason,
+                )
         if exported is not None:
             where = self.plans.export(exported)
             self.metrics.plans.labels("recommend").inc()
@@ -229,17 +244,6 @@ class Cycle:
             )
         if not acting:
             return CycleResult(decision=decision, exported=exported)
-        taken = self.plans.take_approved(approved)
-        if taken:
-            extra = [
-                a.model_copy(update={"lease_generation": generation})
-                for p in taken
-                for a in p.actions
-            ]
-            executed = Plan.build([*(executed.actions if executed else ()), *extra], now)
-            event(
-                self.log, "approved plans joined", plan=executed.id, approved=[p.id for p in taken]
-            )
         if executed is None or self.actuation is None:
             return CycleResult(decision=decision, exported=exported)
         self.metrics.plans.labels("auto").inc()

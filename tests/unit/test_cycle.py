@@ -8,6 +8,7 @@ fleet, what it exported, and what it remembered.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -219,6 +220,31 @@ def test_the_executed_plan_is_the_one_its_actions_were_planned_in() -> None:
         decided = {a.key for a in result.decision.plan.actions}
         assert {a.key for a in result.executed.actions} == decided
         assert result.executed in run.fleet.executed
+
+
+def test_planned_events_name_the_plan_that_was_executed_or_exported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    demand = np.concatenate([np.full(3, 0.2), np.full(3, 2.0)])
+    api = policy("api", mode="recommend", instances={"min": 1, "max": 100})
+    run = Run(web(), trace(demand), instances=2)
+    run.fleet.policies["api"] = api
+    run.fleet.seed("api", 2)
+    run.cycle.policies = lambda: {"web": run.policy, "api": api}
+    run.history = TraceHistory({"web": run.trace, "api": run.trace})
+    run.cycle.history = run.history
+    with caplog.at_level(logging.INFO, logger="autoscaler.controller"):
+        run.step()
+    planned = [getattr(r, "fields", {}) for r in caplog.records if r.getMessage() == "planned"]
+    executed = {p.id: p for p in run.fleet.executed}
+    exported = run.plans.exported
+    assert executed and exported
+    for fields in planned:
+        part = executed.get(fields["plan"]) or exported.get(fields["plan"])
+        assert part is not None, fields
+        assert fields["vm"] in {a.vm for a in part.actions}
+        assert (fields["business"] == "web") == (fields["plan"] in executed)
+    assert {f["plan"] for f in planned} == set(executed) | set(exported)
 
 
 def _volatile(hours: float, step_s: float = 300.0) -> pd.Series:
