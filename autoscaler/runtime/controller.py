@@ -153,6 +153,7 @@ class Controller:
             acting=self._acting,
             tell=self._tell,
             clock=clock,
+            refit_in=self._in_background,
         )
         metrics.watch(self.fleet_view)
         self.reload_policies(initial=True)
@@ -364,6 +365,13 @@ class Controller:
         if result.decision is not None:
             self.metrics.last_success.set(self.clock())
             self.health.last_success = self.clock()
+
+    def _in_background(self, work: Callable[[], None]) -> None:
+        """A one-off job on the scheduler's pool (a refit), so the cycle goes on meanwhile."""
+        if self.scheduler.running:
+            self.scheduler.add_job(self._guard("refit", work))
+        else:
+            self._guard("refit", work)()
 
     def refit_job(self) -> None:
         """Refit the forecasters now (the cycle refits on its own schedule too)."""

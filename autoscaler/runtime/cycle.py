@@ -9,7 +9,8 @@ plain ``ControllerMemory`` it reads and updates.
 
 ``run_once(now)``:
 1. records the SLA interval and refits the forecasters when they are due (on a standby too,
-   so it is ready to lead);
+   so it is ready to lead; live, the refit runs beside the cycle, which goes on with the
+   forecasters it has until the new ones are swapped in);
 2. as the leader (or in a dry run): settles the journal first when it has just become leader
    (or entries wait for a host), then decides on a snapshot taken after settling;
 3. routes the Plan: auto businesses' actions (and approved plans) are executed as one plan,
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -117,10 +119,13 @@ class Cycle:
         tell: Callable[[str], None] | None = None,
         clock: Callable[[], float] | None = None,
         log: logging.Logger = log,
+        refit_in: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
         """``acting(rounds)`` wraps every execution and settling (the live /healthz counts it
         as progress); ``tell`` gets a one-line text per planned action and outcome; ``clock``
-        stamps the end of a settling (a snapshot to decide on must be newer), else ``now``."""
+        stamps the end of a settling (a snapshot to decide on must be newer), else ``now``;
+        ``refit_in(work)`` runs a due refit elsewhere (live: a refit of many series takes
+        minutes and must not hold up acting), else the cycle refits before deciding."""
         self.snapshots = snapshots
         self.actuation = actuation
         self.plans = plans
@@ -134,6 +139,8 @@ class Cycle:
         self.tell = tell
         self.clock = clock
         self.log = log
+        self.refit_in = refit_in
+        self._refitting = threading.Event()
         self.last_decision: Decision | None = None
         self.last_controls: Controls | None = None
         self.reconcile_pending = False
@@ -146,7 +153,7 @@ class Cycle:
         if self.memory.ledger_due(now, self.settings.ledger_every_s):
             self.record_sla(now)
         if self.memory.refit_due(now, self.settings.refit_every_s):
-            self.refit(now)
+            self._start_refit(now)
         if generation is None and not self.settings.dry_run:
             return CycleResult()  # a standby keeps its ledger and forecasts, and waits
         self._reconcile_if_pending(now)
@@ -291,6 +298,22 @@ class Cycle:
         event(self.log, "reconciled the journal", entries=settled)
         self.settled_at = self.clock() if self.clock is not None else now
         self.reconcile_pending = False
+
+    def _start_refit(self, now: float) -> None:
+        if self.refit_in is None:
+            self.refit(now)
+            return
+        if self._refitting.is_set():
+            return  # the last one is still running
+
+        def work() -> None:
+            try:
+                self.refit(now)
+            finally:
+                self._refitting.clear()
+
+        self._refitting.set()
+        self.refit_in(work)
 
     def _tell(self, text: str) -> None:
         if self.tell is not None:
