@@ -23,6 +23,7 @@ import pandas as pd
 
 from autoscaler.model import (
     VM,
+    Controls,
     Datacenter,
     Host,
     Rack,
@@ -229,10 +230,10 @@ def bench_decide(repeats: int = 15) -> dict[str, Any]:
     now = pd.Timestamp("2024-03-01T12:00:00", tz="UTC").timestamp()
     snapshot, policies, state = synthetic_fleet(now)
     timings = []
-    plan = decide(snapshot, policies, state, now)
+    plan = decide(snapshot, policies, Controls(), state, now).plan
     for _ in range(repeats):
         started = time.perf_counter()
-        plan = decide(snapshot, policies, state, now)
+        plan = decide(snapshot, policies, Controls(), state, now).plan
         timings.append(time.perf_counter() - started)
     kinds: dict[str, int] = {}
     for action in plan.actions:

@@ -155,16 +155,8 @@ def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float =
             config, controller.lease, lambda: controller.policies
         )
         events: list[str] = []
-        executed = controller._execute
-
-        def shown(plan, now):  # type: ignore[no-untyped-def]
-            for action in plan.actions:
-                events.append(
-                    f"{time.strftime('%H:%M:%S')} {action.kind} {action.vm}: {action.reason}"
-                )
-            executed(plan, now)
-
-        controller._execute = shown  # type: ignore[method-assign]
+        # Every planned action with its reason, and every outcome, as the cycle tells them.
+        controller.on_event = lambda text: events.append(f"{time.strftime('%H:%M:%S')} {text}")
         preload_history(controller, time.time())
         lab_mod.set_demand(
             lab,

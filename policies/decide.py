@@ -1,4 +1,4 @@
-"""decide(snapshot, policies, state, now) -> Plan: the controller's brain, a pure function.
+"""decide(snapshot, policies, controls, state, now) -> Decision: the brain, a pure function.
 
 Where it sits: between the Snapshot (built from the collectors) and the actuators. Steps:
 1. score every rack's health (``policies.rack_health``);
@@ -8,9 +8,12 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
    is at risk), within the executor's caps, never on stale data, never for an SR-IOV VM (it is
    replaced by a clone instead), never in the business's maintenance window;
 4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
-   forecast, retires when every scale-down rule allows (``policies.scaling``).
-Every placement is decided on a ``PlacementView`` that already holds the earlier actions. The
-mode (recommend or auto) is the controller's business, not decide's.
+   forecast, retires when every scale-down rule allows (``policies.scaling``);
+5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``).
+The operator's controls are an input: cordoned hosts take no VM, a paused business gets no
+action (it is still assessed, so its forecast and SLA are in the Decision). Every placement is
+decided on a ``PlacementView`` that already holds the earlier actions. The Plan is built once;
+the mode (recommend or auto) is the cycle's business, not decide's.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 
-from autoscaler.model import VM, Action, Health, LiveMigrate, Plan, Scope, Snapshot
+from autoscaler.model import VM, Action, Controls, Health, LiveMigrate, Plan, Scope, Snapshot
 from policies.assess import BusinessView, assess
+from policies.decision import Decision
+from policies.drain import drain_actions
 from policies.forecast import predict_many
 from policies.placement import PlacementView
 from policies.rack_health import RackHealth, score_racks
@@ -31,11 +36,13 @@ from policies.state import DecisionState
 def decide(
     snapshot: Snapshot,
     policies: Mapping[str, BusinessPolicy],
+    controls: Controls,
     state: DecisionState,
     now: float,
-) -> Plan:
-    """The Plan for ``now``: same inputs, same Plan (and the same plan id)."""
+) -> Decision:
+    """The Decision for ``now``: same inputs, same Plan (and the same plan id)."""
     settings = state.settings
+    snapshot = with_cordons(snapshot, controls.cordoned)
     health = score_racks(snapshot, state.temperatures, now, settings.rack_health)
     placement = PlacementView(snapshot, health, settings.placement)
     forecasts = predict_many(
@@ -48,20 +55,34 @@ def decide(
         ),
         key=lambda v: v.sla_rank,
     )
+    reasons: dict[str, list[str]] = {v.name: [] for v in views}
+    for view in views:
+        if controls.is_paused(view.name):
+            reasons[view.name].append("paused by an operator")
+        if view.in_maintenance:
+            reasons[view.name].append("in a maintenance window: nothing disruptive")
+        if view.stale:
+            reasons[view.name].append(f"stale: {view.stale_why}")
+    # A paused business is assessed (its figures are reported) but gets no action.
+    acting = [v for v in views if not controls.is_paused(v.name)]
     names_taken = {vm.name for vm in snapshot.vms}
     budgets = {
         v.name: Budget(
             left=v.policy.scaling.max_actions_per_hour - state.actions_in_last_hour(v.name, now),
             names_taken=names_taken,
         )
-        for v in views
+        for v in acting
     }
     actions: list[Action] = []
     outgoing: Counter[str] = Counter()
-    for view in views:
+    for view in acting:
         actions += evacuate(view, snapshot, health, placement, state, outgoing, len(actions))
-    for view in views:
+    for view in acting:
         budget = budgets[view.name]
+        if budget.left <= 0:
+            reasons[view.name].append(
+                f"{view.policy.scaling.max_actions_per_hour} actions in the last hour: capped"
+            )
         grown, extra = vertical(view, placement, state, budget)
         clones, uncovered = scale_up(view, placement, state, budget, extra, now)
         if uncovered > 0 and not grown:
@@ -70,7 +91,35 @@ def decide(
         actions += grown + clones
         if not clones and not grown:
             actions += scale_down(view, placement, state, budget, now)
-    return Plan.build(actions, created_at=now)
+    drains, stays = drain_actions(
+        snapshot, policies, controls.draining, state, now, already=actions
+    )
+    actions += [d for d in drains if not controls.is_paused(d.business)]
+    for action in actions:
+        reasons.setdefault(action.business, []).append(action.reason)
+    return Decision(
+        plan=Plan.build(actions, created_at=now),
+        now=now,
+        rack_health=health,
+        forecasts={v.name: v.forecast for v in views},
+        sla={v.name: v.sla for v in views},
+        reasons={b: tuple(r) for b, r in reasons.items()},
+        notes=tuple(stays),
+    )
+
+
+def with_cordons(snapshot: Snapshot, cordoned: frozenset[str]) -> Snapshot:
+    """The snapshot with the operator's cordoned hosts marked so (placement skips them)."""
+    if not cordoned:
+        return snapshot
+    return snapshot.model_copy(
+        update={
+            "hosts": tuple(
+                h.model_copy(update={"cordoned": h.cordoned or h.name in cordoned})
+                for h in snapshot.hosts
+            )
+        }
+    )
 
 
 def evacuate(

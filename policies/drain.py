@@ -1,6 +1,6 @@
 """Drain: live-migrate every VM off hosts an operator asked to drain.
 
-Where it sits: beside ``decide()``; the controller adds these actions to the cycle's plan while
+Where it sits: the last step of ``decide()``, which adds these actions to the cycle's plan while
 a host is in the operator's drain list (``autoscaler drain HOST``). Pure: same inputs, same
 actions. Destinations come from the same placement as every other move, on a view that already
 holds the plan's earlier actions; VMs that cannot be live-migrated (SR-IOV) are left and said so.

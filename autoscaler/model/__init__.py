@@ -21,6 +21,7 @@ from autoscaler.model.actions import (
     action_adapter,
 )
 from autoscaler.model.collection import Collection, Collector
+from autoscaler.model.controls import Controls
 from autoscaler.model.errors import (
     AutoscalerError,
     ConfigError,
@@ -60,6 +61,7 @@ __all__ = [
     "Collector",
     "ConfigError",
     "ConfigProblem",
+    "Controls",
     "Datacenter",
     "DeposedLeader",
     "Health",

@@ -1,11 +1,13 @@
 """The controller's own metrics and health endpoint.
 
-Where it sits: the last stage of the flow ("reports"). The controller updates a
-``ControllerMetrics`` (an explicit prometheus-client registry, never the global one) as it
-collects, decides and acts; ``MetricsServer`` serves ``/metrics`` and ``/healthz`` on loopback by
-default. ``/healthz`` fails once the last successful cycle is older than three intervals, or
-while a problem is reported (the state folder cannot be written); a standby is healthy and says
-so, and a leader whose lease ran out unrenewed answers as a standby.
+Where it sits: the last stage of the flow ("reports"). The cycle counts into a
+``ControllerMetrics`` (an explicit prometheus-client registry, never the global one) as it decides
+and acts; the fleet's gauges are read at scrape time from the controller's last snapshot and
+Decision (``watch``, ``autoscaler.observability.fleet_metrics``). ``MetricsServer`` serves
+``/metrics`` and ``/healthz`` on loopback by default. ``/healthz`` fails once the last successful
+cycle is older than three intervals, or while a problem is reported (the state folder cannot be
+written); a standby is healthy and says so, and a leader whose lease ran out unrenewed answers as a
+standby.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from autoscaler.observability.fleet_metrics import FleetCollector, FleetView
+
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 
 
 class ControllerMetrics:
-    """Every metric the controller exports, on its own registry."""
+    """Every metric the controller exports, on its own registry: counters and histograms the
+    cycle updates, and (once ``watch`` is called) the fleet's gauges read at scrape time."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -48,36 +53,6 @@ class ControllerMetrics:
             "When the last cycle finished without error.",
             registry=r,
         )
-        self.instances = Gauge(
-            "autoscaler_business_instances",
-            "Ready instances per business.",
-            ["business"],
-            registry=r,
-        )
-        self.instances_wanted = Gauge(
-            "autoscaler_business_instances_wanted",
-            "Instances the last plan aims for.",
-            ["business"],
-            registry=r,
-        )
-        self.demand = Gauge(
-            "autoscaler_business_demand_cores",
-            "Measured demand (busy cores) per business.",
-            ["business"],
-            registry=r,
-        )
-        self.forecast = Gauge(
-            "autoscaler_business_forecast_cores",
-            "Forecast demand quantile at the provisioning lead time.",
-            ["business"],
-            registry=r,
-        )
-        self.capacity = Gauge(
-            "autoscaler_business_capacity_cores",
-            "Capacity of the ready instances.",
-            ["business"],
-            registry=r,
-        )
         self.sli_good = Counter(
             "autoscaler_sli_good_events",
             "Good SLI intervals per business.",
@@ -86,18 +61,6 @@ class ControllerMetrics:
         )
         self.sli_total = Counter(
             "autoscaler_sli_events", "SLI intervals per business.", ["business"], registry=r
-        )
-        self.budget_left = Gauge(
-            "autoscaler_error_budget_remaining_ratio",
-            "Share of the error budget left in the SLA window.",
-            ["business"],
-            registry=r,
-        )
-        self.objective = Gauge(
-            "autoscaler_sla_objective_ratio",
-            "The business's SLA objective.",
-            ["business"],
-            registry=r,
         )
         self.actions = Counter(
             "autoscaler_actions", "Actions by kind and result.", ["kind", "result"], registry=r
@@ -110,24 +73,6 @@ class ControllerMetrics:
             registry=r,
         )
         self.plans = Counter("autoscaler_plans", "Plans decided, by mode.", ["mode"], registry=r)
-        self.rack_health = Gauge(
-            "autoscaler_rack_health_score",
-            "Rack health score (0 healthy .. 1 failing).",
-            ["rack"],
-            registry=r,
-        )
-        self.rack_state = Gauge(
-            "autoscaler_rack_state",
-            "1 for the rack's current health state.",
-            ["rack", "state"],
-            registry=r,
-        )
-        self.stale = Gauge(
-            "autoscaler_collector_stale",
-            "1 while a source cannot observe a scope.",
-            ["source", "scope", "target"],
-            registry=r,
-        )
         self.collector_last_success = Gauge(
             "autoscaler_collector_last_success_timestamp_seconds",
             "When a collector last returned without being stale.",
@@ -147,24 +92,16 @@ class ControllerMetrics:
             "Policy reloads rejected (last good set kept).",
             registry=r,
         )
-        self.signal = Gauge(
-            "autoscaler_signal_value",
-            "Health signals of the last snapshot (rack temperature, OSDs up, DPDK drops...).",
-            ["scope", "target", "name"],
-            registry=r,
-        )
         self.state_write_errors = Counter(
             "autoscaler_state_write_errors",
             "Failed writes of the controller's own state (lease, history), e.g. a full disk.",
             ["store"],
             registry=r,
         )
-        self.paused = Gauge(
-            "autoscaler_business_paused",
-            "1 while the business is paused by an operator.",
-            ["business"],
-            registry=r,
-        )
+
+    def watch(self, view: Callable[[], FleetView]) -> None:
+        """Serve the fleet's gauges from ``view()``, called at every scrape."""
+        self.registry.register(FleetCollector(view))
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The controller's hands: the executor with its journal, as one object the loop calls.
 
-Where it sits: between ``Controller.decide_job`` and ``actuators.executor``. It builds the
-actuators' ``Fleet`` from the controller file and the current (last good) policies, keeps the
-SQLite journal open, passes the lease so the executor refuses actions of a deposed leader, and
-reconciles unfinished intents when this controller becomes the leader.
+Where it sits: between the Cycle (``autoscaler.runtime.cycle``) and ``actuators.executor``. It
+builds the actuators' ``Fleet`` from the controller file and the current (last good) policies,
+keeps the SQLite journal open, passes the lease so the executor refuses actions of a deposed
+leader, and reconciles unfinished intents when this controller becomes the leader.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Lease, Plan
-from autoscaler.runtime.controller import ActionOutcome
 from autoscaler.runtime.logs import event
+from autoscaler.runtime.ports import ActionOutcome
 from autoscaler.runtime.wiring import (
     actuator_registry,
     build_fleet,

@@ -15,23 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from autoscaler.model.controls import ALL, Controls
 
-from autoscaler.model import Name
-
-ALL = "*"
-
-
-class Controls(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    paused: frozenset[str] = Field(default=frozenset(), description="businesses, or '*' for all")
-    cordoned: frozenset[Name] = frozenset()
-    draining: frozenset[Name] = frozenset()
-    approved: frozenset[str] = Field(default=frozenset(), description="plan ids approved to run")
-
-    def is_paused(self, business: str) -> bool:
-        return ALL in self.paused or business in self.paused
+__all__ = ["ALL", "ControlFile", "Controls"]
 
 
 class ControlFile:

@@ -6,8 +6,9 @@ resolution; capacity decided at one step is ready at the next (a 5-minute step i
 than a clone, so this is conservative); an interval is good when its demand is within the ready
 capacity at the saturation threshold. The same demand goes through:
 
-- ``controller``: the real ``decide()`` on a simulated fleet, with the SLA ledger and refits of
-  the forecasters once a simulated day (from data up to that moment only);
+- ``controller``: the live controller's ``Cycle`` on a simulated fleet (``decide()``, the SLA
+  ledger, the hourly action cap and cooldowns, refits of the forecasters every
+  ``refit_every_s``, a simulated day by default, from data up to that moment only);
 - ``static``: enough instances for the trace's peak, always;
 - ``hpa``: the Kubernetes HPA algorithm as published (60% target, 10% tolerance, 300 s
   scale-down stabilisation, scale-up at most max(4 pods, 100%) per minute);
@@ -162,7 +163,13 @@ def simulate_trace(
     series = pd.Series(demand, index=index)
     runs = {
         "controller": run_controller(
-            series, simulated, options.saturation, start, step_s, progress
+            series,
+            simulated,
+            options.saturation,
+            start,
+            step_s,
+            progress,
+            refit_every_s=options.refit_every_s,
         ),
         "static": run_static(demand, per_instance, options.saturation, bounds.min),
         "hpa": run_hpa(demand, step_s, per_instance, bounds, start),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from autoscaler.model import (
     CloneFromTemplate,
+    Controls,
     HotAddVcpu,
     LiveMigrate,
     NicModel,
@@ -15,6 +16,8 @@ from policies.schema import BusinessPolicy
 from policies.sla import SlaLedger
 from policies.state import DecideSettings, DecisionState
 from tests.unit.policies.builders import NOW, Fleet, history, policy
+
+CONTROLS = Controls()
 
 FAILING_RACK = "ra-d1-k1"
 
@@ -36,7 +39,9 @@ def test_rising_load_adds_instances_on_distinct_racks_with_a_readable_reason() -
     fleet = Fleet()
     web = policy("web")
     fleet.add_vms("web", 2, utilisation=0.85)
-    plan = decide(fleet.snapshot(web), {"web": web}, _state({"web": [0.3] * 12 + [0.425]}), NOW)
+    plan = decide(
+        fleet.snapshot(web), {"web": web}, CONTROLS, _state({"web": [0.3] * 12 + [0.425]}), NOW
+    ).plan
     clones = _kinds(plan.actions, CloneFromTemplate)
     assert len(clones) >= 1
     assert len({c.host for c in clones}) == len(clones)
@@ -51,7 +56,9 @@ def test_a_business_at_its_maximum_gets_vcpus_hot_added_instead_of_clones() -> N
     fleet = Fleet()
     web = policy("web", instances={"min": 1, "max": 2})
     fleet.add_vms("web", 2, utilisation=0.99)
-    plan = decide(fleet.snapshot(web), {"web": web}, _state({"web": [0.49] * 12}), NOW)
+    plan = decide(
+        fleet.snapshot(web), {"web": web}, CONTROLS, _state({"web": [0.49] * 12}), NOW
+    ).plan
     assert not _kinds(plan.actions, CloneFromTemplate)
     hot = _kinds(plan.actions, HotAddVcpu)
     assert hot and all(a.vcpus == 2 for a in hot)
@@ -78,9 +85,10 @@ def test_vms_leave_a_failing_rack_and_an_sr_iov_vm_is_replaced_not_migrated() ->
     plan = decide(
         fleet.snapshot(web, db),
         {"web": web, "db": db},
+        CONTROLS,
         _state({"web": [0.3] * 12, "db": [0.125] * 12}),
         NOW,
-    )
+    ).plan
     moves = _kinds(plan.actions, LiveMigrate)
     assert {m.vm for m in moves} == {"web-000", "web-001"}
     assert all(not m.destination.startswith(FAILING_RACK) for m in moves)
@@ -98,7 +106,7 @@ def test_outgoing_migrations_per_host_are_capped() -> None:
     state = _state(
         {"web": [0.375] * 12}, settings=DecideSettings(max_outgoing_migrations_per_host=2)
     )
-    plan = decide(fleet.snapshot(web), {"web": web}, state, NOW)
+    plan = decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan
     assert len(_kinds(plan.actions, LiveMigrate)) == 2
 
 
@@ -112,7 +120,9 @@ def test_stale_hosts_never_lead_to_migrations_or_retires() -> None:
         fleet.stale.append(
             Stale(scope=Scope.HOST, target=host, source="libvirt", last_good=NOW - 600)
         )
-    plan = decide(fleet.snapshot(web), {"web": web}, _state({"web": [0.075] * 24}), NOW)
+    plan = decide(
+        fleet.snapshot(web), {"web": web}, CONTROLS, _state({"web": [0.075] * 24}), NOW
+    ).plan
     assert not _kinds(plan.actions, LiveMigrate)
     assert not _kinds(plan.actions, Retire)
 
@@ -126,7 +136,7 @@ def _quiet(web: BusinessPolicy, **kw: object) -> tuple[Fleet, DecisionState]:
 def test_low_load_retires_one_instance_after_the_stabilisation_window() -> None:
     web = policy("web")
     fleet, state = _quiet(web)
-    plan = decide(fleet.snapshot(web), {"web": web}, state, NOW)
+    plan = decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan
     retires = _kinds(plan.actions, Retire)
     assert len(retires) == 1
     assert "surplus" in retires[0].reason and "peak 0.15" in retires[0].reason
@@ -135,7 +145,9 @@ def test_low_load_retires_one_instance_after_the_stabilisation_window() -> None:
 def test_no_scale_down_within_the_stabilisation_window_after_a_scale_up() -> None:
     web = policy("web")
     fleet, state = _quiet(web, last_scale_up={"web": NOW - 60})
-    assert not _kinds(decide(fleet.snapshot(web), {"web": web}, state, NOW).actions, Retire)
+    assert not _kinds(
+        decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan.actions, Retire
+    )
 
 
 def test_no_scale_down_while_the_error_budget_burns() -> None:
@@ -144,7 +156,9 @@ def test_no_scale_down_while_the_error_budget_burns() -> None:
     for m in range(120):
         ledger = ledger.record(NOW - (119 - m) * 60, 0.0 if m > 100 else 60.0, 60.0, 86_400 * 30)
     fleet, state = _quiet(web, sla={"web": ledger})
-    assert not _kinds(decide(fleet.snapshot(web), {"web": web}, state, NOW).actions, Retire)
+    assert not _kinds(
+        decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan.actions, Retire
+    )
 
 
 def test_no_scale_down_on_a_forecast_alone_when_the_window_saw_a_peak() -> None:
@@ -152,7 +166,9 @@ def test_no_scale_down_on_a_forecast_alone_when_the_window_saw_a_peak() -> None:
     fleet = Fleet()
     fleet.add_vms("web", 6, utilisation=0.1)
     state = _state({"web": [0.15] * 20 + [0.8] + [0.15] * 1})
-    assert not _kinds(decide(fleet.snapshot(web), {"web": web}, state, NOW).actions, Retire)
+    assert not _kinds(
+        decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan.actions, Retire
+    )
 
 
 def test_no_retire_or_migration_inside_a_maintenance_window() -> None:
@@ -161,7 +177,7 @@ def test_no_retire_or_migration_inside_a_maintenance_window() -> None:
     fleet, state = _quiet(web)
     fleet.add_vms("web", 1, utilisation=0.1, rack=FAILING_RACK)
     _fail_rack(fleet)
-    plan = decide(fleet.snapshot(web), {"web": web}, state, NOW)
+    plan = decide(fleet.snapshot(web), {"web": web}, CONTROLS, state, NOW).plan
     assert not _kinds(plan.actions, Retire) and not _kinds(plan.actions, LiveMigrate)
 
 
@@ -171,6 +187,35 @@ def test_the_same_inputs_give_the_same_plan() -> None:
     fleet.add_vms("web", 2, utilisation=0.85)
     snapshot = fleet.snapshot(web)
     state = _state({"web": [0.3] * 12 + [0.425]})
-    first = decide(snapshot, {"web": web}, state, NOW)
-    second = decide(snapshot, {"web": web}, state, NOW)
+    first = decide(snapshot, {"web": web}, CONTROLS, state, NOW).plan
+    second = decide(snapshot, {"web": web}, CONTROLS, state, NOW).plan
     assert first.actions and first.id == second.id
+
+
+def test_the_operators_controls_are_an_input_paused_cordoned_and_drained() -> None:
+    fleet = Fleet()
+    web, api = policy("web"), policy("api")
+    fleet.add_vms("web", 2, utilisation=0.85)
+    fleet.add_vms("api", 2, utilisation=0.3)
+    drained = fleet.vms[0].host
+    cordoned = {h for r in fleet.rack_names for h in fleet.host_names(r)} - {
+        fleet.host_names(fleet.rack_names[-1])[0],
+        fleet.host_names(fleet.rack_names[-2])[0],
+    }
+    controls = Controls(
+        paused=frozenset({"api"}), cordoned=frozenset(cordoned), draining=frozenset({drained})
+    )
+    state = _state({"web": [0.3] * 12 + [0.425], "api": [0.15] * 12})
+    decision = decide(fleet.snapshot(web, api), {"web": web, "api": api}, controls, state, NOW)
+    actions = decision.plan.actions
+    assert actions and all(a.business == "web" for a in actions)
+    assert "paused by an operator" in decision.reasons["api"]
+    assert set(decision.sla) == set(decision.forecasts) == {"web", "api"}
+    for clone in _kinds(actions, CloneFromTemplate):
+        assert clone.host not in cordoned
+    moves = [m for m in _kinds(actions, LiveMigrate) if m.source == drained]
+    assert [m.vm for m in moves] == [fleet.vms[0].name]
+    assert moves[0].destination not in cordoned
+    # The whole decision is one plan, built once: the same inputs give the same id.
+    again = decide(fleet.snapshot(web, api), {"web": web, "api": api}, controls, state, NOW)
+    assert again.plan.id == decision.plan.id

@@ -1,0 +1,397 @@
+"""One cycle of the controller: snapshot → decide → route by mode → execute or export → record.
+
+Where it sits: the heart of the runtime, between the collect job (which publishes snapshots)
+and the actuators. The live controller (``autoscaler.runtime.controller``) only schedules it;
+the simulator (``autoscaler.simulation``) runs the very same class on a simulated fleet, so
+what is benchmarked is what runs. Its inputs are small Protocols (``autoscaler.runtime.ports``)
+and ``now``; its memory (cooldowns, hourly cap, SLA ledgers, forecasters, refit schedule) is a
+plain ``ControllerMemory`` it reads and updates.
+
+``run_once(now)``:
+1. records the SLA interval and refits the forecasters when they are due (on a standby too,
+   so it is ready to lead; live, the refit runs beside the cycle, which goes on with the
+   forecasters it has until the new ones are swapped in);
+2. as the leader (or in a dry run): settles the journal first when it has just become leader
+   (or entries wait for a host), then decides on a snapshot taken after settling;
+3. routes the Plan: auto businesses' actions (and approved plans) are executed as one plan,
+   recommend businesses' actions exported for approval as another; a dry run or a standby
+   exports everything; paused businesses got no action from ``decide``;
+4. records the outcomes in the memory (the hourly cap and the cooldowns read them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import pandas as pd
+
+from autoscaler.model import Action, Controls, Plan, Snapshot, VmState
+from autoscaler.observability.exporter import ControllerMetrics
+from autoscaler.runtime.logs import event
+from autoscaler.runtime.memory import ControllerMemory
+from autoscaler.runtime.ports import (
+    ActionOutcome,
+    Actuation,
+    ControlsReader,
+    History,
+    PlanStore,
+    SnapshotSource,
+)
+from policies.decide import decide
+from policies.decision import Decision
+from policies.forecast import ForecastSpec, refit, spec_quantile
+from policies.schema import BusinessPolicy, CapacitySli, Mode
+from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
+from policies.state import DecideSettings
+
+log = logging.getLogger("autoscaler.controller")
+# How often entries left unfinished (their host unreachable) are tried again.
+RESETTLE_S = 30.0
+
+
+@dataclass
+class BusinessFigures:
+    demand_cores: float = 0.0
+    capacity_cores: float = 0.0
+    ready: int = 0
+
+
+def business_figures(snapshot: Snapshot) -> dict[str, BusinessFigures]:
+    out: dict[str, BusinessFigures] = {b.name: BusinessFigures() for b in snapshot.businesses}
+    for vm in snapshot.vms:
+        if vm.business is None or vm.business not in out or vm.state is not VmState.RUNNING:
+            continue
+        if not vm.ready or vm.draining:
+            continue  # a booting clone's CPU is not demand; a draining VM gets none
+        fig = out[vm.business]
+        if vm.busy_cores is not None:
+            fig.demand_cores += vm.busy_cores
+        fig.ready += 1
+        fig.capacity_cores += vm.capacity_cores
+    return out
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    decide: DecideSettings
+    ledger_every_s: float
+    refit_every_s: float
+    max_concurrent_actions: int = 1
+    dry_run: bool = False
+    """Decide and export every plan, never execute (``autoscaler run --dry-run``)."""
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one run did: the Decision, and the plans it executed and exported (if any)."""
+
+    decision: Decision | None = None
+    executed: Plan | None = None
+    exported: Plan | None = None
+    outcomes: tuple[ActionOutcome, ...] = ()
+
+
+@contextlib.contextmanager
+def _unaccounted(_rounds: int) -> Iterator[None]:
+    yield
+
+
+class Cycle:
+    def __init__(
+        self,
+        *,
+        snapshots: SnapshotSource,
+        actuation: Actuation | None,
+        plans: PlanStore,
+        controls: ControlsReader,
+        history: History,
+        policies: Callable[[], Mapping[str, BusinessPolicy]],
+        settings: CycleSettings,
+        metrics: ControllerMetrics | None = None,
+        memory: ControllerMemory | None = None,
+        acting: Callable[[int], AbstractContextManager[None]] = _unaccounted,
+        tell: Callable[[str], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        log: logging.Logger = log,
+        refit_in: Callable[[Callable[[], None]], None] | None = None,
+    ) -> None:
+        """``acting(rounds)`` wraps every execution and settling (the live /healthz counts it
+        as progress); ``tell`` gets a one-line text per planned action and outcome; ``clock``
+        stamps the end of a settling (a snapshot to decide on must be newer), else ``now``;
+        ``refit_in(work)`` runs a due refit elsewhere (live: a refit of many series takes
+        minutes and must not hold up acting), else the cycle refits before deciding."""
+        self.snapshots = snapshots
+        self.actuation = actuation
+        self.plans = plans
+        self.controls = controls
+        self.history = history
+        self.policies = policies
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else ControllerMetrics()
+        self.memory = memory if memory is not None else ControllerMemory()
+        self.acting = acting
+        self.tell = tell
+        self.clock = clock
+        self.log = log
+        self.refit_in = refit_in
+        self._refitting = threading.Event()
+        self.last_decision: Decision | None = None
+        self.last_controls: Controls | None = None
+        self.reconcile_pending = False
+        """Set by the shell on becoming leader: settle the journal before acting."""
+        self.settled_at = 0.0
+
+    # -- the cycle --------------------------------------------------------------------------
+    def run_once(self, now: float, *, generation: int | None) -> CycleResult:
+        """One cycle at ``now``; ``generation`` is the lease held (None: a standby)."""
+        if self.memory.ledger_due(now, self.settings.ledger_every_s):
+            self.record_sla(now)
+        if self.memory.refit_due(now, self.settings.refit_every_s):
+            self._start_refit(now)
+        if generation is None and not self.settings.dry_run:
+            return CycleResult()  # a standby keeps its ledger and forecasts, and waits
+        self._reconcile_if_pending(now)
+        # Settling may have moved or finished VMs since the last snapshot was taken: deciding
+        # on it would plan from where they were (a second migration of a VM just moved).
+        snapshot = self.snapshots.snapshot_since(self.settled_at)
+        if snapshot is None:
+            return CycleResult()
+        started = time.monotonic()
+        policies = self.policies()
+        controls = self.controls.read()
+        self.last_controls = controls
+        state = self.memory.decision_state(self.demand(now), self.settings.decide)
+        decision = decide(snapshot, policies, controls, state, now)
+        self.last_decision = decision
+        self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
+        for why in decision.notes:
+            event(self.log, "drain leaves a VM", logging.WARNING, why=why)
+        result = self._route(decision, policies, controls.approved, generation, now)
+        self.metrics.cycle_seconds.observe(time.monotonic() - started)
+        return result
+
+    def _route(
+        self,
+        decision: Decision,
+        policies: Mapping[str, BusinessPolicy],
+        approved: frozenset[str],
+        generation: int | None,
+        now: float,
+    ) -> CycleResult:
+        plan = decision.plan
+        if not plan.actions and not approved:
+            return CycleResult(decision=decision)
+        acting = generation is not None and not self.settings.dry_run
+        decided_keys = {a.key for a in plan.actions}
+        auto: list[Action] = []
+        recommend: list[Action] = []
+        for action in plan.actions:
+            policy = policies.get(action.business)
+            if policy is None:
+                continue
+            if acting and policy.mode is Mode.AUTO:
+                auto.append(action.model_copy(update={"lease_generation": generation}))
+            else:
+                recommend.append(action)
+        # Approved plans run with this cycle's auto actions, under this lease generation.
+        taken = self.plans.take_approved(approved) if acting else []
+        keys = {a.key for a in auto}
+        for approved_plan in taken:
+            for action in approved_plan.actions:
+                if action.key not in keys:  # decided again meanwhile: once is enough
+                    keys.add(action.key)
+                    auto.append(action.model_copy(update={"lease_generation": generation}))
+        # Each part is a plan of its own, built once: its id is the one logged as planned and
+        # the one journalled (executed), or the exported file's name (recommended).
+        exported = Plan.build(recommend, now) if recommend else None
+        executed = Plan.build(auto, now) if auto else None
+        if plan.actions:
+            event(
+                self.log,
+                "decided",
+                plan=plan.id,
+                actions=len(plan.actions),
+                auto=executed.id if executed else None,
+                recommend=exported.id if exported else None,
+            )
+        if taken and executed is not None:
+            event(
+                self.log, "approved plans joined", plan=executed.id, approved=[p.id for p in taken]
+            )
+        for part in (executed, exported):
+            for action in part.actions if part is not None else ():
+                if action.lease_generation is not None and action.key not in decided_keys:
+                    continue  # from an approved plan: planned when it was exported
+                self._tell(f"planned {action.kind} {action.vm}: {action.reason}")
+                event(
+                    self.log,
+                    "planned",
+                    plan=part.id if part is not None else None,
+                    decided=plan.id,
+                    kind=action.kind,
+                    business=action.business,
+                    vm=action.vm,
+                    reason=action.reason,
+                )
+        if exported is not None:
+            where = self.plans.export(exported)
+            self.metrics.plans.labels("recommend").inc()
+            event(
+                self.log,
+                "plan exported for approval",
+                plan=exported.id,
+                file=where,
+                actions=len(exported.actions),
+            )
+        if not acting:
+            return CycleResult(decision=decision, exported=exported)
+        if executed is None or self.actuation is None:
+            return CycleResult(decision=decision, exported=exported)
+        self.metrics.plans.labels("auto").inc()
+        outcomes = self.execute(executed, now)
+        return CycleResult(
+            decision=decision, executed=executed, exported=exported, outcomes=outcomes
+        )
+
+    def execute(self, plan: Plan, now: float) -> tuple[ActionOutcome, ...]:
+        """Run ``plan`` and record its outcomes (metrics, log, memory)."""
+        if self.actuation is None:
+            return ()
+        concurrent = max(1, self.settings.max_concurrent_actions)
+        with self.acting(-(-len(plan.actions) // concurrent)):
+            outcomes = tuple(self.actuation.execute(plan))
+        for out in outcomes:
+            self._tell(f"{out.result} {out.key} in {out.duration_s:.1f}s: {out.reason}")
+            self.metrics.actions.labels(out.kind, out.result).inc()
+            self.metrics.action_seconds.labels(out.kind).observe(out.duration_s)
+            event(
+                self.log,
+                "action",
+                key=out.key,
+                kind=out.kind,
+                business=out.business,
+                result=out.result,
+                reason=out.reason,
+                duration_s=round(out.duration_s, 3),
+                plan=plan.id,
+            )
+        self.memory.remember_outcomes(outcomes, now)
+        return outcomes
+
+    def _reconcile_if_pending(self, now: float) -> None:
+        if self.actuation is None or self.settings.dry_run:
+            return
+        # Between cycles nothing runs, so an unfinished entry waits for a host that could not
+        # be reached to finish or undo it: try again, at most every RESETTLE_S.
+        due = now - self.settled_at >= RESETTLE_S
+        unfinished = self.actuation.unfinished() if due or self.reconcile_pending else 0
+        if not self.reconcile_pending and unfinished == 0:
+            return
+        with self.acting(unfinished):  # settled one by one
+            settled = self.actuation.reconcile()
+        event(self.log, "reconciled the journal", entries=settled)
+        self.settled_at = self.clock() if self.clock is not None else now
+        self.reconcile_pending = False
+
+    def _start_refit(self, now: float) -> None:
+        if self.refit_in is None:
+            self.refit(now)
+            return
+        if self._refitting.is_set():
+            return  # the last one is still running
+
+        def work() -> None:
+            try:
+                self.refit(now)
+            finally:
+                self._refitting.clear()
+
+        self._refitting.set()
+        self.refit_in(work)
+
+    def _tell(self, text: str) -> None:
+        if self.tell is not None:
+            self.tell(text)
+
+    # -- memory: demand, SLA ledger, forecasts ----------------------------------------------
+    def demand(self, now: float) -> dict[str, pd.Series]:
+        policies = self.policies()
+        horizon = max((p.forecast.history_days for p in policies.values()), default=14)
+        return {
+            b: self.history.busy_cores(b, start=now - horizon * 86400, end=now + 60)
+            for b in policies
+        }
+
+    def record_sla(self, now: float) -> None:
+        """One SLA interval per business, from the latest snapshot, into the ledgers."""
+        snapshot = self.snapshots.latest()
+        if snapshot is None:
+            return
+        memory = self.memory
+        duration = now - (
+            memory.last_ledger_at
+            if memory.last_ledger_at is not None
+            else now - self.settings.ledger_every_s
+        )
+        memory.last_ledger_at = now
+        figures = business_figures(snapshot)
+        for name, policy in self.policies().items():
+            fig = figures.get(name, BusinessFigures())
+            if isinstance(policy.sla.sli, CapacitySli):
+                good, total = capacity_interval(
+                    demand_cores=fig.demand_cores,
+                    ready_capacity_cores=fig.capacity_cores,
+                    ready_instances=fig.ready,
+                    min_instances=policy.instances.min,
+                    saturation=policy.sla.sli.saturation,
+                    duration_s=duration,
+                )
+            else:
+                pair = promql_interval(snapshot, name, duration)
+                if pair is None:
+                    continue  # no data this interval: neither good nor bad
+                good, total = pair
+            keep = policy.sla.window_days * 86400.0
+            ledger = memory.ledgers.get(name, SlaLedger()).record(now, good, total, keep)
+            memory.ledgers[name] = ledger
+            memory.budget_left[name] = sla_status(ledger, policy.sla, now).error_budget_left
+            self.metrics.sli_good.labels(name).inc(good)
+            self.metrics.sli_total.labels(name).inc(total)
+            self.history.record_business(name, now, sli_good_s=good, sli_total_s=total)
+
+    def refit(self, now: float) -> None:
+        """Refit every business's forecaster on its history up to ``now``. The schedule moves
+        on once something was fitted: before that (too little history) each cycle tries."""
+        policies = self.policies()
+        state = self.memory.decision_state({}, self.settings.decide)
+        specs: dict[str, ForecastSpec] = {}
+        histories: dict[str, pd.Series] = {}
+        for name, policy in policies.items():
+            specs[name] = ForecastSpec(
+                models=tuple(m.value for m in policy.forecast.models),
+                quantile=spec_quantile(policy.forecast.quantile, policy.sla.objective),
+                horizon_s=state.lead_time_s(name),
+                min_history_s=policy.forecast.min_history_hours * 3600,
+                history_s=policy.forecast.history_days * 86400,
+            )
+            histories[name] = self.history.busy_cores(
+                name, start=now - policy.forecast.history_days * 86400, end=now + 60
+            )
+        started = time.monotonic()
+        fitted = refit(histories, specs, now)
+        if not fitted:
+            return
+        self.memory.forecasters = fitted
+        self.memory.last_refit_at = now
+        event(
+            self.log,
+            "forecasts refitted",
+            fitted=sorted(fitted),
+            seconds=round(time.monotonic() - started, 3),
+        )

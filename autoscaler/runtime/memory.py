@@ -1,0 +1,101 @@
+"""ControllerMemory: what the cycle remembers between runs, as one plain object.
+
+Where it sits: owned by the ``Cycle`` (``autoscaler.runtime.cycle``), fed by the collect job
+(rack temperatures) and by the cycle itself (outcomes of executed actions, SLA intervals,
+refitted forecasters). ``decision_state`` turns it, with the demand history, into the
+``DecisionState`` that ``policies.decide`` reads. No I/O: the live controller and the simulator
+keep the same memory, so the hourly cap, the cooldowns and the refit schedule work the same in
+both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from autoscaler.model import Scope, SignalName, Snapshot
+from autoscaler.runtime.ports import ActionOutcome
+from policies.forecast import FittedForecaster
+from policies.sla import SlaLedger
+from policies.state import DecideSettings, DecisionState
+
+SCALE_UP_KINDS = frozenset({"clone_from_template", "hot_add_vcpu", "hot_add_memory"})
+KEEP_ACTION_TIMES = 500
+KEEP_CLONE_TIMES = 20
+KEEP_TEMPERATURES = 2000
+
+
+@dataclass
+class ControllerMemory:
+    """Per-business memory of the controller (rebuilt from history on a restart)."""
+
+    ledgers: dict[str, SlaLedger] = field(default_factory=dict)
+    budget_left: dict[str, float] = field(default_factory=dict)
+    """Error budget left per business at the last SLA interval (reported as a metric)."""
+    forecasters: dict[str, FittedForecaster] = field(default_factory=dict)
+    last_scale_up: dict[str, float] = field(default_factory=dict)
+    last_scale_down: dict[str, float] = field(default_factory=dict)
+    recent_actions: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    clone_ready_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    temperatures: dict[str, list[tuple[float, float]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    last_ledger_at: float | None = None
+    last_refit_at: float | None = None
+
+    def refit_due(self, now: float, every_s: float) -> bool:
+        return self.last_refit_at is None or now - self.last_refit_at >= every_s
+
+    def ledger_due(self, now: float, every_s: float) -> bool:
+        return self.last_ledger_at is None or now - self.last_ledger_at >= every_s
+
+    def remember_temperatures(self, snapshot: Snapshot) -> None:
+        for signal in snapshot.signals:
+            if signal.scope is Scope.RACK and signal.name == SignalName.TEMPERATURE_CELSIUS:
+                series = self.temperatures[signal.target]
+                series.append((signal.observed_at, signal.value))
+                del series[:-KEEP_TEMPERATURES]
+
+    def remember_outcomes(self, outcomes: Iterable[ActionOutcome], now: float) -> None:
+        """Stamp what was done: the hourly cap counts it, the cooldowns start from it."""
+        for out in outcomes:
+            if out.result != "done":
+                continue
+            self.recent_actions[out.business].append(now)
+            del self.recent_actions[out.business][:-KEEP_ACTION_TIMES]
+            if out.kind in SCALE_UP_KINDS:
+                self.last_scale_up[out.business] = now
+            if out.kind == "clone_from_template":
+                self.clone_ready_s[out.business].append(out.duration_s)
+                del self.clone_ready_s[out.business][:-KEEP_CLONE_TIMES]
+            if out.kind == "retire":
+                self.last_scale_down[out.business] = now
+
+    def decision_state(
+        self, demand: Mapping[str, pd.Series], settings: DecideSettings
+    ) -> DecisionState:
+        temps = {
+            rack: pd.Series(
+                [v for _, v in points],
+                index=pd.to_datetime([t for t, _ in points], unit="s", utc=True),
+                dtype="float64",
+            )
+            for rack, points in self.temperatures.items()
+            if points
+        }
+        return DecisionState(
+            demand=demand,
+            last_scale_up=dict(self.last_scale_up),
+            last_scale_down=dict(self.last_scale_down),
+            recent_actions={b: tuple(t) for b, t in self.recent_actions.items()},
+            forecasters=dict(self.forecasters),
+            sla=dict(self.ledgers),
+            temperatures=temps,
+            clone_ready_s={
+                b: float(pd.Series(v).median()) for b, v in self.clone_ready_s.items() if v
+            },
+            settings=settings,
+        )
