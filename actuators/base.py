@@ -75,6 +75,7 @@ class Fleet:
     observer: GuestObserver | None = None
     ready_timeout_s: float = 120.0
     channels: tuple[str, ...] = ()
+    balloon_stats_period_s: int = 5
     connect_fn: Callable[[str], libvirt.virConnect] = libvirt.open
 
     def uri(self, host: str) -> str:
