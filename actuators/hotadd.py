@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import libvirt
 
 from actuators.base import ActionContext, find_domain, libvirt_call, vm_attribute
+from actuators.domain_xml import update_vm_metadata
 from autoscaler.model import (
     HotAddMemory,
     HotAddVcpu,
@@ -82,12 +83,23 @@ def online_boost(dom: libvirt.virDomain) -> Iterator[bool]:
     restore = _quota_to_restore(dom, live)
     boosted = live < boost
     if boosted:
+        # The boost's CPU is not the business's load: the metadata says when it ran, and the
+        # collector measures no utilisation over an interval that overlaps it (as for a boot).
+        # Until it ends, it is taken to last as long as verification may.
+        started = time.time()
+        update_vm_metadata(
+            dom,
+            boost_from=f"{started:.3f}",
+            boost_until=f"{started + GUEST_SEES_TIMEOUT_S:.3f}",
+        )
         dom.setSchedulerParametersFlags({"vcpu_quota": boost}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
     try:
         yield boosted
     finally:
         if boosted or restore != live:
             dom.setSchedulerParametersFlags({"vcpu_quota": restore}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if boosted:
+            update_vm_metadata(dom, boost_until=f"{time.time():.3f}")
 
 
 def _vcpus(dom: libvirt.virDomain) -> tuple[int, int, int]:

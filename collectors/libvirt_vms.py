@@ -195,6 +195,17 @@ class DomainStatsParser:
             # that CPU is not the business's load, yet it reads as a spike of it (enough to
             # scale out again). No rate until a whole interval after readiness.
             return samples
+        boost_from = finite_or_none(meta.get("boost-from"))
+        boost_until = finite_or_none(meta.get("boost-until"))
+        if (
+            boost_from is not None
+            and boost_until is not None
+            and before.at < boost_until
+            and counters.at > boost_from
+        ):
+            # Likewise the online boost of a vCPU hot-add (actuators.hotadd): read as load, its
+            # CPU would hot-add again.
+            return samples
         wall = counters.at - before.at
         busy_cores = (counters.cpu_ns - before.cpu_ns) / 1e9 / wall
         add("vm_cpu_busy_cores", busy_cores)

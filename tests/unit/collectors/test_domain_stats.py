@@ -86,3 +86,31 @@ def test_stale_balloon_statistics_give_no_figure_but_their_age() -> None:
     )
     assert "vm_memory_used_mib" not in got
     assert got["vm_memory_stats_age_seconds"] == 60
+
+
+def test_no_cpu_rate_over_an_interval_that_overlaps_a_hot_add_online_boost() -> None:
+    """A vCPU hot-add lifted the quota from t=101 to t=102 while the guest onlined its CPU.
+
+    Expect: no busy rate for the intervals that overlap the boost; the next one has one."""
+    meta = (
+        '<vm xmlns="https://kvm-autoscaler.dev/ns/vm/1" business="web" ready="0"'
+        ' boost-from="101" boost-until="102.5"/>'
+    )
+
+    def rate(parser: DomainStatsParser, cpu_s: float, now: float) -> float | None:
+        stats: dict[str, float | int | str] = {
+            "state.state": 1,
+            "vcpu.current": 1,
+            "vcpu.maximum": 1,
+            "cpu.time": int(cpu_s * 1e9),
+            "vcpu.0.time": int(cpu_s * 1e9),
+        }
+        samples = parser.parse("kvm-1", [DomainRecord("web-3", stats, meta)], now)
+        return next((s.value for s in samples if s.metric == "vm_cpu_busy_cores"), None)
+
+    parser = DomainStatsParser()
+    assert rate(parser, 10.0, now=98.0) is None  # first sight
+    assert rate(parser, 10.5, now=100.0) == 0.25  # before the boost
+    assert rate(parser, 12.0, now=102.0) is None  # the boost began
+    assert rate(parser, 13.5, now=104.0) is None  # the boost ended
+    assert rate(parser, 14.0, now=106.0) == 0.25
