@@ -121,15 +121,15 @@ def _memory(view: BusinessView, placement: PlacementView, budget: Budget) -> lis
     memory hot-add (the business's facts count such VMs: ``memory_unreported_vms``).
     """
     policy = view.policy
-    vertical = policy.scaling.vertical
+    knobs = policy.scaling.vertical
     dimm = policy.template.dimm_mib
-    step = max(dimm, math.ceil(vertical.memory_step_mib / dimm) * dimm)
+    step = max(dimm, math.ceil(knobs.memory_step_mib / dimm) * dimm)
     out: list[Action] = []
     for vm in view.ready:
         share = vm.memory_used_share
         if share is None or vm.name in view.stale_vm_names or budget.left <= 0:
             continue
-        if share < vertical.memory_threshold:
+        if share < knobs.memory_threshold:
             continue
         target = min(vm.memory_mib + step, vm.max_memory_mib, policy.template.memory_mib.max)
         if target <= vm.memory_mib or not placement.host_fits(vm.host, 0.0, target - vm.memory_mib):
@@ -145,13 +145,13 @@ def _memory(view: BusinessView, placement: PlacementView, budget: Budget) -> lis
                 host=vm.host,
                 memory_mib=target,
                 reason=f"{view.name}: {vm.name}'s guest uses {used:.0f} of the {seen:.0f} MiB it"
-                f" sees ({share:.0%} >= {vertical.memory_threshold:.0%}): memory"
+                f" sees ({share:.0%} >= {knobs.memory_threshold:.0%}): memory"
                 f" {vm.memory_mib} -> {target} MiB (+{target - vm.memory_mib} MiB DIMM)",
                 facts={
                     "memory_used_mib": round(used, 1),
                     "memory_guest_total_mib": round(seen, 1),
                     "memory_used_share": round(share, 4),
-                    "memory_threshold": vertical.memory_threshold,
+                    "memory_threshold": knobs.memory_threshold,
                     "memory_before_mib": vm.memory_mib,
                     "memory_after_mib": target,
                 },

@@ -145,8 +145,8 @@ class VM(Frozen):
     memory_used_mib: float | None = Field(
         default=None,
         ge=0,
-        description="memory the guest itself reports in use (balloon stats: total less"
-        " available); None = not reported or stale. Never QEMU's RSS, which only grows",
+        description="memory the guest itself reports in use (balloon stats: its total less"
+        " what it can still use); None = not reported or stale. Never QEMU's RSS, which only grows",
     )
     memory_guest_total_mib: float | None = Field(
         default=None,
