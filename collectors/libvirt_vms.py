@@ -14,6 +14,7 @@ and memory. A host that cannot be read is reported stale with the time of its la
 
 from __future__ import annotations
 
+import math
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
@@ -112,6 +113,8 @@ class DomainStatsParser:
     def __init__(self, memory_max_age_s: float = MEMORY_STATS_MAX_AGE_S) -> None:
         self._previous: dict[tuple[str, str], _Counters] = {}
         self._memory_max_age_s = memory_max_age_s
+        # Per domain: its memory size and when this parser first saw it at that size.
+        self._sizes: dict[tuple[str, str], tuple[float, float]] = {}
 
     def parse(self, host: str, records: Iterable[DomainRecord], now: float) -> list[Sample]:
         out: list[Sample] = []
@@ -122,7 +125,24 @@ class DomainStatsParser:
             out.extend(self._domain(host, rec, now, key))
         for key in [k for k in self._previous if k[0] == host and k not in seen]:
             del self._previous[key]
+        for key in [k for k in self._sizes if k[0] == host and k not in seen]:
+            del self._sizes[key]
         return out
+
+    def _resized_at(self, key: tuple[str, str], size_kib: float | None, now: float) -> float:
+        """When the domain's memory size last changed, as this parser saw it (-inf: unknown,
+        at first sight)."""
+        if size_kib is None:
+            return -math.inf
+        previous = self._sizes.get(key)
+        if previous is None:
+            at = -math.inf
+        elif previous[0] != size_kib:
+            at = now
+        else:
+            at = previous[1]
+        self._sizes[key] = (size_kib, at)
+        return at
 
     def _domain(
         self, host: str, rec: DomainRecord, now: float, key: tuple[str, str]
@@ -156,10 +176,13 @@ class DomainStatsParser:
         add("vm_rss_mib", float(rss) / 1024 if rss is not None else None)
         used_kib = guest_memory_used_kib(s)
         updated = finite_or_none(s.get("balloon.last-update"))
+        resized_at = self._resized_at(key, finite_or_none(balloon_kib), now)
         if used_kib is not None and updated is not None and updated > 0:
             age = max(0.0, now - updated)
             add("vm_memory_stats_age_seconds", age)  # kept, so a stale figure is visible
-            if age <= self._memory_max_age_s:
+            # Statistics from before the VM's last resize (a DIMM just added) describe the
+            # smaller guest: deciding on them would add a second DIMM for the same use.
+            if age <= self._memory_max_age_s and updated > resized_at:
                 add("vm_memory_used_mib", used_kib / 1024)
                 add("vm_memory_guest_total_mib", float(s["balloon.available"]) / 1024)
         quota = _positive(meta.get("cpu-quota"))

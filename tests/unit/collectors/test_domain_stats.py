@@ -114,3 +114,28 @@ def test_no_cpu_rate_over_an_interval_that_overlaps_a_hot_add_online_boost() -> 
     assert rate(parser, 12.0, now=102.0) is None  # the boost began
     assert rate(parser, 13.5, now=104.0) is None  # the boost ended
     assert rate(parser, 14.0, now=106.0) == 0.25
+
+
+def test_memory_statistics_from_before_a_dimm_was_added_give_no_figure() -> None:
+    """A DIMM took the VM from 256 to 384 MiB; the guest's statistics still describe the
+    smaller guest until its next report (every few seconds).
+
+    Expect: no memory-in-use figure until statistics newer than the resize arrive."""
+    parser = DomainStatsParser()
+
+    def used(size_mib: int, available_mib: int, updated: float, now: float) -> float | None:
+        stats: dict[str, float | int | str] = {
+            "state.state": 1,
+            "vcpu.current": 1,
+            "balloon.current": size_mib * 1024,
+            "balloon.available": available_mib * 1024,
+            "balloon.usable": 30 * 1024,
+            "balloon.last-update": updated,
+        }
+        samples = parser.parse("kvm-1", [DomainRecord("web-3", stats, None)], now)
+        return next((s.value for s in samples if s.metric == "vm_memory_used_mib"), None)
+
+    assert used(256, 153, updated=99, now=100) == 123
+    assert used(384, 153, updated=99, now=102) is None  # the same report, a bigger VM
+    assert used(384, 153, updated=101, now=104) is None  # a report older than the resize seen
+    assert used(384, 281, updated=104.5, now=106) == 251
