@@ -77,6 +77,7 @@ class Fleet:
     observer: GuestObserver | None = None
     ready_timeout_s: float = 120.0
     channels: tuple[str, ...] = ()
+    balloon_stats_period_s: int = 5
     pool: LibvirtPool = field(default_factory=LibvirtPool, compare=False)
 
     def uri(self, host: str) -> str:

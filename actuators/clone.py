@@ -82,6 +82,7 @@ class CloneActuator:
             created_at=time.time(),
             channels=ctx.fleet.channels,
             serial_log=serial_log_path(action.vm),
+            balloon_stats_period_s=ctx.fleet.balloon_stats_period_s,
         )
 
     def execute(self, action: CloneFromTemplate, ctx: ActionContext) -> None:

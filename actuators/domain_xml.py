@@ -48,6 +48,9 @@ class InstanceSpec:
     channels: tuple[str, ...] = ()
     """Named virtio-serial channels (unix sockets bound by QEMU) for the guest's agents."""
     serial_log: str | None = None
+    balloon_stats_period_s: int = 5
+    """How often the guest's virtio balloon reports its memory statistics (what memory hot-add
+    is decided on); 0: a balloon without statistics."""
     boot_boost: bool = True
     """Start without the CPU quota (it is applied once the guest is ready: see apply_cpu_quota).
     A throttled TCG guest boots four times slower; real clouds boost boot the same way."""
@@ -55,6 +58,8 @@ class InstanceSpec:
     def __post_init__(self) -> None:
         check_name(self.name, what="vm name")
         check_name(self.business, what="business name")
+        if not 0 <= self.balloon_stats_period_s <= 3600:
+            raise ValueError(f"balloon stats period not in 0-3600 s: {self.balloon_stats_period_s}")
         if self.domain_type not in ("qemu", "kvm"):
             raise ValueError(f"domain type must be 'qemu' or 'kvm', got {self.domain_type!r}")
 
@@ -137,7 +142,11 @@ def build_domain_xml(spec: InstanceSpec) -> str:
             ch = _sub(dev, "channel", type="unix")
             _sub(ch, "source", mode="bind")
             _sub(ch, "target", type="virtio", name=channel)
-    _sub(dev, "memballoon", model="none")
+    # The virtio balloon is never inflated here: it is how the guest reports the memory it
+    # uses (``memoryStats``), which memory hot-add is decided on (QEMU's RSS only grows).
+    balloon = _sub(dev, "memballoon", model="virtio")
+    if spec.balloon_stats_period_s > 0:
+        _sub(balloon, "stats", period=str(spec.balloon_stats_period_s))
     return ET.tostring(dom, encoding="unicode")
 
 

@@ -4,16 +4,25 @@ Where it sits: the actuators of ``HotAddVcpu`` and ``HotAddMemory``, run by the 
 only ever raise a VM's size: vCPU removal is refused (QEMU 7.2 crashes later after a vCPU
 unplug) and memory is never taken back. Done means libvirt reports the new size live and in
 the persistent definition, and the guest itself sees it (online CPUs, MemTotal) where it can
-tell.
+tell. While the guest brings a new CPU online its vCPUs may use a whole core each (the online
+boost, like the boot boost of a new clone): a guest held at its quota under full load onlines a
+CPU several times slower (2.3 s against 0.4 s on the lab's TCG guest at a 0.25 quota), and that
+is when the CPU is needed. The quota the VM had is put back as soon as the guest sees the CPU,
+or has failed to; a controller killed in between puts the policy's quota back when it settles the
+hot-add on restart (verification runs again).
 """
 
 from __future__ import annotations
 
+import contextlib
+import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 
 import libvirt
 
-from actuators.base import ActionContext, find_domain, libvirt_call
+from actuators.base import ActionContext, find_domain, libvirt_call, vm_attribute
+from actuators.domain_xml import update_vm_metadata
 from autoscaler.model import (
     HotAddMemory,
     HotAddVcpu,
@@ -36,6 +45,61 @@ def _running_domain(ctx: ActionContext, conn: libvirt.virConnect, vm: str) -> li
     if not dom.isActive():
         raise PreconditionFailed(f"{vm} is not running")
     return dom
+
+
+ONLINE_BOOST_QUOTA = 1.0
+"""Host cores per vCPU while the guest onlines a hot-added CPU."""
+_PERIOD = 100000
+
+
+def _live_quota(dom: libvirt.virDomain) -> int | None:
+    params = dom.schedulerParametersFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    quota = params.get("vcpu_quota")
+    return int(quota) if quota is not None else None
+
+
+def _quota_to_restore(dom: libvirt.virDomain, live: int) -> int:
+    """The VM's own quota (its metadata, once the boot boost has ended), else what it had."""
+    text = vm_attribute(dom, "cpu-quota")
+    try:
+        quota = float(text) if text and vm_attribute(dom, "ready") else None
+    except ValueError:
+        quota = None
+    if quota is None or not 0 < quota <= 1:
+        return live
+    return int(quota * _PERIOD)
+
+
+@contextlib.contextmanager
+def online_boost(dom: libvirt.virDomain) -> Iterator[bool]:
+    """Lift a throttled VM's vCPU quota to ONLINE_BOOST_QUOTA (live only) for the block, then
+    put the VM's quota back (also one a killed controller left boosted). Yields whether it
+    boosted: a VM without a quota (or still in its boot boost) is left alone."""
+    boost = int(ONLINE_BOOST_QUOTA * _PERIOD)
+    live = _live_quota(dom)
+    if live is None or live <= 0:
+        yield False
+        return
+    restore = _quota_to_restore(dom, live)
+    boosted = live < boost
+    if boosted:
+        # The boost's CPU is not the business's load: the metadata says when it ran, and the
+        # collector measures no utilisation over an interval that overlaps it (as for a boot).
+        # Until it ends, it is taken to last as long as verification may.
+        started = time.time()
+        update_vm_metadata(
+            dom,
+            boost_from=f"{started:.3f}",
+            boost_until=f"{started + GUEST_SEES_TIMEOUT_S:.3f}",
+        )
+        dom.setSchedulerParametersFlags({"vcpu_quota": boost}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    try:
+        yield boosted
+    finally:
+        if boosted or restore != live:
+            dom.setSchedulerParametersFlags({"vcpu_quota": restore}, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if boosted:
+            update_vm_metadata(dom, boost_until=f"{time.time():.3f}")
 
 
 def _vcpus(dom: libvirt.virDomain) -> tuple[int, int, int]:
@@ -100,15 +164,22 @@ class HotAddVcpuActuator:
                 )
             if ctx.fleet.observer is None:
                 return f"{action.vm}: {live} vCPUs (libvirt; the guest cannot tell)"
-            view = ctx.fleet.observer.wait_for(
-                conn,
-                dom,
-                lambda v: v.online_cpus == action.vcpus,
-                min(GUEST_SEES_TIMEOUT_S, max(1.0, ctx.remaining())),
-            )
+            started = time.monotonic()
+            try:
+                with online_boost(dom) as boosted:
+                    view = ctx.fleet.observer.wait_for(
+                        conn,
+                        dom,
+                        lambda v: v.online_cpus == action.vcpus,
+                        min(GUEST_SEES_TIMEOUT_S, max(1.0, ctx.remaining())),
+                    )
+            except libvirt.libvirtError as exc:
+                raise TemporaryError(f"online boost of {action.vm}: {exc}") from exc
             if view is None:
                 raise TemporaryError(f"the guest does not see {action.vcpus} online CPUs")
-            return f"{action.vm}: {view.online_cpus} vCPUs online in the guest"
+            ctx.figures["guest_online_s"] = time.monotonic() - started
+            boost = f" (online boost {ONLINE_BOOST_QUOTA:g} core/vCPU)" if boosted else ""
+            return f"{action.vm}: {view.online_cpus} vCPUs online in the guest{boost}"
 
     def compensate(self, action: HotAddVcpu, ctx: ActionContext) -> str:
         # Taking vCPUs back would be an unplug: never. A half-applied add is harmless.

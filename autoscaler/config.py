@@ -170,6 +170,13 @@ class ControllerConfig(Strict):
         default=(),
         description="more virtio-serial channels every new instance gets (for the guest's agents)",
     )
+    balloon_stats_period_s: int = Field(
+        default=5,
+        ge=0,
+        le=3600,
+        description="how often a new instance's virtio balloon reports the guest's memory"
+        " statistics (memory hot-add is decided on them); 0: no statistics, no memory hot-add",
+    )
     inventory: Inventory
     prometheus: Prometheus | None = None
     ceph: Ceph | None = None

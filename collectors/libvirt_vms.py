@@ -2,15 +2,19 @@
 
 Where it sits: the first stage of the flow, called every collection cycle for every host in
 parallel (each call under its own deadline, so a hung host costs one timeout). One
-``getAllDomainStats`` per host gives every domain's state, CPU time, vCPUs, balloon, network
-and block counters; deltas against the previous cycle give utilisation and rates, so the first
-cycle reports sizes but no utilisation (absent, never zero). Our ``<as:vm>`` domain metadata
-says which business a domain belongs to. Host samples: reachability, call latency, cores and
-memory. A host that cannot be read is reported stale with the time of its last good sample.
+``getAllDomainStats`` per host gives every domain's state, CPU time, vCPUs, balloon, network and
+block counters; deltas against the previous cycle give utilisation and rates, so the first cycle
+reports sizes but no utilisation (absent, never zero). Memory in use is what the guest reports
+through its virtio balloon's statistics (the same call's ``balloon.*`` fields: total ``available``
+less ``usable``, or less ``unused`` on older guests), and only while those statistics are fresh;
+QEMU's RSS is exported too but says nothing about the guest (it only grows). Our ``<as:vm>`` domain
+metadata says which business a domain belongs to. Host samples: reachability, call latency, cores
+and memory. A host that cannot be read is reported stale with the time of its last good sample.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
@@ -42,6 +46,26 @@ STATS_FLAGS = (
     | libvirt.VIR_DOMAIN_STATS_INTERFACE
     | libvirt.VIR_DOMAIN_STATS_BLOCK
 )
+
+
+# Balloon statistics older than this are stale: the guest's driver reports every few seconds
+# (``stats period`` in the domain XML, 5 s by default), so this allows several missed reports.
+# ``last-update`` is stamped by QEMU on the host: hosts and controllers keep NTP time (as live
+# migration and Ceph require anyway).
+MEMORY_STATS_MAX_AGE_S = 30.0
+
+
+def guest_memory_used_kib(stats: dict[str, float | int | str]) -> float | None:
+    """Memory the guest uses (KiB): its total less what it could still use, None without
+    balloon statistics. ``usable`` (the kernel's MemAvailable) counts reclaimable cache as
+    free; ``unused`` (MemFree, older guests) does not."""
+    total = finite_or_none(stats.get("balloon.available"))
+    free = finite_or_none(stats.get("balloon.usable"))
+    if free is None:
+        free = finite_or_none(stats.get("balloon.unused"))
+    if total is None or free is None or total <= 0:
+        return None
+    return max(0.0, total - free)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +110,11 @@ def _sum(stats: dict[str, float | int | str], prefix: str, suffix: str) -> float
 class DomainStatsParser:
     """Turns domain records into samples, keeping the previous counters for deltas."""
 
-    def __init__(self) -> None:
+    def __init__(self, memory_max_age_s: float = MEMORY_STATS_MAX_AGE_S) -> None:
         self._previous: dict[tuple[str, str], _Counters] = {}
+        self._memory_max_age_s = memory_max_age_s
+        # Per domain: its memory size and when this parser first saw it at that size.
+        self._sizes: dict[tuple[str, str], tuple[float, float]] = {}
 
     def parse(self, host: str, records: Iterable[DomainRecord], now: float) -> list[Sample]:
         out: list[Sample] = []
@@ -98,7 +125,24 @@ class DomainStatsParser:
             out.extend(self._domain(host, rec, now, key))
         for key in [k for k in self._previous if k[0] == host and k not in seen]:
             del self._previous[key]
+        for key in [k for k in self._sizes if k[0] == host and k not in seen]:
+            del self._sizes[key]
         return out
+
+    def _resized_at(self, key: tuple[str, str], size_kib: float | None, now: float) -> float:
+        """When the domain's memory size last changed, as this parser saw it (-inf: unknown,
+        at first sight)."""
+        if size_kib is None:
+            return -math.inf
+        previous = self._sizes.get(key)
+        if previous is None:
+            at = -math.inf
+        elif previous[0] != size_kib:
+            at = now
+        else:
+            at = previous[1]
+        self._sizes[key] = (size_kib, at)
+        return at
 
     def _domain(
         self, host: str, rec: DomainRecord, now: float, key: tuple[str, str]
@@ -130,6 +174,17 @@ class DomainStatsParser:
         add("vm_template_max_vcpus", _positive(meta.get("max-vcpus")))
         rss = s.get("balloon.rss")
         add("vm_rss_mib", float(rss) / 1024 if rss is not None else None)
+        used_kib = guest_memory_used_kib(s)
+        updated = finite_or_none(s.get("balloon.last-update"))
+        resized_at = self._resized_at(key, finite_or_none(balloon_kib), now)
+        if used_kib is not None and updated is not None and updated > 0:
+            age = max(0.0, now - updated)
+            add("vm_memory_stats_age_seconds", age)  # kept, so a stale figure is visible
+            # Statistics from before the VM's last resize (a DIMM just added) describe the
+            # smaller guest: deciding on them would add a second DIMM for the same use.
+            if age <= self._memory_max_age_s and updated > resized_at:
+                add("vm_memory_used_mib", used_kib / 1024)
+                add("vm_memory_guest_total_mib", float(s["balloon.available"]) / 1024)
         quota = _positive(meta.get("cpu-quota"))
         add("vm_cpu_quota", quota)
         add("vm_draining", 1.0 if meta.get("draining") == "1" else 0.0)
@@ -162,6 +217,17 @@ class DomainStatsParser:
             # The interval holds the end of the guest's boot (run under a raised CPU cap):
             # that CPU is not the business's load, yet it reads as a spike of it (enough to
             # scale out again). No rate until a whole interval after readiness.
+            return samples
+        boost_from = finite_or_none(meta.get("boost-from"))
+        boost_until = finite_or_none(meta.get("boost-until"))
+        if (
+            boost_from is not None
+            and boost_until is not None
+            and before.at < boost_until
+            and counters.at > boost_from
+        ):
+            # Likewise the online boost of a vCPU hot-add (actuators.hotadd): read as load, its
+            # CPU would hot-add again.
             return samples
         wall = counters.at - before.at
         busy_cores = (counters.cpu_ns - before.cpu_ns) / 1e9 / wall

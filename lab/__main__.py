@@ -62,7 +62,13 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lab import demo
 
-    return demo.run(args.root, keep=args.keep, load_s=args.load_s, fault_s=args.fault_s)
+    return demo.run(
+        args.root,
+        keep=args.keep,
+        load_s=args.load_s,
+        fault_s=args.fault_s,
+        vertical_s=args.vertical_s,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--load-s", type=float, default=150, help="seconds of replayed load")
     p.add_argument("--fault-s", type=float, default=150, help="seconds allowed to evacuate")
+    p.add_argument(
+        "--vertical-s", type=float, default=90, help="seconds allowed for the vCPU hot-add phase"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -4,7 +4,10 @@ Where it sits: outside the product, on top of it. It brings up the lab with all 
 preloads a day and a half of demand history per business (from real traces, compressed like the
 load that follows), lets the lab load balancer replay those traces as real guest CPU load, and
 runs the real controller (in-process, auto mode, short intervals) with a live view of the
-businesses, the racks and every action with its reason. Then it injects a rack fault — the rack's
+businesses, the racks and every action with its reason. It opens with a load jump on the cache
+business, which is at its maximum instance count: no clone can help, so the controller hot-adds
+a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then the traces
+play; then it injects a rack fault — the rack's
 OVS bond member down, its Ceph OSDs stopped, its temperature ramping — and shows the controller
 live-migrating every VM off that rack. It ends with a summary and takes the lab down.
 """
@@ -50,6 +53,10 @@ TRACES = {  # business -> (trace, peak cores, where in the trace to start)
     "api": ("ec2_cpu_utilization_5f5533.csv", 0.35, 1500),
     "cache": ("rds_cpu_utilization_cc0c53.csv", 0.2, 1000),
 }
+# The vertical phase: cache runs at its maximum instance count (one) and its load jumps to 160 %
+# of that instance's 0.25 cores; one more vCPU (0.5 cores) carries it at 80 %.
+AT_MAXIMUM = {"cache": 1}
+JUMP = ("cache", 0.4)
 
 
 def demo_policies(lab: lab_mod.Lab) -> Path:
@@ -60,7 +67,9 @@ def demo_policies(lab: lab_mod.Lab) -> Path:
     for source in sorted((Path(lab.state.root) / "businesses").glob("*.yaml")):
         policy = yaml.load(source.read_text())
         policy["mode"] = "auto"
-        policy["instances"]["max"] = 4
+        policy["instances"]["max"] = AT_MAXIMUM.get(policy["business"], 4)
+        policy["instances"]["min"] = min(policy["instances"]["min"], policy["instances"]["max"])
+        policy["scaling"].setdefault("vertical", {})["enabled"] = True
         policy["scaling"]["scale_down_stabilisation_s"] = 120
         policy["scaling"]["cooldowns"] = {"scale_up_s": 0, "scale_down_s": 20}
         policy["forecast"]["min_history_hours"] = 12
@@ -129,7 +138,28 @@ def view(controller: Controller, events: list[str], phase: str, started: float) 
     return Group(table, racks, actions)
 
 
-def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float = 150) -> int:
+def trace_demand() -> dict[str, dict[str, object]]:
+    return {
+        b: {"trace": str(DATA / t), "peak_cores": p, "compression": COMPRESSION, "start_index": s}
+        for b, (t, p, s) in TRACES.items()
+    }
+
+
+def vcpus_of(controller: Controller, business: str) -> dict[str, int]:
+    snapshot = controller.snapshot
+    if snapshot is None:
+        return {}
+    return {v.name: v.vcpus for v in snapshot.vms_by_business.get(business, [])}
+
+
+def run(
+    root: Path,
+    *,
+    keep: bool = False,
+    load_s: float = 150,
+    fault_s: float = 150,
+    vertical_s: float = 90,
+) -> int:
     console = Console()
     console.print("[bold]bringing up the lab[/bold] (6 libvirt hosts, Prometheus, Ceph, DPDK, OVS)")
     lab = lab_mod.up(root, LabSpec())
@@ -155,21 +185,11 @@ def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float =
             config, controller.lease, lambda: controller.policies
         )
         events: list[str] = []
-        # Every planned action with its reason, and every outcome, as the cycle tells them.
+        # Every planned action with its reason, and every outcome (what the guest saw).
         controller.on_event = lambda text: events.append(f"{time.strftime('%H:%M:%S')} {text}")
         preload_history(controller, time.time())
-        lab_mod.set_demand(
-            lab,
-            {
-                b: {
-                    "trace": str(DATA / t),
-                    "peak_cores": p,
-                    "compression": COMPRESSION,
-                    "start_index": s,
-                }
-                for b, (t, p, s) in TRACES.items()
-            },
-        )
+        jumped, cores = JUMP
+        lab_mod.set_demand(lab, {**trace_demand(), jumped: {"cores": cores}})
         host, port = config.metrics.listen.rsplit(":", 1)
         server = MetricsServer(metrics, health, host, int(port))
         server.start()
@@ -181,12 +201,22 @@ def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float =
             f" Prometheus on {prom}"
         )
         started = time.monotonic()
+        phase = f"{jumped} load jumps at its maximum instance count"
         with Live(
-            view(controller, events, "traces replayed", started),
-            console=console,
-            refresh_per_second=1,
+            view(controller, events, phase, started), console=console, refresh_per_second=1
         ) as live:
-            while time.monotonic() - started < load_s:
+            before = sum(vcpus_of(controller, jumped).values()) or 1
+            grown_at = None
+            while time.monotonic() - started < vertical_s:
+                time.sleep(1)
+                live.update(view(controller, events, phase, started))
+                if grown_at is None and sum(vcpus_of(controller, jumped).values()) > before:
+                    grown_at = time.monotonic()
+                if grown_at is not None and time.monotonic() - grown_at > 15:
+                    break  # long enough to see its capacity carry the load
+            lab_mod.set_demand(lab, trace_demand())
+            started_traces = time.monotonic()
+            while time.monotonic() - started_traces < load_s:
                 time.sleep(1)
                 live.update(view(controller, events, "traces replayed", started))
             rack, victims = inject_rack_fault(lab, controller)
@@ -203,6 +233,7 @@ def run(root: Path, *, keep: bool = False, load_s: float = 150, fault_s: float =
         controller.stop()
         server.stop()
         summary(console, controller, events, rack)
+        vertical(console, controller, events, jumped)
         return 0
     finally:
         if not keep:
@@ -245,3 +276,10 @@ def summary(console: Console, controller: Controller, events: list[str], rack: s
                 table.add_row(sample.labels["kind"], sample.labels["result"], f"{sample.value:.0f}")
     console.print(table)
     console.print(f"rack {rack} emptied: {rack_empty(controller, rack)}")
+
+
+def vertical(console: Console, controller: Controller, events: list[str], business: str) -> None:
+    """The vertical phase's hot-adds: each with its reason, and what the guest reported."""
+    lines = [e for e in events if "hot_add_vcpu" in e or "hot_add_memory" in e]
+    console.print(Panel("\n".join(lines) or "(no hot-add)", title="vertical scaling"))
+    console.print(f"{business} vCPUs now: {vcpus_of(controller, business)}")

@@ -6,8 +6,10 @@ compression), lists the business's running instances through libvirt (those mark
 get nothing; a paused one, such as a VM arriving by migration, is not touched), and splits the
 demand over the instances that passed the health check (the guest acknowledged its last duty)
 in proportion to their capacity, so every ready instance runs at the same utilisation. Demand
-above capacity is capped: that is what an SLA breach looks like here. It writes what it did to
-a status file so tests and the demo can see the split.
+above capacity is capped: that is what an SLA breach looks like here. A business's entry may also
+name memory to hold in given instances (``"hold_mib": {"web-1": 110}``): the guest keeps that
+much in use, as an application's working set would. It writes what it did to a status file so
+tests and the demo can see the split.
 """
 
 from __future__ import annotations
@@ -110,6 +112,20 @@ def read_demand_file(path: Path, elapsed_s: float, base: Path) -> dict[str, floa
     return out
 
 
+def read_holds(path: Path) -> dict[str, int]:
+    """``{"web": {"cores": 0.1, "hold_mib": {"web-1": 110}}}`` -> MiB to hold per instance."""
+    try:
+        spec = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    out: dict[str, int] = {}
+    for entry in spec.values():
+        holds = entry.get("hold_mib", {}) if isinstance(entry, dict) else {}
+        for vm, mib in holds.items() if isinstance(holds, dict) else ():
+            out[str(vm)] = max(0, int(mib))
+    return out
+
+
 @dataclass
 class LoadDriver:
     """Holds one load channel per instance and applies the split every tick."""
@@ -124,6 +140,7 @@ class LoadDriver:
     _healthy: set[str] = field(default_factory=set)
     _closing: list[tuple[float, LoadChannel]] = field(default_factory=list)
     _sent: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _held: dict[str, int] = field(default_factory=dict)
 
     def _let_go(self, key: str) -> None:
         """Forget a channel whose domain went away, closing its stream only later: libvirt
@@ -132,6 +149,7 @@ class LoadDriver:
         self._closing.append((time.monotonic() + CLOSE_DELAY_S, self._channels.pop(key)))
         self._healthy.discard(key)
         self._sent.pop(key, None)
+        self._held.pop(key, None)
 
     def _close_due(self) -> None:
         now = time.monotonic()
@@ -201,6 +219,7 @@ class LoadDriver:
     def tick(self) -> dict[str, object]:
         elapsed = time.monotonic() - self.started
         demand = read_demand_file(self.demand_file, elapsed, self.base)
+        holds = read_holds(self.demand_file)
         instances = self.instances()
         live_keys = {f"{i.host}/{i.vm}" for insts in instances.values() for i in insts}
         self._close_due()
@@ -224,6 +243,11 @@ class LoadDriver:
                     if last is None or last[0] != duty or time.monotonic() - last[1] >= RESEND_S:
                         channel.set_duty(duty)
                         self._sent[key] = (duty, time.monotonic())
+                    # A hold is sent when it changes only (a guest that never held gets none).
+                    hold = holds.get(inst.vm, 0)
+                    if hold != self._held.get(key, 0):
+                        channel.hold(hold)
+                        self._held[key] = hold
                 except (libvirt.libvirtError, OSError, Exception):
                     self._let_go(key)
             status["businesses"][business] = {  # type: ignore[index]
@@ -231,6 +255,12 @@ class LoadDriver:
                 "ready": sorted(i.vm for i in ready),
                 "draining": sorted(i.vm for i in insts if i.draining),
                 "duty": duties,
+                "held_mib": {
+                    i.vm: held
+                    for i in insts
+                    if (ch := self._channels.get(f"{i.host}/{i.vm}")) is not None
+                    and (held := ch.held_mib) is not None
+                },
             }
         tmp = self.status_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(status, indent=1, sort_keys=True))

@@ -39,6 +39,8 @@ class BusinessView:
     sla: SlaStatus
     saturation: float
     in_maintenance: bool
+    stale_vm_names: frozenset[str] = frozenset()
+    """Ready VMs whose own or whose host's figures are stale (nothing is decided on them)."""
 
     @property
     def name(self) -> str:
@@ -136,6 +138,7 @@ def assess(
         sla=sla_status(ledger, policy.sla, now),
         saturation=saturation_of(policy),
         in_maintenance=policy.in_maintenance(now),
+        stale_vm_names=frozenset(v.name for v in ready if _vm_stale(snapshot, v)),
     )
 
 

@@ -2,11 +2,12 @@
 
 Where it sits: called by ``decide()`` for each business (most SLA-critical first), after the
 evacuations. Rules: capacity covers the forecast's upper quantile at the operating utilisation;
-scale up at once (within the policy's step, bounds, cooldown and hourly action cap); hot-add
-vCPUs to saturated VMs when the load is beyond capacity now (seconds, where a clone takes
-minutes) or when no clone is possible (at the maximum, no room); scale down only after the
-stabilisation window, never on the forecast alone (the demand observed over the window must
-agree), never while the error budget burns, never on stale data, never in a maintenance window.
+scale up at once (within the policy's step, bounds, cooldown and hourly action cap); hot-add vCPUs
+to saturated VMs when the load is beyond capacity now (seconds, where a clone takes minutes) or
+when no clone is possible (at the maximum, no room); hot-add a DIMM when the guest itself reports
+its memory in use at the policy's threshold (never on QEMU's RSS); scale down only after the
+stabilisation window, never on the forecast alone (the demand observed over the window must agree),
+never while the error budget burns, never on stale data, never in a maintenance window.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ def _facts(view: BusinessView) -> dict[str, str | int | float | bool]:
         "needed_cores": round(view.needed_cores, 4),
         "instances": len(view.ready) + len(view.pending),
         "data_stale": view.stale,
+        # Ready VMs without a fresh memory-in-use figure (no balloon statistics): no memory
+        # hot-add can be decided for them.
+        "memory_unreported_vms": sum(1 for v in view.ready if v.memory_used_mib is None),
     }
 
 
@@ -105,35 +109,52 @@ def vertical(
                 facts={**_facts(view), "vcpus_before": vm.vcpus, "vcpus_after": target},
             )
         )
-    actions += _memory(view, placement, state, budget)
+    actions += _memory(view, placement, budget)
     return actions, added
 
 
-def _memory(
-    view: BusinessView, placement: PlacementView, state: DecisionState, budget: Budget
-) -> list[Action]:
+def _memory(view: BusinessView, placement: PlacementView, budget: Budget) -> list[Action]:
+    """DIMM hot-adds for VMs whose guest reports memory in use at or above the threshold.
+
+    Only the guest's own figure counts (``VM.memory_used_mib``, from its balloon statistics):
+    QEMU's RSS only grows, so it would add memory forever. A VM without a fresh figure gets no
+    memory hot-add (the business's facts count such VMs: ``memory_unreported_vms``).
+    """
     policy = view.policy
+    knobs = policy.scaling.vertical
     dimm = policy.template.dimm_mib
-    step = max(dimm, math.ceil(policy.scaling.vertical.memory_step_mib / dimm) * dimm)
+    step = max(dimm, math.ceil(knobs.memory_step_mib / dimm) * dimm)
     out: list[Action] = []
     for vm in view.ready:
-        used = state.memory_used_mib.get(vm.name)
-        if used is None or used < vm.memory_mib * view.saturation or budget.left <= 0:
+        share = vm.memory_used_share
+        if share is None or vm.name in view.stale_vm_names or budget.left <= 0:
+            continue
+        if share < knobs.memory_threshold:
             continue
         target = min(vm.memory_mib + step, vm.max_memory_mib, policy.template.memory_mib.max)
         if target <= vm.memory_mib or not placement.host_fits(vm.host, 0.0, target - vm.memory_mib):
             continue
         placement.grow(vm.name, 0.0, target - vm.memory_mib)
         budget.left -= 1
+        used = vm.memory_used_mib or 0.0
+        seen = vm.memory_guest_total_mib or float(vm.memory_mib)
         out.append(
             HotAddMemory(
                 business=view.name,
                 vm=vm.name,
                 host=vm.host,
                 memory_mib=target,
-                reason=f"{view.name}: {vm.name} uses {used:.0f} of {vm.memory_mib} MiB"
-                f" (>= {view.saturation:.0%}): memory to {target} MiB",
-                facts={"memory_used_mib": used, "memory_before_mib": vm.memory_mib},
+                reason=f"{view.name}: {vm.name}'s guest uses {used:.0f} of the {seen:.0f} MiB it"
+                f" sees ({share:.0%} >= {knobs.memory_threshold:.0%}): memory"
+                f" {vm.memory_mib} -> {target} MiB (+{target - vm.memory_mib} MiB DIMM)",
+                facts={
+                    "memory_used_mib": round(used, 1),
+                    "memory_guest_total_mib": round(seen, 1),
+                    "memory_used_share": round(share, 4),
+                    "memory_threshold": knobs.memory_threshold,
+                    "memory_before_mib": vm.memory_mib,
+                    "memory_after_mib": target,
+                },
             )
         )
     return out

@@ -132,6 +132,12 @@ class Vertical(Strict):
     enabled: bool = True
     vcpu_step: int = Field(default=1, ge=1)
     memory_step_mib: int = Field(default=128, ge=128)
+    memory_threshold: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="hot-add memory once the guest reports this share of its memory in use",
+    )
 
 
 class Cooldowns(Strict):

@@ -47,8 +47,7 @@ class DecisionState:
     ``recent_actions``: times of actions already executed per business (for the hourly cap).
     ``clone_ready_s``: measured clone-to-ready time per business (median of recent clones).
     ``temperatures``: per-rack temperature history (°C) for the rack health trend.
-    ``memory_used_mib``: memory in use per VM, when a guest agent reports it (the Snapshot's VM
-    has no such field yet), for memory hot-add.
+    (Memory in use is a figure of the Snapshot's VMs, ``VM.memory_used_mib``.)
     """
 
     demand: Mapping[str, pd.Series] = field(default_factory=dict)
@@ -59,7 +58,6 @@ class DecisionState:
     sla: Mapping[str, SlaLedger] = field(default_factory=dict)
     temperatures: Mapping[str, pd.Series] = field(default_factory=dict)
     clone_ready_s: Mapping[str, float] = field(default_factory=dict)
-    memory_used_mib: Mapping[str, float] = field(default_factory=dict)
     settings: DecideSettings = field(default_factory=DecideSettings)
 
     def lead_time_s(self, business: str) -> float:

@@ -142,6 +142,18 @@ class VM(Frozen):
     cpu_utilisation: float | None = Field(
         default=None, ge=0, description="busy share of the VM's capacity; None = not measured"
     )
+    memory_used_mib: float | None = Field(
+        default=None,
+        ge=0,
+        description="memory the guest itself reports in use (balloon stats: its total less"
+        " what it can still use); None = not reported or stale. Never QEMU's RSS, which only grows",
+    )
+    memory_guest_total_mib: float | None = Field(
+        default=None,
+        ge=0,
+        description="the memory the guest sees (its MemTotal: the VM's memory less what its"
+        " kernel reserves), reported with memory_used_mib; None = not reported or stale",
+    )
     ready: bool = False
     draining: bool = False
     created_at: float | None = None
@@ -160,3 +172,11 @@ class VM(Frozen):
     @property
     def live_migratable(self) -> bool:
         return self.nic_model.live_migratable
+
+    @property
+    def memory_used_share(self) -> float | None:
+        """Memory in use as a share of what the guest sees (of its size if it says no total)."""
+        if self.memory_used_mib is None:
+            return None
+        total = self.memory_guest_total_mib or float(self.memory_mib)
+        return self.memory_used_mib / total if total > 0 else None

@@ -96,7 +96,11 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     server.start()
     event(log, "serving metrics", listen=f"{host}:{server.port}")
     controller.start()
-    stop.wait()
+    # Wake once a second: Python runs a signal's handler only in the main thread, and a SIGTERM
+    # the kernel gave to another of our threads does not end a wait that has no timeout (a
+    # controller in the lab once ignored the SIGTERM that stopped it for minutes).
+    while not stop.wait(1.0):
+        pass
     controller.stop()
     server.stop()
     return 0

@@ -3,7 +3,8 @@
 Where it sits: between the collectors and ``policies.decide``. The topology comes from the
 controller file's inventory; hosts get their reachability, free memory and libvirt latency from
 the libvirt collectors; VMs are assembled from the per-domain samples (business from our domain
-metadata, template facts from the policy); samples labelled with a ``scope`` and ``target``
+metadata, template facts from the policy, memory in use from the guest's balloon statistics
+while they are fresh); samples labelled with a ``scope`` and ``target``
 become Signals; whatever a collector could not see is carried over as Stale.
 """
 
@@ -82,6 +83,8 @@ def _vm(
         nic_model=nic,
         cpu_quota=val("vm_cpu_quota"),
         cpu_utilisation=val("vm_cpu_utilisation"),
+        memory_used_mib=val("vm_memory_used_mib"),
+        memory_guest_total_mib=val("vm_memory_guest_total_mib"),
         ready=state is VmState.RUNNING
         and (ready_at := val("vm_ready_timestamp")) is not None
         and ready_at <= ready_after,

@@ -52,6 +52,7 @@ def build_fleet(
         readiness=readiness_probe(readiness or ("serial-agent" if serial else "qemu-guest-agent")),
         observer=SerialAgentObserver() if serial else None,
         channels=(agent_channel, *config.guest_channels),
+        balloon_stats_period_s=config.balloon_stats_period_s,
         pool=pool if pool is not None else LibvirtPool(),
     )
 

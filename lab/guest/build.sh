@@ -20,7 +20,7 @@ for f in "${KPKG}"_*.deb busybox-static_*.deb; do dpkg-deb -x "$f" "$X"; done
 KVER=${KPKG#linux-image-}
 R=$CACHE/initramfs; rm -rf "$R"; mkdir -p "$R"/{bin,proc,sys,dev,run,etc,lib/modules}
 cp "$X/bin/busybox" "$R/bin/"
-MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console button evdev"
+MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console virtio_balloon button evdev"
 for m in $MODS; do cp "$(find "$X/lib/modules/$KVER" -name "$m.ko")" "$R/lib/modules/"; done
 sed "s/@MODS@/$MODS/" "$HERE/init.sh" > "$R/init"
 chmod +x "$R/init"

@@ -4,11 +4,17 @@
 # Two virtio-serial ports:
 #   org.lab.load   host -> guest: "duty N" (0-100: busy share of each period on every online vCPU)
 #                  guest -> host: "ACK vm=.. duty=N" (the load balancer's health check)
+#                  host -> guest: "hold N" (keep N MiB in use: a file in a tmpfs, which the
+#                  kernel can neither reclaim nor count as available; at most what is available
+#                  less 24 MiB, so the guest never runs out; "hold 0" frees it)
+#                  guest -> host: "HELD vm=.. mib=N" (what is held now)
 #   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
 #                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=.."
 # A STATE line goes out within ~50 ms of a change (online CPUs, MemTotal, duty, readiness) and
 # every 5 s as a heartbeat. Hot-added CPUs are onlined here (no udev); DIMMs are onlined by the
-# kernel (memhp_default_state=online). An ACPI power-button press powers the guest off.
+# kernel (memhp_default_state=online). An ACPI power-button press powers the guest off. The
+# virtio balloon driver is loaded so the host can read the guest's memory statistics (it is
+# never inflated: memory is only ever added).
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /run /etc/acpi/PWRF
@@ -27,7 +33,8 @@ printf '#!/bin/sh\necho ACPI-POWEROFF\nsync\npoweroff -f\n' > /etc/acpi/PWRF/000
 chmod +x /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi -l /run/acpid.log
 
-echo 0 > /run/duty
+echo 0 > /run/duty; echo 0 > /run/held; echo 0 > /run/hold_req
+mkdir -p /hold; mount -t tmpfs -o size=4g,mode=0700 hold /hold
 LOAD=/dev/virtio-ports/org.lab.load; AGENT=/dev/virtio-ports/org.kvm-autoscaler.agent
 while [ ! -e $LOAD ] || [ ! -e $AGENT ]; do   # no udev: name the ports ourselves
   for p in /sys/class/virtio-ports/vport*; do
@@ -51,10 +58,23 @@ uevent /bin/on-uevent &
 set_duty() {
   case "$1" in [0-9]|[1-9][0-9]|100) echo "$1" > /run/duty; echo >&7;; esac
 }
+hold_mem() {   # rare: forks (dd) are fine here
+  case "$1" in [0-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;; *) return;; esac
+  read req < /run/hold_req; [ "$1" = "$req" ] && return
+  echo "$1" > /run/hold_req; rm -f /hold/m; want=$1; avail=0
+  while read k v u; do [ "$k" = MemAvailable: ] && { avail=$((v / 1024)); break; }; done < /proc/meminfo
+  [ $want -gt $((avail - 24)) ] && want=$((avail - 24))
+  [ $want -gt 0 ] || want=0
+  [ $want -gt 0 ] && dd if=/dev/zero of=/hold/m bs=1048576 count=$want 2>/dev/null
+  echo $want > /run/held; echo >&7
+}
 load_reader() {   # read() gives EOF while no host is connected: retry
   while :; do
     while read -r cmd arg <&3; do
-      case "$cmd" in duty) set_duty "$arg"; read d < /run/duty; echo "ACK vm=$VM duty=$d" >&3;; esac
+      case "$cmd" in
+        duty) set_duty "$arg"; read d < /run/duty; echo "ACK vm=$VM duty=$d" >&3;;
+        hold) hold_mem "$arg"; read h < /run/held; echo "HELD vm=$VM mib=$h" >&3;;
+      esac
     done
     nap 0.2
   done
@@ -111,8 +131,8 @@ while :; do   # monitor: online new CPUs, keep one burner per online CPU, publis
     ncpus=$n
   fi
   read k mem_kib unit < /proc/meminfo
-  read duty < /run/duty
-  cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty"
+  read duty < /run/duty; read held < /run/held
+  cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty held_mib=$held"
   if [ "$cur" != "$last" ]; then
     last=$cur; seq=$((seq + 1))
     echo "seq=$seq $cur" > /run/state; echo >&6

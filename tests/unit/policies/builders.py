@@ -88,6 +88,8 @@ class Fleet:
         nic: NicModel = NicModel.VIRTIO,
         vcpus: int = 1,
         ready: bool = True,
+        memory_used_mib: float | None = None,
+        memory_guest_total_mib: float | None = None,
     ) -> list[VM]:
         hosts = (
             self.host_names(rack)
@@ -108,6 +110,8 @@ class Fleet:
                 nic_model=nic,
                 cpu_quota=0.25,
                 cpu_utilisation=utilisation,
+                memory_used_mib=memory_used_mib,
+                memory_guest_total_mib=memory_guest_total_mib,
                 ready=ready,
             )
             self.vms.append(vm)
