@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -146,6 +147,8 @@ class Cycle:
         self.reconcile_pending = False
         """Set by the shell on becoming leader: settle the journal before acting."""
         self.settled_at = 0.0
+        self.acted_at = 0.0
+        """When the last execution ended: the next decision waits for a view taken after it."""
 
     # -- the cycle --------------------------------------------------------------------------
     def run_once(self, now: float, *, generation: int | None) -> CycleResult:
@@ -157,9 +160,12 @@ class Cycle:
         if generation is None and not self.settings.dry_run:
             return CycleResult()  # a standby keeps its ledger and forecasts, and waits
         self._reconcile_if_pending(now)
-        # Settling may have moved or finished VMs since the last snapshot was taken: deciding
-        # on it would plan from where they were (a second migration of a VM just moved).
-        snapshot = self.snapshots.snapshot_since(self.settled_at)
+        # Settling or the last plan may have moved, grown or finished VMs since the last
+        # snapshot was taken: deciding on it would plan from where they were (a second
+        # migration of a VM just moved, a second DIMM for memory already added).
+        # (A view stamped at the very moment the plan ended was taken before it: strictly after.)
+        since = max(self.settled_at, math.nextafter(self.acted_at, math.inf))
+        snapshot = self.snapshots.snapshot_since(since)
         if snapshot is None:
             return CycleResult()
         started = time.monotonic()
@@ -266,6 +272,7 @@ class Cycle:
         concurrent = max(1, self.settings.max_concurrent_actions)
         with self.acting(-(-len(plan.actions) // concurrent)):
             outcomes = tuple(self.actuation.execute(plan))
+        self.acted_at = self.clock() if self.clock is not None else now
         for out in outcomes:
             self._tell(f"{out.result} {out.key} in {out.duration_s:.1f}s: {out.reason}")
             self.metrics.actions.labels(out.kind, out.result).inc()

@@ -289,3 +289,18 @@ def test_the_simulator_refits_every_refit_every_s(every_s: float) -> None:
         # After the first fit (enough history), one refit per interval, not per step.
         assert len(steps) >= 5
         assert set(np.diff(steps)) == {int(every_s / step_s)}
+
+
+def test_the_cycle_after_acting_waits_for_a_view_taken_after_the_actions() -> None:
+    """A view collected before the last plan ran still shows the VMs as they were: deciding on
+    it would plan the same clone (or DIMM) again."""
+    demand = np.concatenate([np.full(10, 0.2), np.full(5, 1.5)])
+    run = Run(web(), trace(demand), instances=1).step(11)
+    assert run.done("clone_from_template"), "the jump was acted on"
+    acted_at = run.cycle.acted_at
+    stale_view = run.fleet.latest()
+    assert stale_view is not None and stale_view.now <= acted_at
+    again = run.cycle.run_once(float(run.times[10]), generation=1)
+    assert again.decision is None and again.executed is None
+    run.step(1)  # the next collection: decided on again
+    assert run.results[-1].decision is not None

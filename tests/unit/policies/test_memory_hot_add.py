@@ -5,7 +5,7 @@ QEMU's RSS is never a reason: it only grows. A VM without a fresh figure gets no
 
 from __future__ import annotations
 
-from autoscaler.model import HotAddMemory, Scope, Stale
+from autoscaler.model import Controls, HotAddMemory, Scope, Stale
 from policies.decide import decide
 from policies.state import DecisionState
 from tests.unit.policies.builders import NOW, Fleet, history, policy
@@ -17,7 +17,7 @@ GUEST_TOTAL = 153.0
 def _plan(fleet: Fleet, **web: object) -> list[HotAddMemory]:
     web_policy = policy("web", **web)
     state = DecisionState(demand={"web": history([0.1] * 12)})
-    plan = decide(fleet.snapshot(web_policy), {"web": web_policy}, state, NOW)
+    plan = decide(fleet.snapshot(web_policy), {"web": web_policy}, Controls(), state, NOW).plan
     return [a for a in plan.actions if isinstance(a, HotAddMemory)]
 
 
@@ -59,9 +59,10 @@ def test_no_memory_figure_means_no_memory_hot_add_and_the_facts_say_so() -> None
     plan = decide(
         fleet.snapshot(policy("web")),
         {"web": policy("web")},
+        Controls(),
         DecisionState(demand={"web": history([0.3] * 12 + [0.475])}),
         NOW,
-    )
+    ).plan
     assert not [a for a in plan.actions if isinstance(a, HotAddMemory)]
     assert plan.actions  # the load still scales the business: its facts name the blind spot
     assert all(a.facts["memory_unreported_vms"] == 2 for a in plan.actions)
