@@ -7,9 +7,11 @@ and is taken down at the end of the session.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -41,3 +43,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab_mod.up(root, LabSpec())
     finally:
         lab_mod.down(root)
+
+
+def events(log: Path) -> list[dict[str, Any]]:
+    """The controller's JSON log events in ``log`` (lines that are not JSON are skipped)."""
+    out = []
+    for line in log.read_text().splitlines() if log.exists() else ():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out

@@ -10,7 +10,6 @@ it, see it again once the fault clears, and leave every VM existing exactly once
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,7 +25,7 @@ from lab import lab as lab_mod
 from lab import net
 from lab.lab import Lab
 from lab.layout import PORT_CONTROLLER_METRICS
-from tests.integration.lab_fixtures import wait_for
+from tests.integration.lab_fixtures import events, wait_for
 from tests.integration.test_controller import (
     DECIDE_S,
     controller_file,
@@ -63,17 +62,6 @@ def stale_sources(port: int, host: str) -> set[str]:
         if labels.get("scope") == "host" and labels.get("target") == host:
             found.add(labels.get("source", ""))
     return found
-
-
-def events(log: Path) -> list[dict[str, object]]:
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def disruptive_between(log: Path, start: float, end: float) -> list[dict[str, object]]:

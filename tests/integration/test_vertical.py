@@ -30,7 +30,7 @@ from actuators.guest_agent import GuestView, SerialAgent
 from lab import lab as lab_mod
 from lab.lab import Lab
 from lab.layout import PORT_CONTROLLER_METRICS
-from tests.integration.lab_fixtures import wait_for
+from tests.integration.lab_fixtures import events, wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
 
 pytestmark = pytest.mark.lab
@@ -80,17 +80,6 @@ def guest_view(lab: Lab, vm: str, accept: Any = None, timeout_s: float = 30) -> 
             return agent.wait_for(accept or (lambda _v: True), timeout_s)
     finally:
         conn.close()
-
-
-def events(log: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines() if log.exists() else ():
-        if line.startswith("{"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
 
 
 def done(log: Path, kind: str) -> list[dict[str, Any]]:

@@ -7,15 +7,19 @@ from collectors.libvirt_vms import DomainRecord, DomainStatsParser
 META = '<vm xmlns="https://kvm-autoscaler.dev/ns/vm/1" business="web" ready="{ready}"/>'
 
 
-def record(cpu_s: float, ready: float) -> DomainRecord:
-    stats: dict[str, float | int | str] = {
+def cpu_stats(cpu_s: float) -> dict[str, float | int | str]:
+    """One running 1-vCPU domain's stats after ``cpu_s`` seconds of CPU time."""
+    return {
         "state.state": 1,
         "vcpu.current": 1,
         "vcpu.maximum": 1,
         "cpu.time": int(cpu_s * 1e9),
         "vcpu.0.time": int(cpu_s * 1e9),
     }
-    return DomainRecord("web-3", stats, META.format(ready=ready))
+
+
+def record(cpu_s: float, ready: float) -> DomainRecord:
+    return DomainRecord("web-3", cpu_stats(cpu_s), META.format(ready=ready))
 
 
 def busy(parser: DomainStatsParser, cpu_s: float, ready: float, now: float) -> float | None:
@@ -98,14 +102,7 @@ def test_no_cpu_rate_over_an_interval_that_overlaps_a_hot_add_online_boost() -> 
     )
 
     def rate(parser: DomainStatsParser, cpu_s: float, now: float) -> float | None:
-        stats: dict[str, float | int | str] = {
-            "state.state": 1,
-            "vcpu.current": 1,
-            "vcpu.maximum": 1,
-            "cpu.time": int(cpu_s * 1e9),
-            "vcpu.0.time": int(cpu_s * 1e9),
-        }
-        samples = parser.parse("kvm-1", [DomainRecord("web-3", stats, meta)], now)
+        samples = parser.parse("kvm-1", [DomainRecord("web-3", cpu_stats(cpu_s), meta)], now)
         return next((s.value for s in samples if s.metric == "vm_cpu_busy_cores"), None)
 
     parser = DomainStatsParser()
