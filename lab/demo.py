@@ -35,8 +35,9 @@ from autoscaler.observability.exporter import ControllerMetrics, HealthState, Me
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import CollectionStage, build_collectors
-from autoscaler.runtime.controller import Controller, business_figures
+from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.discovery import discover
+from autoscaler.runtime.figures import business_figures
 from autoscaler.runtime.history import BUSY_CORES, SeriesKind
 from lab import ceph, ovs, temperature
 from lab import lab as lab_mod

@@ -18,21 +18,15 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from autoscaler.model import Health, Signal
+from autoscaler.runtime.figures import BusinessFigures
 from policies.decision import Decision
-
-
-@dataclass(frozen=True)
-class Figures:
-    ready: int
-    demand_cores: float
-    capacity_cores: float
 
 
 @dataclass(frozen=True)
 class FleetView:
     """Everything the fleet's gauges show, as of one scrape."""
 
-    figures: Mapping[str, Figures] = field(default_factory=dict)
+    figures: Mapping[str, BusinessFigures] = field(default_factory=dict)
     signals: tuple[Signal, ...] = ()
     stale: tuple[tuple[str, str, str], ...] = ()
     """(source, scope, target) a source cannot observe now."""

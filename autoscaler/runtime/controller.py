@@ -35,10 +35,11 @@ from autoscaler.model import (
     TemporaryError,
 )
 from autoscaler.observability.exporter import ControllerMetrics, HealthState
-from autoscaler.observability.fleet_metrics import Figures, FleetView
+from autoscaler.observability.fleet_metrics import FleetView
 from autoscaler.runtime.collection import CollectionStage
 from autoscaler.runtime.controls import ControlFile
-from autoscaler.runtime.cycle import Cycle, CycleSettings, business_figures
+from autoscaler.runtime.cycle import Cycle, CycleSettings
+from autoscaler.runtime.figures import business_figures
 from autoscaler.runtime.history import HistoryStore
 from autoscaler.runtime.lease import FileLease
 from autoscaler.runtime.logs import event
@@ -53,7 +54,7 @@ from policies.state import DecideSettings, DecisionState
 
 log = logging.getLogger("autoscaler.controller")
 
-__all__ = ["ActionOutcome", "Actuation", "Controller", "LeaderLease", "business_figures"]
+__all__ = ["ActionOutcome", "Actuation", "Controller", "LeaderLease"]
 
 
 class Actuation(Protocol):
@@ -188,12 +189,7 @@ class Controller:
         policies = self.policies
         controls = self.cycle.last_controls
         return FleetView(
-            figures={
-                b: Figures(
-                    ready=f.ready, demand_cores=f.demand_cores, capacity_cores=f.capacity_cores
-                )
-                for b, f in figures.items()
-            },
+            figures=figures,
             signals=snapshot.signals if snapshot is not None else (),
             stale=self._stale,
             decision=self.cycle.last_decision,

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from autoscaler.model import Action, Controls, Plan, Snapshot, VmState
+from autoscaler.model import Action, Controls, Plan
 from autoscaler.observability.exporter import ControllerMetrics
+from autoscaler.runtime.figures import BusinessFigures, business_figures
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.ports import (
@@ -54,28 +55,6 @@ from policies.state import DecideSettings
 log = logging.getLogger("autoscaler.controller")
 # How often entries left unfinished (their host unreachable) are tried again.
 RESETTLE_S = 30.0
-
-
-@dataclass
-class BusinessFigures:
-    demand_cores: float = 0.0
-    capacity_cores: float = 0.0
-    ready: int = 0
-
-
-def business_figures(snapshot: Snapshot) -> dict[str, BusinessFigures]:
-    out: dict[str, BusinessFigures] = {b.name: BusinessFigures() for b in snapshot.businesses}
-    for vm in snapshot.vms:
-        if vm.business is None or vm.business not in out or vm.state is not VmState.RUNNING:
-            continue
-        if not vm.ready or vm.draining:
-            continue  # a booting clone's CPU is not demand; a draining VM gets none
-        fig = out[vm.business]
-        if vm.busy_cores is not None:
-            fig.demand_cores += vm.busy_cores
-        fig.ready += 1
-        fig.capacity_cores += vm.capacity_cores
-    return out
 
 
 @dataclass(frozen=True)

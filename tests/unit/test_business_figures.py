@@ -13,7 +13,7 @@ from autoscaler.model import (
     Template,
     VmState,
 )
-from autoscaler.runtime.controller import business_figures
+from autoscaler.runtime.figures import business_figures
 
 TEMPLATE = Template(
     image="web.qcow2", vcpus=1, max_vcpus=4, memory_mib=256, max_memory_mib=1024, cpu_quota=0.25

@@ -6,7 +6,8 @@ from prometheus_client import generate_latest
 
 from autoscaler.model import Controls, Scope, SignalName
 from autoscaler.observability.exporter import ControllerMetrics
-from autoscaler.observability.fleet_metrics import Figures, FleetView
+from autoscaler.observability.fleet_metrics import FleetView
+from autoscaler.runtime.figures import BusinessFigures
 from policies.decide import decide
 from policies.decision import Decision
 from policies.state import DecisionState
@@ -45,7 +46,7 @@ def test_business_figures_budget_signals_and_stale_scopes_are_served_once_each()
     fleet.signal(Scope.RACK, "ra-d1-k1", SignalName.TEMPERATURE_CELSIUS, 31.0)
     snapshot = fleet.snapshot(policy("web"))
     view = FleetView(
-        figures={"web": Figures(ready=3, demand_cores=0.4, capacity_cores=0.75)},
+        figures={"web": BusinessFigures(ready=3, demand_cores=0.4, capacity_cores=0.75)},
         signals=snapshot.signals,
         stale=(("libvirt:h1", "host", "h1"), ("libvirt:h1", "host", "h1")),
         budget_left={"web": 0.5},
