@@ -324,13 +324,13 @@ class Controller:
         )
         self.snapshots.publish(snapshot)
         for name, fig in business_figures(snapshot).items():
-            self.record_history(
-                name,
-                now,
-                busy_cores=fig.demand_cores,
-                capacity_cores=fig.capacity_cores,
-                instances=float(fig.ready),
-            )
+            figures = {"capacity_cores": fig.capacity_cores, "instances": float(fig.ready)}
+            # A part of the demand is not demand: recorded, the dip (a clone just ready, its
+            # share moved off the others but not measured yet) and the jump back would stay in
+            # the forecasts' error quantiles as a change that never happened. A gap instead.
+            if fig.demand_known:
+                figures["busy_cores"] = fig.demand_cores
+            self.record_history(name, now, **figures)
         for c in collections:
             if not c.stale:
                 self.metrics.collector_last_success.labels(c.source).set(now)

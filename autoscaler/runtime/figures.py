@@ -13,9 +13,17 @@ from autoscaler.model import Snapshot, VmState
 
 @dataclass
 class BusinessFigures:
+    """``unmeasured``: ready VMs with no CPU figure yet (a collector's first reading, a clone
+    just ready): while any is, ``demand_cores`` is only part of the business's demand."""
+
     demand_cores: float = 0.0
     capacity_cores: float = 0.0
     ready: int = 0
+    unmeasured: int = 0
+
+    @property
+    def demand_known(self) -> bool:
+        return self.unmeasured == 0
 
 
 def business_figures(snapshot: Snapshot) -> dict[str, BusinessFigures]:
@@ -28,6 +36,8 @@ def business_figures(snapshot: Snapshot) -> dict[str, BusinessFigures]:
         fig = out[vm.business]
         if vm.busy_cores is not None:
             fig.demand_cores += vm.busy_cores
+        else:
+            fig.unmeasured += 1
         fig.ready += 1
         fig.capacity_cores += vm.capacity_cores
     return out
