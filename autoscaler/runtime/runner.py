@@ -16,8 +16,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import libvirt
-
 from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.model import ConfigError, ConfigProblem, TemporaryError
 from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
@@ -27,6 +25,7 @@ from autoscaler.runtime.collection import CollectionStage, build_collectors, con
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.rados_lease import RadosLease
+from autoscaler.runtime.wiring import quiet_libvirt
 
 log = logging.getLogger("autoscaler.run")
 
@@ -57,8 +56,7 @@ def ceph_handle(config: ControllerConfig) -> Any | None:
 
 def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | None) -> int:
     logs.setup()
-    # libvirt prints every error to stderr too; we get each as an exception and log it once.
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    quiet_libvirt()
     config = load_controller_config(config_path)
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     metrics = ControllerMetrics()

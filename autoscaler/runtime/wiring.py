@@ -87,12 +87,10 @@ def quiet_libvirt() -> None:
 
 
 def crash_hook(spec: str | None = None, freeze: str | None = None) -> StepHook | None:
-    """For the crash tests: ``AUTOSCALER_CRASH_AT=<kind>:<step>`` (e.g.
-    ``clone_from_template:started``) SIGKILLs the process right after that step is journalled;
-    ``AUTOSCALER_FREEZE_AT=<kind>:<step>`` SIGSTOPs it there once (a leader frozen mid-action).
-
-    A step hook that SIGKILLs this process at ``<kind>:<step>`` (``spec``, else from the
-    environment), or SIGSTOPs it the first time it reaches ``freeze`` (likewise)."""
+    """For the crash tests: a step hook that SIGKILLs this process right after ``<kind>:<step>``
+    is journalled (``spec``, else ``AUTOSCALER_CRASH_AT``, e.g. ``clone_from_template:started``),
+    or SIGSTOPs it there once (``freeze``, else ``AUTOSCALER_FREEZE_AT``: a leader frozen
+    mid-action)."""
     target = spec if spec is not None else os.environ.get(CRASH_ENV, "")
     stop_at = freeze if freeze is not None else os.environ.get(FREEZE_ENV, "")
     if not target and not stop_at:

@@ -23,7 +23,6 @@ import pandas as pd
 from autoscaler.model import (
     VM,
     Action,
-    Business,
     CloneFromTemplate,
     Controls,
     Datacenter,
@@ -131,13 +130,9 @@ class SimulatedFleet:
             racks=racks,
             hosts=hosts,
             vms=vms,
-            businesses=tuple(self._business(p) for p in self.policies.values()),
+            businesses=tuple(p.to_business() for p in self.policies.values()),
         )
         return self._snapshot
-
-    @staticmethod
-    def _business(policy: BusinessPolicy) -> Business:
-        return policy.to_business()
 
     # -- SnapshotSource ---------------------------------------------------------------------
     def latest(self) -> Snapshot | None:
