@@ -25,9 +25,9 @@ from pathlib import Path
 
 import libvirt
 
+from autoscaler.model import Collector
 from autoscaler.runtime.collection import CollectionStage
 from autoscaler.runtime.history import HistoryStore, SeriesKind
-from collectors.base import Collector
 from collectors.libvirt_vms import (
     DomainRecord,
     DomainStatsParser,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_api_client import PrometheusConnect
 
-from collectors.base import Collection
+from autoscaler.model import Collection
 from collectors.ceph import CephCollector, connect
 from collectors.dpdk import DpdkTelemetryCollector
 from collectors.links import LinksCollector

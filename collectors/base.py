@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from autoscaler.model import AutoscalerError, Collection, Collector, Scope, Stale
 
-__all__ = ["Collection", "Collector", "LastGood", "guarded"]
-
 
 class LastGood:
     """Remembers when each scope of a collector last gave a good sample."""

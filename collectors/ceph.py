@@ -18,8 +18,8 @@ from typing import Any
 
 import rados
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
-from collectors.base import Collection, LastGood
+from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
+from collectors.base import LastGood
 from collectors.common import (
     MalformedReply,
     all_stale,

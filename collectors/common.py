@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from autoscaler.model import PermanentError, Sample, Scope, Stale, TemporaryError
-from collectors.base import Collection, LastGood
+from autoscaler.model import Collection, PermanentError, Sample, Scope, Stale, TemporaryError
+from collectors.base import LastGood
 
 T = TypeVar("T")
 

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
-from collectors.base import Collection, LastGood
+from collectors.base import LastGood
 from collectors.common import CounterRates, MalformedReply, all_stale, expect, member, scoped
 
 MAX_REPLY_BYTES = 1 << 20

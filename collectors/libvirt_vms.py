@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import libvirt
 
-from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
-from collectors.base import Collection, LastGood
+from autoscaler.model import Collection, PermanentError, Sample, Scope, TemporaryError
+from collectors.base import LastGood
 from collectors.common import call_with_deadline, finite_or_none
 
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"

@@ -19,9 +19,9 @@ from typing import Any
 
 from pyroute2 import IPRoute, NetNS
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
-from collectors.base import Collection, LastGood
+from collectors.base import LastGood
 from collectors.bond_state import BondMember, BondState, bond_samples
 from collectors.common import (
     CounterRates,

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.model import Sample, Scope, SignalName, Stale, TemporaryError
+from autoscaler.model import Collection, Sample, Scope, SignalName, Stale, TemporaryError
 from autoscaler.model.names import check_name
-from collectors.base import Collection, LastGood
+from collectors.base import LastGood
 from collectors.common import all_stale, call_with_deadline, scoped
 from collectors.prometheus_query import InstantValue, instant_query, redacted
 

@@ -16,9 +16,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from autoscaler.model import PermanentError, Sample, Scope, TemporaryError
+from autoscaler.model import Collection, PermanentError, Sample, Scope, TemporaryError
 from autoscaler.model.names import check_name
-from collectors.base import Collection, LastGood
+from collectors.base import LastGood
 from collectors.bond_state import BondMember, BondState, bond_samples
 from collectors.common import MalformedReply, all_stale
 

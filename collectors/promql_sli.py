@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.model import PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
 from autoscaler.model.names import check_name
-from collectors.base import Collection, LastGood
+from collectors.base import LastGood
 from collectors.common import (
     MalformedReply,
     all_stale,

@@ -18,9 +18,9 @@ from typing import Any
 import libvirt
 
 from autoscaler.config import ControllerConfig
-from autoscaler.model import Scope
+from autoscaler.model import Collection, Collector, Scope
 from autoscaler.runtime.logs import event
-from collectors.base import Collection, Collector, LastGood, guarded
+from collectors.base import LastGood, guarded
 from collectors.libvirt_vms import LibvirtHostCollector
 
 log = logging.getLogger("autoscaler.collection")

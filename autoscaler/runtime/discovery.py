@@ -14,10 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 import libvirt
 
 from autoscaler.config import ControllerConfig
-from autoscaler.model import Snapshot
+from autoscaler.model import Collection, Snapshot
 from autoscaler.runtime.collection import libvirt_collectors
 from autoscaler.runtime.snapshot_builder import build_snapshot
-from collectors.base import Collection
 from collectors.libvirt_vms import LibvirtHostCollector
 from policies.schema import BusinessPolicy
 

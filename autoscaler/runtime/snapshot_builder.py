@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from autoscaler.config import ControllerConfig
 from autoscaler.model import (
     VM,
+    Collection,
     Host,
     NicModel,
     Sample,
@@ -26,7 +27,6 @@ from autoscaler.model import (
     VmState,
     check_name,
 )
-from collectors.base import Collection
 from policies.schema import BusinessPolicy
 
 

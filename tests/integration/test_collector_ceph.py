@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import rados
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection
+from autoscaler.model import Collection, Scope, SignalName
 from collectors.ceph import CephCollector, connect
 from lab import ceph
 from lab.layout import LabLayout

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection, LastGood, guarded
+from autoscaler.model import Collection, Scope, SignalName
+from collectors.base import LastGood, guarded
 from collectors.dpdk import DpdkTelemetryCollector
 from lab import dpdk
 from lab.layout import LabLayout

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection
+from autoscaler.model import Collection, Scope, SignalName
 from collectors.links import LinksCollector
 from collectors.ovs_bond import OvsBondCollector
 from lab import ovs

@@ -7,8 +7,8 @@ import time
 
 from prometheus_api_client import PrometheusConnect
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection, LastGood, guarded
+from autoscaler.model import Collection, Scope, SignalName
+from collectors.base import LastGood, guarded
 from collectors.node import NodeCollector
 from lab import prometheus, temperature
 from lab.layout import PORT_NODE_EXPORTER, LabLayout

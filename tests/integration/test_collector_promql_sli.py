@@ -15,8 +15,8 @@ import pytest
 from prometheus_api_client import PrometheusConnect
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection, LastGood, guarded
+from autoscaler.model import Collection, Scope, SignalName
+from collectors.base import LastGood, guarded
 from collectors.promql_sli import PromqlSliCollector, window_seconds, windowed
 from lab import prometheus
 from lab.layout import PORT_CONTROLLER_METRICS_2, LabLayout

@@ -27,10 +27,9 @@ from actuators.volumes import overlay_name
 from autoscaler.cli.apply import main as apply_main
 from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
-from autoscaler.model import ConfigError, Plan, Retire, Snapshot, check_name
+from autoscaler.model import Collection, ConfigError, Plan, Retire, Snapshot, check_name
 from autoscaler.model.names import NAME_PATTERN
 from autoscaler.runtime.snapshot_builder import build_snapshot
-from collectors.base import Collection
 from collectors.libvirt_vms import DomainRecord, DomainStatsParser
 from policies.loader import load_policy, load_policy_dir
 from tests.reliability import record

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoscaler.config import ControllerConfig
-from autoscaler.model import VM
+from autoscaler.model import VM, Collection
 from autoscaler.runtime.snapshot_builder import build_snapshot
-from collectors.base import Collection
 from collectors.libvirt_vms import DomainRecord, DomainStatsParser
 from policies.loader import load_policy_dir
 

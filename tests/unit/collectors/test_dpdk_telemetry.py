@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.model import Scope, SignalName
-from collectors.base import Collection
+from autoscaler.model import Collection, Scope, SignalName
 from collectors.common import MalformedReply
 from collectors.dpdk import DpdkTelemetryCollector, decode_reply, parse_port_list, parse_stats
 
