@@ -128,7 +128,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_control(args: argparse.Namespace) -> int:
     from autoscaler.config import load_controller_config
     from autoscaler.model import check_name
-    from autoscaler.runtime.controls import ALL, ControlFile
+    from autoscaler.model.controls import ALL
+    from autoscaler.runtime.controls import ControlFile
 
     config = load_controller_config(args.config)
     controls = ControlFile(config.state_dir)

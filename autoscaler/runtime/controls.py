@@ -17,7 +17,7 @@ from pathlib import Path
 
 from autoscaler.model.controls import ALL, Controls
 
-__all__ = ["ALL", "ControlFile", "Controls"]
+__all__ = ["ControlFile"]
 
 
 class ControlFile:
