@@ -25,6 +25,8 @@ from actuators.guest_agent import GuestView, ReadinessProbe, SerialAgent
 from autoscaler.model import (
     BaseAction,
     Business,
+    FleetKeys,
+    NotOwned,
     PermanentError,
     TemporaryError,
     check_name,
@@ -79,6 +81,9 @@ class Fleet:
     channels: tuple[str, ...] = ()
     balloon_stats_period_s: int = 5
     pool: LibvirtPool = field(default_factory=LibvirtPool, compare=False)
+    keys: FleetKeys | None = field(default=None, compare=False, repr=False)
+    """The fleet's ownership keys: clones are stamped with them, and nothing that changes or
+    destroys a domain is done unless its stamp verifies (``require_owned``)."""
 
     def uri(self, host: str) -> str:
         check_name(host, what="host name")
@@ -181,6 +186,29 @@ def vm_metadata(domain: libvirt.virDomain) -> VmMetadata | None:
     except libvirt.libvirtError:
         return None
     return parse_vm_metadata(text)
+
+
+def require_owned(
+    domain: libvirt.virDomain, vm: str, business: str, fleet: Fleet, doing: str
+) -> VmMetadata:
+    """The domain's metadata, if it carries a valid ownership stamp for ``business``; else
+    ``NotOwned`` (logged and counted by the controller; nothing is done to the domain)."""
+    try:
+        meta = vm_metadata(domain)
+    except ValueError as exc:
+        raise NotOwned(f"{doing} {vm}: its metadata is unreadable ({exc}); not ours") from exc
+    if meta is None:
+        raise NotOwned(f"{doing} {vm}: it carries no metadata of ours; not ours to touch")
+    if meta.business != business:
+        raise NotOwned(f"{doing} {vm}: it belongs to {meta.business}, not {business}")
+    if fleet.keys is None:
+        raise NotOwned(f"{doing} {vm}: no fleet key is configured, so no ownership is proven")
+    if not meta.owned(vm, fleet.keys):
+        raise NotOwned(
+            f"{doing} {vm}: its ownership stamp is missing or invalid (not created by this fleet,"
+            " or edited); adopt it first (autoscaler adopt)"
+        )
+    return meta
 
 
 def vm_attribute(domain: libvirt.virDomain, name: str) -> str | None:

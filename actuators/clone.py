@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from actuators.base import ActionContext, find_domain, libvirt_call, vm_attribute
+from actuators.base import ActionContext, find_domain, libvirt_call, require_owned, vm_attribute
 from actuators.domain_xml import (
     InstanceSpec,
     apply_cpu_quota,
@@ -64,14 +64,16 @@ class CloneActuator:
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
             if dom is not None:
-                meta = vm_attribute(dom, "business")
-                if meta != action.business:
-                    raise PreconditionFailed(
-                        f"{action.vm} exists on {action.host} but belongs to {meta!r}"
-                    )
+                # Ours half-made (stamped when it was defined) is resumed; anything else of
+                # that name is not touched.
+                require_owned(dom, action.vm, action.business, ctx.fleet, "cloning")
 
     def _spec(self, action: CloneFromTemplate, ctx: ActionContext, disk: str) -> InstanceSpec:
         business = ctx.fleet.business(action.business)
+        keys = ctx.fleet.keys
+        if keys is None:
+            raise PermanentError("no fleet key is configured: a clone could not be proven ours")
+        created = f"{time.time():.3f}"
         return InstanceSpec(
             name=action.vm,
             business=action.business,
@@ -79,10 +81,11 @@ class CloneActuator:
             disk_path=disk,
             domain_type=ctx.fleet.domain_type,
             boot=ctx.fleet.boot,
-            created_at=time.time(),
+            created_at=float(created),
             channels=ctx.fleet.channels,
             serial_log=serial_log_path(action.vm),
             balloon_stats_period_s=ctx.fleet.balloon_stats_period_s,
+            owner=keys.stamp(action.vm, action.business, created),
         )
 
     def execute(self, action: CloneFromTemplate, ctx: ActionContext) -> None:
@@ -146,14 +149,16 @@ class CloneActuator:
 
     def compensate(self, action: CloneFromTemplate, ctx: ActionContext) -> str:
         """Remove the half-made clone: domain and overlay (nothing of it is serving yet)."""
-        return remove_instance(ctx, action.host, action.vm)
+        return remove_instance(ctx, action.host, action.vm, action.business)
 
 
-def remove_instance(ctx: ActionContext, host: str, vm: str) -> str:
+def remove_instance(ctx: ActionContext, host: str, vm: str, business: str) -> str:
+    """Destroy, undefine and delete the disk of ``vm`` on ``host``, if it is provably ours."""
     done = []
     with ctx.fleet.connection(host) as conn:
         dom = find_domain(conn, vm)
         if dom is not None:
+            require_owned(dom, vm, business, ctx.fleet, "removing")
             if dom.isActive():
                 libvirt_call("destroy", dom.destroy)
                 done.append("destroyed")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from autoscaler.model import Template, check_name
+from autoscaler.model import FleetKeys, OwnershipStamp, Template, check_name
 
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
 METADATA_PREFIX = "as"
@@ -51,9 +51,16 @@ class InstanceSpec:
     balloon_stats_period_s: int = 5
     """How often the guest's virtio balloon reports its memory statistics (what memory hot-add
     is decided on); 0: a balloon without statistics."""
+    owner: OwnershipStamp | None = None
+    """The ownership stamp (``FleetKeys.stamp`` of name, business and ``created_text``)."""
     boot_boost: bool = True
     """Start without the CPU quota (it is applied once the guest is ready: see apply_cpu_quota).
     A throttled TCG guest boots four times slower; real clouds boost boot the same way."""
+
+    @property
+    def created_text(self) -> str:
+        """``created_at`` as the metadata holds it (what the ownership stamp signs)."""
+        return f"{self.created_at:.3f}" if self.created_at is not None else ""
 
     def __post_init__(self) -> None:
         check_name(self.name, what="vm name")
@@ -92,7 +99,10 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     if t.cpu_quota is not None:
         vm_meta.set("cpu-quota", f"{t.cpu_quota:g}")
     if spec.created_at is not None:
-        vm_meta.set("created", f"{spec.created_at:.3f}")
+        vm_meta.set("created", spec.created_text)
+    if spec.owner is not None:
+        vm_meta.set("owner-key", spec.owner.key_id)
+        vm_meta.set("owner-mac", spec.owner.mac)
     slots = max(1, (t.max_memory_mib - t.memory_mib + t.dimm_mib - 1) // t.dimm_mib)
     _sub(dom, "maxMemory", str(t.memory_mib + slots * t.dimm_mib), slots=str(slots), unit="MiB")
     _sub(dom, "memory", str(t.memory_mib), unit="MiB")
@@ -160,6 +170,12 @@ class VmMetadata:
     cpu_quota: float | None
     created_at: float | None
     draining: bool = False
+    created_text: str = ""
+    owner: OwnershipStamp | None = None
+
+    def owned(self, name: str, keys: FleetKeys | None) -> bool:
+        """Whether this metadata carries a valid ownership stamp for domain ``name``."""
+        return keys is not None and keys.verify(name, self.business, self.created_text, self.owner)
 
 
 def parse_vm_metadata(text: str) -> VmMetadata | None:
@@ -185,6 +201,12 @@ def parse_vm_metadata(text: str) -> VmMetadata | None:
             cpu_quota=float(quota) if quota else None,
             created_at=float(created) if created else None,
             draining=el.get("draining") == "1",
+            created_text=created or "",
+            owner=(
+                OwnershipStamp(key_id=el.get("owner-key", ""), mac=el.get("owner-mac", ""))
+                if el.get("owner-mac")
+                else None
+            ),
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid vm metadata: {exc}") from exc

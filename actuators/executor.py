@@ -7,14 +7,15 @@ under caps (at most ``max_migrations_per_host`` outgoing migrations per host, ``
 in all, ``max_concurrent`` actions), gives each action a deadline, retries temporary errors
 with backoff (tenacity), and returns one result per action: done, failed with its reason, or
 skipped. The journal and the lease come in as objects (``Journal`` / ``Lease`` protocols): the
-intent is recorded before the first side effect, each step as it is reached, the outcome after;
-an action decided under an older lease generation than the current one is refused, before it
-starts and at each of its steps (a deposed leader leaves the rest to the new one).
+intent is recorded before the first side effect, each step as it is reached, the outcome after.
+One fencing rule: no side effect (execute, verify, compensate) unless this process holds the
+lease, inside its monotonic deadline, at exactly the generation the action was decided under;
+it is checked before the action starts, before its first side effect, at each of its steps and
+before a compensation (a deposed leader leaves the rest to the new one).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from tenacity import (
     stop_after_delay,
 )
 
+from actuators.adopt import AdoptActuator
 from actuators.base import ActionContext, Actuator, Fleet, StepHook
 from actuators.clone import CloneActuator
 from actuators.hotadd import HotAddMemoryActuator, HotAddVcpuActuator
@@ -108,6 +110,7 @@ def default_registry(
         "live_migrate": MigrateActuator(migration_bandwidth_mib_s, migration_stall_s),
         "snapshot": SnapshotActuator(),
         "merge_snapshot": MergeSnapshotActuator(),
+        "adopt": AdoptActuator(),
     }
 
 
@@ -118,18 +121,9 @@ def actuator_for(registry: Registry, kind: str) -> Actuator[Any]:
         raise KeyError(f"no actuator for action kind {kind!r}; known: {sorted(registry)}") from None
 
 
-def check_lease(action: Action, lease: Lease | None) -> None:
-    """Refuse an action decided under an older lease generation than the current one."""
-    if lease is None or action.lease_generation is None:
-        return
-    current = lease.current()
-    if current is None:
-        raise DeposedLeader(f"{action.key}: no lease is held; refusing to act")
-    if action.lease_generation < current.generation:
-        raise DeposedLeader(
-            f"{action.key}: decided under lease generation {action.lease_generation},"
-            f" the current one is {current.generation}"
-        )
+def check_lease(action: Action, lease: Lease) -> None:
+    """The fence: raise ``DeposedLeader`` unless we hold the lease at the action's generation."""
+    lease.fence(action.lease_generation, action.key)
 
 
 def _backoff(limits: ExecutorLimits) -> Callable[[RetryCallState], float]:
@@ -148,7 +142,7 @@ def run_action(
     fleet: Fleet,
     journal: Journal,
     *,
-    lease: Lease | None = None,
+    lease: Lease,
     limits: ExecutorLimits = DEFAULT_LIMITS,
     registry: Registry | None = None,
     on_step: StepHook | None = None,
@@ -176,12 +170,9 @@ def run_action(
 
     def record_step(step: str) -> None:
         # Fenced at every step: a leader frozen mid-action (SIGSTOP, a VM pause, a long GC)
-        # that wakes up deposed stops at its next step instead of racing the new leader, which
-        # has taken the journal over and settles this entry itself. A lease that cannot be read
-        # right now proves nothing: the step goes on (the check before the first side effect
-        # is strict).
-        with contextlib.suppress(TemporaryError):
-            check_lease(action, lease)
+        # or cut off from its lease store stops at its next step once its deadline passes,
+        # instead of racing the new leader, which settles this entry itself.
+        check_lease(action, lease)
         journal.record_step(action.key, step, clock())
         if on_step is not None:
             on_step(action, step)
@@ -250,7 +241,7 @@ def _compensate(
     journal: Journal,
     reason: str,
     clock: Callable[[], float],
-    lease: Lease | None = None,
+    lease: Lease,
 ) -> str:
     try:
         check_lease(action, lease)
@@ -258,8 +249,6 @@ def _compensate(
         # Deposed while it failed (frozen mid-call, then woken): the new leader settles the
         # entry, and undoing it here could undo what that leader has already finished.
         return f"; not compensated, left to the new leader ({exc})"
-    except TemporaryError:
-        pass  # the lease cannot be read now: undo as usual
     try:
         undone = actuator.compensate(action, ctx)
     except TemporaryError as exc:
@@ -287,7 +276,7 @@ def execute_plan(
     fleet: Fleet,
     journal: Journal,
     *,
-    lease: Lease | None = None,
+    lease: Lease,
     limits: ExecutorLimits = DEFAULT_LIMITS,
     registry: Registry | None = None,
     on_step: StepHook | None = None,

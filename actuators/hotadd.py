@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import libvirt
 
-from actuators.base import ActionContext, find_domain, libvirt_call, vm_attribute
+from actuators.base import ActionContext, find_domain, libvirt_call, require_owned, vm_attribute
 from actuators.domain_xml import update_vm_metadata
 from autoscaler.model import (
     HotAddMemory,
@@ -124,6 +124,7 @@ class HotAddVcpuActuator:
     def precondition(self, action: HotAddVcpu, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _running_domain(ctx, conn, action.vm)
+            require_owned(dom, action.vm, action.business, ctx.fleet, "adding vCPUs to")
             live, _, maximum = _vcpus(dom)
             if action.vcpus < live:
                 raise RefusedAction(
@@ -232,6 +233,7 @@ class HotAddMemoryActuator:
         dimm = self._dimm_mib(action, ctx)
         with ctx.fleet.connection(action.host) as conn:
             dom = _running_domain(ctx, conn, action.vm)
+            require_owned(dom, action.vm, action.business, ctx.fleet, "adding memory to")
             memory, maximum, slots, dimms = _memory_state(dom, 0)
             if action.memory_mib < memory:
                 raise RefusedAction(

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 import libvirt
 
-from actuators.base import ActionContext, disk_sources, find_domain, libvirt_call, vm_metadata
+from actuators.base import (
+    ActionContext,
+    disk_sources,
+    find_domain,
+    libvirt_call,
+    require_owned,
+)
 from actuators.snapshot import DISK, merge_into_overlay, snapshot_tag_of
 from actuators.volumes import delete_overlay, ensure_overlay, overlay_exists
 from autoscaler.model import (
@@ -88,8 +94,8 @@ class MigrateActuator:
             dom = find_domain(src, action.vm)
             if dom is None:
                 raise PreconditionFailed(f"{action.vm} is not on {action.source}")
-            meta = vm_metadata(dom)
-            if meta is not None and meta.nic in NOT_LIVE_MIGRATABLE_NICS:
+            meta = require_owned(dom, action.vm, action.business, ctx.fleet, "migrating")
+            if meta.nic in NOT_LIVE_MIGRATABLE_NICS:
                 raise RefusedAction(
                     f"{action.vm} has an {meta.nic} NIC (a passed-through device): it cannot be"
                     " live-migrated; clone a replacement on the destination and retire it instead"
@@ -101,8 +107,6 @@ class MigrateActuator:
                     f"{action.vm} has libvirt snapshot metadata, which libvirt refuses to"
                     " migrate; merge and delete those snapshots first"
                 )
-            if meta is None:
-                raise PreconditionFailed(f"{action.vm} carries no business metadata")
         with ctx.fleet.connection(action.destination) as dst:
             if find_domain(dst, action.vm) is not None:
                 raise PreconditionFailed(f"{action.vm} is already defined on {action.destination}")
@@ -115,9 +119,7 @@ class MigrateActuator:
             dom = find_domain(src, action.vm)
             if dom is None or not dom.isActive():
                 raise PreconditionFailed(f"{action.vm} is not running on {action.source}")
-            meta = vm_metadata(dom)
-            if meta is None:
-                raise PreconditionFailed(f"{action.vm} carries no business metadata")
+            meta = require_owned(dom, action.vm, action.business, ctx.fleet, "migrating")
             if snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, "")) is not None:
                 ctx.step("merging-snapshot")
                 merge_into_overlay(src, dom, max(1.0, ctx.remaining()))

@@ -8,6 +8,10 @@ clone is finished (or, when it cannot be, removed), an interrupted migration end
 exactly one host, a retirement is carried through, a hot-add or snapshot is resumed (each of
 these steps is idempotent). Then it sweeps the VMs the journal knows for leftovers: an overlay
 with no domain on its host, an inactive definition on one host while the VM runs on another.
+
+Reconciliation is fenced like execution: the reconciler holds the lease, each entry it takes
+over is restamped with its generation (journalled, so the journal's highest generation keeps
+growing), and the fence is checked before every side effect, the sweep's deletions included.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from actuators.volumes import delete_overlay, overlay_exists
 from autoscaler.model import (
     AutoscalerError,
     CloneFromTemplate,
+    DeposedLeader,
     Journal,
     JournalEntry,
+    Lease,
     LiveMigrate,
     Phase,
     TemporaryError,
@@ -47,6 +53,7 @@ def reconcile(
     fleet: Fleet,
     journal: Journal,
     *,
+    lease: Lease,
     vms: Iterable[str] = (),
     limits: ExecutorLimits = DEFAULT_LIMITS,
     registry: Registry | None = None,
@@ -55,12 +62,19 @@ def reconcile(
 ) -> list[Reconciled]:
     """Settle every unfinished intent, then sweep ``vms`` (plus those intents' VMs) for
     leftovers. Returns what was done, per journal key and per swept VM."""
+    held = lease.held()
+    if held is None:
+        raise DeposedLeader("reconcile: this process does not hold the lease; refusing to act")
     out: list[Reconciled] = []
     swept = set(vms)
     for entry in journal.unfinished():
         swept.add(entry.action.vm)
-        out.append(_settle_entry(entry, fleet, journal, limits, registry, on_step, clock))
+        # Taken over under our generation: the old one no longer passes the fence.
+        action = entry.action.model_copy(update={"lease_generation": held.generation})
+        ours = entry.model_copy(update={"action": action})
+        out.append(_settle_entry(ours, fleet, journal, lease, limits, registry, on_step, clock))
     for vm in sorted(swept):
+        lease.fence(held.generation, f"sweep/{vm}")
         detail = sweep_vm(fleet, vm)
         if detail:
             out.append(Reconciled(key=f"sweep/{vm}", outcome="done", detail=detail))
@@ -71,6 +85,7 @@ def _settle_entry(
     entry: JournalEntry,
     fleet: Fleet,
     journal: Journal,
+    lease: Lease,
     limits: ExecutorLimits,
     registry: Registry | None,
     on_step: StepHook | None,
@@ -80,9 +95,12 @@ def _settle_entry(
     ctx = ActionContext(fleet=fleet, deadline=time.monotonic() + limits.action_timeout_s)
     if isinstance(action, LiveMigrate):
         try:
+            lease.fence(action.lease_generation, action.key)
             moved, detail = settle(
                 ctx, action, job_wait_s=min(action.timeout_s, limits.action_timeout_s)
             )
+        except DeposedLeader as exc:  # the entry is the new leader's now
+            return Reconciled(action.key, "pending", str(exc))
         except TemporaryError as exc:  # a host down: settled by a later reconciliation
             journal.record_step(action.key, PENDING_STEP, clock())
             return Reconciled(action.key, "pending", str(exc))
@@ -97,6 +115,7 @@ def _settle_entry(
         action,
         fleet,
         journal,
+        lease=lease,
         limits=limits,
         registry=registry,
         on_step=on_step,
@@ -104,10 +123,15 @@ def _settle_entry(
     )
     if result.status == "done":
         return Reconciled(action.key, "done", f"finished: {result.reason}")
+    if "DeposedLeader" in result.reason:
+        return Reconciled(action.key, "pending", result.reason)
     if isinstance(action, CloneFromTemplate) and not _finished(journal, action.key):
         # Could not be finished before its precondition even held: clean it up anyway.
         try:
+            lease.fence(action.lease_generation, action.key)
             undone = CloneActuator().compensate(action, ctx)
+        except DeposedLeader as exc:
+            return Reconciled(action.key, "pending", str(exc))
         except TemporaryError as exc:  # its host down: settled by a later reconciliation
             journal.record_step(action.key, PENDING_STEP, clock())
             return Reconciled(action.key, "pending", str(exc))

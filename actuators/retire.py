@@ -18,6 +18,7 @@ from actuators.base import (
     ActionContext,
     find_domain,
     libvirt_call,
+    require_owned,
     vm_metadata,
     wait_until,
 )
@@ -57,16 +58,12 @@ class RetireActuator:
         minimum = ctx.fleet.business(action.business).min_instances
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
-            if dom is None or not dom.isActive():
-                return  # not serving (gone, or shut down by an earlier attempt): finish it
-            if dom is not None:
-                meta = vm_metadata(dom)
-                if meta is None or meta.business != action.business:
-                    raise PreconditionFailed(
-                        f"{action.vm} on {action.host} is not an instance of {action.business}"
-                    )
-                if meta.draining:
-                    return  # already drained by an earlier attempt: finish it
+            if dom is None:
+                return  # undefined by an earlier attempt: only our overlay is left to delete
+            # Running or not: a domain is destroyed only when its stamp proves it ours.
+            meta = require_owned(dom, action.vm, action.business, ctx.fleet, "retiring")
+            if not dom.isActive() or meta.draining:
+                return  # shut down or drained by an earlier attempt: finish it
         serving, unreachable = serving_instances(ctx, action.business)
         remaining = serving - {action.vm}
         if len(remaining) < minimum:
@@ -97,7 +94,7 @@ class RetireActuator:
                             dom.destroy()
                     ctx.step("stopped")
         ctx.step("removing")
-        remove_instance(ctx, action.host, action.vm)
+        remove_instance(ctx, action.host, action.vm, action.business)
         ctx.step("removed")
 
     def verify(self, action: Retire, ctx: ActionContext) -> str:
@@ -110,6 +107,7 @@ class RetireActuator:
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
             if dom is not None and dom.isActive():
+                require_owned(dom, action.vm, action.business, ctx.fleet, "un-draining")
                 libvirt_call("clear draining", lambda: update_vm_metadata(dom, draining=None))
                 return f"{action.vm} serves again (draining mark removed)"
         return "nothing to undo"

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
-from actuators.base import ActionContext, disk_sources, find_domain, libvirt_call
+from actuators.base import ActionContext, disk_sources, find_domain, libvirt_call, require_owned
 from actuators.volumes import POOL_NAME
 from autoscaler.model import (
     MergeSnapshot,
@@ -95,6 +95,7 @@ class SnapshotActuator:
     def precondition(self, action: SnapshotDisk, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            require_owned(dom, action.vm, action.business, ctx.fleet, "snapshotting")
             current = snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, ""))
             if current is not None and current != action.tag:
                 raise PreconditionFailed(
@@ -191,6 +192,7 @@ class MergeSnapshotActuator:
     def precondition(self, action: MergeSnapshot, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            require_owned(dom, action.vm, action.business, ctx.fleet, "merging a snapshot of")
             current = snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, ""))
             if current not in (None, action.tag):
                 raise PreconditionFailed(

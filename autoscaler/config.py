@@ -151,6 +151,15 @@ ChannelName = Annotated[
 ]
 
 
+class Ownership(Strict):
+    key_file: Path | None = Field(
+        default=None,
+        description="the fleet key file (one 'KEY_ID HEX' per line, the first signs); every"
+        " controller of a fleet must read the same file. None: state_dir/fleet.key, made on"
+        " first start (fine for one controller machine only)",
+    )
+
+
 class ControllerConfig(Strict):
     api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
     kind: Literal["Controller"]
@@ -185,8 +194,13 @@ class ControllerConfig(Strict):
     executor: Executor = Executor()
     lease: Lease = Lease()
     metrics: Metrics = Metrics()
+    ownership: Ownership = Ownership()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @property
+    def key_file(self) -> Path:
+        return self.ownership.key_file or self.state_dir / "fleet.key"
 
     def resolved(self, base: Path) -> ControllerConfig:
         """Relative folders are relative to the controller file's own folder."""
@@ -194,11 +208,13 @@ class ControllerConfig(Strict):
         def fix(p: Path) -> Path:
             return p if p.is_absolute() else (base / p).resolve()
 
+        key_file = self.ownership.key_file
         return self.model_copy(
             update={
                 "policy_dir": fix(self.policy_dir),
                 "image_dir": fix(self.image_dir),
                 "state_dir": fix(self.state_dir),
+                "ownership": Ownership(key_file=fix(key_file) if key_file else None),
             }
         )
 

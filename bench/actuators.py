@@ -32,6 +32,7 @@ from autoscaler.model import (
     CloneFromTemplate,
     HotAddMemory,
     HotAddVcpu,
+    Lease,
     LiveMigrate,
     MergeSnapshot,
     Plan,
@@ -39,6 +40,7 @@ from autoscaler.model import (
     SnapshotDisk,
 )
 from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.lease import Renewing, taken_file_lease
 from autoscaler.runtime.wiring import build_fleet, open_journal, quiet_libvirt
 from lab import lab as lab_mod
 from lab.spec import LabSpec
@@ -80,15 +82,21 @@ def summary(values: list[float]) -> dict[str, float | int]:
 
 
 class Bench:
-    def __init__(self, fleet: Fleet, journal: SqliteJournal, limits: ExecutorLimits) -> None:
+    def __init__(
+        self, fleet: Fleet, journal: SqliteJournal, limits: ExecutorLimits, lease: Lease
+    ) -> None:
         self.fleet = fleet
         self.journal = journal
         self.limits = limits
+        self.lease = lease
         self.samples: dict[str, list[float]] = {}
 
     def run(self, *actions: Action) -> list[ActionResult]:
-        plan = Plan.build(list(actions), created_at=time.time())
-        results = execute_plan(plan, self.fleet, self.journal, limits=self.limits)
+        held = self.lease.held()
+        if held is None:
+            raise RuntimeError("the benchmark's lease ran out")
+        plan = Plan.build(list(actions), created_at=time.time()).under(held.generation)
+        results = execute_plan(plan, self.fleet, self.journal, lease=self.lease, limits=self.limits)
         failed = [r for r in results if r.status != "done"]
         if failed:
             raise RuntimeError(f"benchmark action failed: {failed[0].key}: {failed[0].reason}")
@@ -176,8 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                 config = load_controller_config(lab.controller_file)
                 fleet = build_fleet(config, load_policy_dir(config.policy_dir))
                 limits = ExecutorLimits(max_migrations_per_host=2, max_migrations=4)
-                with open_journal(Path(tmp) / "state", fleet) as journal:
-                    bench = Bench(fleet, journal, limits)
+                lease = taken_file_lease(Path(tmp) / "state", "bench")
+                with (
+                    Renewing(lease, every_s=5),
+                    open_journal(Path(tmp) / "state", fleet) as journal,
+                ):
+                    bench = Bench(fleet, journal, limits, lease)
                     measure(bench, [h.name for h in lab.state.hosts])
                 domain_type = config.domain_type
             finally:

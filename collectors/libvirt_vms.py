@@ -22,7 +22,15 @@ from dataclasses import dataclass
 
 import libvirt
 
-from autoscaler.model import Collection, PermanentError, Sample, Scope, TemporaryError
+from autoscaler.model import (
+    Collection,
+    FleetKeys,
+    OwnershipStamp,
+    PermanentError,
+    Sample,
+    Scope,
+    TemporaryError,
+)
 from collectors.base import LastGood
 from collectors.common import call_with_deadline, finite_or_none
 
@@ -110,7 +118,10 @@ def _sum(stats: dict[str, float | int | str], prefix: str, suffix: str) -> float
 class DomainStatsParser:
     """Turns domain records into samples, keeping the previous counters for deltas."""
 
-    def __init__(self, memory_max_age_s: float = MEMORY_STATS_MAX_AGE_S) -> None:
+    def __init__(
+        self, memory_max_age_s: float = MEMORY_STATS_MAX_AGE_S, keys: FleetKeys | None = None
+    ) -> None:
+        self._keys = keys
         self._previous: dict[tuple[str, str], _Counters] = {}
         self._memory_max_age_s = memory_max_age_s
         # Per domain: its memory size and when this parser first saw it at that size.
@@ -144,6 +155,13 @@ class DomainStatsParser:
         self._sizes[key] = (size_kib, at)
         return at
 
+    def _owned(self, name: str, meta: dict[str, str]) -> bool:
+        """Whether the domain carries a valid ownership stamp (``autoscaler.model.ownership``)."""
+        if self._keys is None or not meta.get("owner-mac"):
+            return False
+        stamp = OwnershipStamp(key_id=meta.get("owner-key", ""), mac=meta["owner-mac"])
+        return self._keys.verify(name, meta.get("business", ""), meta.get("created", ""), stamp)
+
     def _domain(
         self, host: str, rec: DomainRecord, now: float, key: tuple[str, str]
     ) -> list[Sample]:
@@ -156,6 +174,7 @@ class DomainStatsParser:
             ("business", meta.get("business", "")),
             ("state", state),
             ("nic", meta.get("nic", "virtio")),
+            ("owned", "1" if self._owned(rec.name, meta) else "0"),
         )
         samples = [Sample("vm_info", 1.0, now, info_labels)]
 

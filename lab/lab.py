@@ -36,6 +36,7 @@ from actuators.domain_xml import (
 from actuators.guest_agent import SerialAgentReadiness
 from actuators.libvirt_events import ensure_event_loop
 from actuators.volumes import delete_overlay, ensure_overlay
+from autoscaler.runtime.fleet_key import load_fleet_keys
 from lab import ceph, dpdk, hosts, net, ovs, prometheus, slots, supervision, temperature
 from lab.layout import PORT_NODE_EXPORTER, LabLayout
 from lab.loadchannel import LOAD_CHANNEL
@@ -255,6 +256,9 @@ def write_controller_file(
         "guest_initrd": str(lab.initrd),
         "guest_agent": "serial",
         "guest_channels": [LOAD_CHANNEL],
+        # One fleet key for the lab, outside any controller's state folder: every controller
+        # and test of this lab (whatever its state folder) sees the lab's VMs as ours.
+        "ownership": {"key_file": str(lab_key_file(lab))},  # made by load_fleet_keys below
         "inventory": {
             "regions": [
                 {
@@ -290,6 +294,7 @@ def write_controller_file(
         doc["lease"] = {"kind": "file", "duration_s": 15}
     if parts.ovs is not None:
         doc["ovs"] = {"control": str(parts.ovs.vswitchd_control)}
+    load_fleet_keys(lab_key_file(lab), create=True)
     out = io.StringIO()
     out.write(f"# Controller file of lab slot {lab.layout.slot}, written by `python -m lab up`.\n")
     YAML(typ="safe", pure=True).dump(doc, out)
@@ -315,7 +320,15 @@ def host_entry(lab: Lab, spec: LabSpec, h: HostRecord, parts: Components) -> dic
     return entry
 
 
+def lab_key_file(lab: Lab) -> Path:
+    return Path(lab.state.root) / "fleet.key"
+
+
 def instance_spec(lab: Lab, policy: BusinessPolicy, vm: str, host: str, disk: str) -> InstanceSpec:
+    """The lab's first VMs are provisioned as the fleet's installer would: stamped with the
+    fleet key, so the controller may manage them."""
+    created = f"{time.time():.3f}"
+    keys = load_fleet_keys(lab_key_file(lab), create=True)
     return InstanceSpec(
         name=vm,
         business=policy.business,
@@ -323,9 +336,10 @@ def instance_spec(lab: Lab, policy: BusinessPolicy, vm: str, host: str, disk: st
         disk_path=disk,
         domain_type="qemu",
         boot=GuestBoot(kernel=str(lab.kernel), initrd=str(lab.initrd)),
-        created_at=time.time(),
+        created_at=float(created),
         serial_log=f"/var/log/libvirt/qemu/{vm}-serial.log",
         channels=(AGENT_CHANNEL, LOAD_CHANNEL),
+        owner=keys.stamp(vm, policy.business, created),
     )
 
 

@@ -21,6 +21,7 @@ DEFAULT_OUT = Path("RELIABILITY.md")
 SUITES = {
     "fault": "Faults on the lab (controller running in auto mode)",
     "bad-input": "Bad input",
+    "safety": "Safety: fencing, ownership, approvals",
 }
 
 

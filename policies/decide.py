@@ -94,7 +94,10 @@ def decide(
     drains, stays = drain_actions(
         snapshot, policies, controls.draining, state, now, already=actions
     )
-    actions += [d for d in drains if not controls.is_paused(d.business)]
+    drains = [d for d in drains if not controls.is_paused(d.business)]
+    actions += drains
+    actions, foreign = without_unowned(actions, snapshot)
+    stays += foreign
     for action in actions:
         reasons.setdefault(action.business, []).append(action.reason)
     return Decision(
@@ -105,7 +108,24 @@ def decide(
         sla={v.name: v.sla for v in views},
         reasons={b: tuple(r) for b, r in reasons.items()},
         notes=tuple(stays),
+        ordered=frozenset(d.key for d in drains),
     )
+
+
+def without_unowned(actions: list[Action], snapshot: Snapshot) -> tuple[list[Action], list[str]]:
+    """The actions less those on a VM without a valid ownership stamp (reported only, until an
+    operator adopts it), and a note per VM left alone."""
+    unowned = {vm.name for vm in snapshot.vms if not vm.owned}
+    if not unowned:
+        return actions, []
+    kept = [a for a in actions if a.kind == "clone_from_template" or a.vm not in unowned]
+    notes = [
+        f"{a.vm}: not acted on ({a.kind}): it carries no valid ownership stamp;"
+        f" adopt it with: autoscaler adopt {a.vm} --business {a.business}"
+        for a in actions
+        if a not in kept
+    ]
+    return kept, notes
 
 
 def with_cordons(snapshot: Snapshot, cordoned: frozenset[str]) -> Snapshot:

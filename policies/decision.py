@@ -23,7 +23,8 @@ class Decision:
 
     ``rack_health``: the health of every rack; ``forecasts``, ``sla``: per business;
     ``reasons``: per business, why it has the actions it has (or none); ``notes``: what the
-    decision could not do outside a business (a VM a drain must leave where it is).
+    decision could not do outside a business (a VM a drain must leave where it is);
+    ``ordered``: the actions an operator ordered.
     """
 
     plan: Plan
@@ -33,6 +34,8 @@ class Decision:
     sla: Mapping[str, SlaStatus] = field(default_factory=dict)
     reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    ordered: frozenset[str] = frozenset()
+    """Keys of actions an operator ordered (a drain): done whatever the business's mode."""
 
     def instances_wanted(self, ready: Mapping[str, int]) -> dict[str, int]:
         """Instances per business once the plan is done, from the ``ready`` counts now."""

@@ -155,6 +155,16 @@ class Scaling(Strict):
     migration_max_downtime_ms: int = Field(default=100, ge=1, le=10_000)
 
 
+class Approval(Strict):
+    """How long an operator's approval of a recommended plan stays good."""
+
+    expires_after_s: float = Field(
+        default=900,
+        gt=0,
+        description="a plan approved later than this after it was decided is refused",
+    )
+
+
 class ForecastModel(StrEnum):
     SEASONAL_NAIVE = "seasonal_naive"
     EWMA = "ewma"
@@ -218,6 +228,7 @@ class BusinessPolicy(Strict):
     business: Name
     description: str = ""
     mode: Mode = Mode.RECOMMEND
+    approval: Approval = Approval()
     template: TemplateSpec
     instances: Instances
     placement: Placement = Placement()

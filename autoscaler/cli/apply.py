@@ -1,9 +1,12 @@
 """``autoscaler apply PLAN.json --config CONTROLLER [--state-dir DIR]``: run a plan file.
 
-Where it sits: the operator's (and the tests') way into the executor; the controller loop calls
-the same ``apply_plan``. It opens the SQLite journal in the state folder (stamping each intent
-into its domain), reconciles whatever a previous run left unfinished, then runs the plan and
-prints one line per action (or JSON). Its fleet, limits and actuators
+Where it sits: the operator's (and the tests') way into the executor. It acts only as the
+holder of the same leader lease the controller takes (``open_lease``): when a controller leads,
+``apply`` is refused (approve the controller's plan instead, ``autoscaler approve``); when none
+does, it takes the lease itself, so no controller can start acting meanwhile, decides the plan
+anew under its generation, reconciles whatever a previous run left unfinished, runs the plan,
+and releases the lease. It opens the SQLite journal in the state folder (stamping each intent
+into its domain) and prints one line per action (or JSON). Its fleet, limits and actuators
 (migration bandwidth and stall settings included) come from the same builder as ``run``'s
 (``autoscaler.runtime.wiring``), crash hooks included.
 """
@@ -12,26 +15,41 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from actuators.base import Fleet, StepHook
+from actuators.base import Fleet, StepHook, find_domain
 from actuators.executor import ActionResult, ExecutorLimits, Registry, execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import Reconciled, reconcile
 from autoscaler.config import load_controller_config
-from autoscaler.model import ConfigError, ConfigProblem, Lease, Plan
+from autoscaler.model import (
+    Adopt,
+    AutoscalerError,
+    ConfigError,
+    ConfigProblem,
+    DeposedLeader,
+    Lease,
+    LeaseState,
+    Plan,
+)
 from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.lease import Renewing
+from autoscaler.runtime.runner import ceph_handle
 from autoscaler.runtime.wiring import (
     actuator_registry,
     build_fleet,
     crash_hook,
     executor_limits,
     open_journal,
+    open_lease,
     quiet_libvirt,
 )
 from policies.loader import load_policy_dir
@@ -50,23 +68,63 @@ class ApplyReport:
         )
 
 
+class LeaderPresent(AutoscalerError):
+    """Another holder leads: ``apply`` does not act beside it."""
+
+
+def take_lease(lease: Lease, wait_s: float, poll_s: float = 0.5) -> LeaseState:
+    """The lease, once nobody else holds it; ``LeaderPresent`` as soon as a holder shows it
+    is alive (its record changes) or after ``wait_s`` (a lease that nobody renews is taken
+    after one duration, seen on this process's own clock)."""
+    deadline = time.monotonic() + wait_s
+    seen = lease.current()
+    while True:
+        state = lease.try_acquire(time.time())
+        if state is not None:
+            return state
+        current = lease.current()
+        if current is not None and seen is not None and current != seen:
+            raise LeaderPresent(
+                f"{current.holder} leads (lease generation {current.generation}) and renews its"
+                " lease: apply does not act beside a leader; approve its plan instead"
+                " (autoscaler approve PLAN_ID)"
+            )
+        seen = current
+        if time.monotonic() >= deadline:
+            holder = current.holder if current is not None else "another process"
+            raise LeaderPresent(f"{holder} holds the lease; apply does not act beside a leader")
+        time.sleep(poll_s)
+
+
 def apply_plan(
     plan: Plan,
     fleet: Fleet,
     journal: SqliteJournal,
     *,
-    lease: Lease | None = None,
+    lease: Lease,
     limits: ExecutorLimits | None = None,
     registry: Registry | None = None,
     on_step: StepHook | None = None,
 ) -> ApplyReport:
-    """Reconcile what a previous run left unfinished, then run ``plan``."""
+    """Reconcile what a previous run left unfinished, then run ``plan``, as the holder of
+    ``lease`` (taken by the caller): the plan is decided anew under its generation."""
     ensure_event_loop()
     quiet_libvirt()
+    held = lease.held()
+    if held is None:
+        raise DeposedLeader("apply: the lease is not held; refusing to act")
     limits = limits or ExecutorLimits()
-    reconciled = reconcile(fleet, journal, limits=limits, registry=registry, on_step=on_step)
+    reconciled = reconcile(
+        fleet, journal, lease=lease, limits=limits, registry=registry, on_step=on_step
+    )
     results = execute_plan(
-        plan, fleet, journal, lease=lease, limits=limits, registry=registry, on_step=on_step
+        plan.under(held.generation),
+        fleet,
+        journal,
+        lease=lease,
+        limits=limits,
+        registry=registry,
+        on_step=on_step,
     )
     return ApplyReport(reconciled, results)
 
@@ -74,17 +132,28 @@ def apply_plan(
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("apply", help="run a plan file through the executor and journal")
     p.add_argument("plan", type=Path, help="plan file (JSON, autoscaler.plan/v1)")
+    _common(p)
+    p.set_defaults(func=run)
+    p = subparsers.add_parser(
+        "adopt", help="stamp a domain the controller did not create as an instance of a business"
+    )
+    p.add_argument("vm", help="the domain's name")
+    p.add_argument("--business", required=True, help="the business it serves")
+    p.add_argument("--host", help="the host it is on (default: looked up across the fleet)")
+    _common(p)
+    p.set_defaults(func=run_adopt)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, required=True, help="controller file")
     p.add_argument("--state-dir", type=Path, help="journal folder (default: the config's)")
     p.add_argument("--readiness", choices=["serial-agent", "qemu-guest-agent"], help="probe")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    config = load_controller_config(args.config)
+def read_plan(path: Path) -> Plan:
     try:
-        plan = Plan.from_json(Path(args.plan).read_text())
+        return Plan.from_json(path.read_text())
     except ValidationError as exc:  # say which action and field, not just "1 validation error"
         problems = [
             ConfigProblem(
@@ -94,17 +163,64 @@ def run(args: argparse.Namespace) -> int:
             )
             for e in exc.errors(include_url=False)
         ]
-        raise ConfigError(str(args.plan), problems) from exc
+        raise ConfigError(str(path), problems) from exc
     except (OSError, ValueError) as exc:
         problem = ConfigProblem(line=None, field="plan", message=str(exc).splitlines()[0])
-        raise ConfigError(str(args.plan), [problem]) from exc
+        raise ConfigError(str(path), [problem]) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_as_holder(args, lambda _fleet: read_plan(Path(args.plan)))
+
+
+def run_adopt(args: argparse.Namespace) -> int:
+    def plan_for(fleet: Fleet) -> Plan:
+        host = args.host or locate(fleet, args.vm)
+        action = Adopt(
+            business=args.business, vm=args.vm, host=host, reason="adopted by an operator"
+        )
+        return Plan.build([action], created_at=time.time())
+
+    return run_as_holder(args, plan_for)
+
+
+def locate(fleet: Fleet, vm: str) -> str:
+    """The one host where ``vm`` is defined; a clear error when none or several."""
+    found = []
+    for host in fleet.hosts:
+        with fleet.connection(host) as conn:
+            if find_domain(conn, vm) is not None:
+                found.append(host)
+    if len(found) != 1:
+        where = ", ".join(found) if found else "no host"
+        problem = ConfigProblem(line=None, field="vm", message=f"{vm} is defined on {where}")
+        raise ConfigError(vm, [problem])
+    return found[0]
+
+
+def run_as_holder(args: argparse.Namespace, plan_for: Callable[[Fleet], Plan]) -> int:
+    """Take the lease (or refuse beside a leader), then reconcile and run the plan."""
+    config = load_controller_config(args.config)
+    if args.state_dir is not None:
+        config = config.model_copy(update={"state_dir": args.state_dir})
     fleet = build_fleet(config, load_policy_dir(config.policy_dir), args.readiness)
-    state_dir: Path = args.state_dir or config.state_dir
-    with open_journal(state_dir, fleet) as journal:
+    plan = plan_for(fleet)
+    cluster = ceph_handle(config) if config.lease.kind == "rados" else None
+    lease = open_lease(config, f"apply:{socket.gethostname()}:{os.getpid()}", cluster)
+    try:
+        take_lease(lease, wait_s=config.lease.duration_s * 1.5 + 1)
+    except LeaderPresent as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 3
+    with (
+        Renewing(lease, every_s=config.lease.duration_s / 3),
+        open_journal(config.state_dir, fleet) as journal,
+    ):
         report = apply_plan(
             plan,
             fleet,
             journal,
+            lease=lease,
             limits=executor_limits(config),
             registry=actuator_registry(config),
             on_step=crash_hook(),

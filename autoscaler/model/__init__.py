@@ -9,6 +9,7 @@ from __future__ import annotations
 from autoscaler.model.actions import (
     ACTION_KINDS,
     Action,
+    Adopt,
     BaseAction,
     CloneFromTemplate,
     HotAddMemory,
@@ -34,6 +35,12 @@ from autoscaler.model.errors import (
 )
 from autoscaler.model.interfaces import Journal, JournalEntry, Lease, LeaseState, Phase
 from autoscaler.model.names import Name, check_name
+from autoscaler.model.ownership import (
+    FleetKeys,
+    NotOwned,
+    OwnershipStamp,
+    parse_fleet_keys,
+)
 from autoscaler.model.signals import Sample, Scope, Signal, SignalName, Stale
 from autoscaler.model.snapshot import Snapshot
 from autoscaler.model.topology import (
@@ -53,6 +60,7 @@ __all__ = [
     "ACTION_KINDS",
     "VM",
     "Action",
+    "Adopt",
     "AutoscalerError",
     "BaseAction",
     "Business",
@@ -64,6 +72,7 @@ __all__ = [
     "Controls",
     "Datacenter",
     "DeposedLeader",
+    "FleetKeys",
     "Health",
     "Host",
     "HotAddMemory",
@@ -76,6 +85,8 @@ __all__ = [
     "MergeSnapshot",
     "Name",
     "NicModel",
+    "NotOwned",
+    "OwnershipStamp",
     "PermanentError",
     "Phase",
     "Plan",
@@ -96,4 +107,5 @@ __all__ = [
     "VmState",
     "action_adapter",
     "check_name",
+    "parse_fleet_keys",
 ]

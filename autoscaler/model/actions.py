@@ -102,6 +102,22 @@ class Retire(BaseAction):
         return (self.host,)
 
 
+class Adopt(BaseAction):
+    """An operator's word that ``vm`` on ``host`` is an instance of ``business``: stamp it with
+    the fleet key so the controller may manage it (``autoscaler adopt``; never decided)."""
+
+    kind: Literal["adopt"] = "adopt"
+    host: Name
+
+    @property
+    def key(self) -> str:
+        return f"adopt/{self.vm}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
 class LiveMigrate(BaseAction):
     """Move a running ``vm`` from ``source`` to ``destination`` without stopping it."""
 
@@ -165,7 +181,8 @@ Action = Annotated[
     | Retire
     | LiveMigrate
     | SnapshotDisk
-    | MergeSnapshot,
+    | MergeSnapshot
+    | Adopt,
     Field(discriminator="kind"),
 ]
 ACTION_KINDS: tuple[str, ...] = (
@@ -176,6 +193,7 @@ ACTION_KINDS: tuple[str, ...] = (
     "live_migrate",
     "snapshot",
     "merge_snapshot",
+    "adopt",
 )
 action_adapter: TypeAdapter[Action] = TypeAdapter(Action)
 
@@ -183,15 +201,20 @@ PLAN_FORMAT: Literal["autoscaler.plan/v1"] = "autoscaler.plan/v1"
 
 
 class Plan(Frozen):
-    """An ordered list of actions decided at ``created_at``.
+    """An ordered list of actions decided at ``created_at`` from the view taken at
+    ``snapshot_at``.
 
     ``id`` is a digest of the content, so the same decision gives the same plan id and an
-    operator can approve exactly what they read.
+    operator can approve exactly what they read; ``content_id()`` recomputes it, and a plan
+    whose id does not match (edited after it was exported) is refused for execution.
     """
 
     format: Literal["autoscaler.plan/v1"] = PLAN_FORMAT
     id: str = Field(pattern=r"^plan-[0-9a-f]{12}$")
     created_at: float
+    snapshot_at: float | None = Field(
+        default=None, description="when the view this plan was decided on was taken"
+    )
     actions: tuple[Action, ...] = ()
 
     @model_validator(mode="after")
@@ -203,14 +226,52 @@ class Plan(Frozen):
             seen.add(action.key)
         return self
 
+    @staticmethod
+    def _digest(
+        actions: tuple[Action, ...] | list[Action], created_at: float, snapshot_at: float | None
+    ) -> str:
+        content: list[object] = [action_adapter.dump_python(a, mode="json") for a in actions]
+        content.append(created_at)
+        if snapshot_at is not None:
+            content.append({"snapshot_at": snapshot_at})
+        body = json.dumps(content, sort_keys=True)
+        return "plan-" + hashlib.sha256(body.encode()).hexdigest()[:12]
+
     @classmethod
-    def build(cls, actions: list[Action] | tuple[Action, ...], created_at: float) -> Plan:
-        body = json.dumps(
-            [action_adapter.dump_python(a, mode="json") for a in actions] + [created_at],
-            sort_keys=True,
+    def build(
+        cls,
+        actions: list[Action] | tuple[Action, ...],
+        created_at: float,
+        snapshot_at: float | None = None,
+    ) -> Plan:
+        return cls(
+            id=cls._digest(actions, created_at, snapshot_at),
+            created_at=created_at,
+            snapshot_at=snapshot_at,
+            actions=tuple(actions),
         )
-        digest = hashlib.sha256(body.encode()).hexdigest()[:12]
-        return cls(id=f"plan-{digest}", created_at=created_at, actions=tuple(actions))
+
+    def under(self, generation: int) -> Plan:
+        """This plan with every action stamped with lease ``generation`` (the holder that runs
+        an operator's plan decides it anew under its own lease)."""
+        actions = tuple(a.model_copy(update={"lease_generation": generation}) for a in self.actions)
+        return Plan.build(actions, self.created_at, self.snapshot_at)
+
+    def content_id(self) -> str:
+        """The id this plan's content gives (equal to ``id`` unless it was edited)."""
+        return self._digest(self.actions, self.created_at, self.snapshot_at)
+
+    def signature(self) -> str:
+        """What the plan *does*, for deduplicating recommendations: each action's kind,
+        business, hosts and the existing VM it acts on (a clone's new name, the reasons and
+        the times do not make a plan new)."""
+        parts = sorted(
+            json.dumps(
+                [a.kind, a.business, "" if a.kind == "clone_from_template" else a.vm, a.hosts]
+            )
+            for a in self.actions
+        )
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

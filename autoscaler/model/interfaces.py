@@ -67,7 +67,15 @@ class LeaseState(Frozen):
 
 @runtime_checkable
 class Lease(Protocol):
-    """One actor at a time. ``generation`` grows each time the lease changes hands."""
+    """One actor at a time. ``generation`` grows each time the lease changes hands and never
+    goes back.
+
+    ``held()`` and ``fence()`` do no I/O: the holder knows how long its lease is valid from its
+    own monotonic clock, counted from the moment it *asked* for the lease or its renewal, so the
+    store's expiry (counted from when it granted it, later) is always after it. A holder cut off
+    from the store therefore stops before anyone else may take over, and clock skew between
+    machines cannot make two leaders.
+    """
 
     def try_acquire(self, now: float) -> LeaseState | None: ...
 
@@ -76,3 +84,12 @@ class Lease(Protocol):
     def release(self) -> None: ...
 
     def current(self) -> LeaseState | None: ...
+
+    def held(self) -> LeaseState | None:
+        """Our lease, if this process holds it and its monotonic deadline has not passed."""
+        ...
+
+    def fence(self, generation: int | None, what: str) -> None:
+        """Raise ``DeposedLeader`` unless we hold the lease at exactly ``generation`` now (the
+        check before every side effect)."""
+        ...

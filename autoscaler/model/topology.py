@@ -157,6 +157,11 @@ class VM(Frozen):
     ready: bool = False
     draining: bool = False
     created_at: float | None = None
+    owned: bool = Field(
+        default=True,
+        description="carries a valid ownership stamp of the fleet key; False: reported only,"
+        " never acted on until an operator adopts it",
+    )
 
     @property
     def capacity_cores(self) -> float:

@@ -57,6 +57,7 @@ class ExecutorActuation:
         done = reconcile(
             self.fleet(),
             self.journal,
+            lease=self.lease,
             limits=self.limits,
             registry=self.registry,
             on_step=self.on_step,

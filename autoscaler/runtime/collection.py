@@ -19,9 +19,10 @@ import libvirt
 
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Collection, Collector, Scope
+from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.logs import event
 from collectors.base import LastGood, guarded
-from collectors.libvirt_vms import LibvirtHostCollector
+from collectors.libvirt_vms import DomainStatsParser, LibvirtHostCollector
 
 log = logging.getLogger("autoscaler.collection")
 
@@ -33,9 +34,16 @@ def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
 def libvirt_collectors(
     config: ControllerConfig, timeout_s: float = 5.0
 ) -> list[LibvirtHostCollector]:
-    """One libvirt collector per inventory host."""
+    """One libvirt collector per inventory host; each tells which VMs carry a valid
+    ownership stamp of the fleet key."""
+    keys = load_fleet_keys(config.key_file, create=config.ownership.key_file is None)
     return [
-        LibvirtHostCollector(h.name, _opener(h.uri), timeout_s=timeout_s)
+        LibvirtHostCollector(
+            h.name,
+            _opener(h.uri),
+            timeout_s=timeout_s,
+            parser=DomainStatsParser(keys=keys),
+        )
         for *_, h in config.inventory.hosts()
     ]
 

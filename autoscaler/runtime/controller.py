@@ -41,13 +41,13 @@ from autoscaler.runtime.controls import ControlFile
 from autoscaler.runtime.cycle import Cycle, CycleSettings
 from autoscaler.runtime.figures import business_figures
 from autoscaler.runtime.history import HistoryStore
-from autoscaler.runtime.lease import FileLease
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.plans import PlanFolder
 from autoscaler.runtime.ports import ActionOutcome
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from autoscaler.runtime.snapshots import LatestSnapshot
+from autoscaler.runtime.wiring import open_lease
 from policies.loader import load_policy_dir
 from policies.schema import BusinessPolicy
 from policies.state import DecideSettings, DecisionState
@@ -70,9 +70,7 @@ class Actuation(Protocol):
 
 
 class LeaderLease(Lease, Protocol):
-    """A Lease that also answers "do we still hold it at ``now``?" without I/O."""
-
-    def held(self, now: float) -> LeaseState | None: ...
+    """The Lease (``held`` and ``fence`` answer without I/O, on the monotonic clock)."""
 
 
 class _AccountedHistory:
@@ -114,9 +112,7 @@ class Controller:
         self.clock = clock
         self._actuation = actuation
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.lease: LeaderLease = lease or FileLease(
-            config.state_dir / "lease", holder, config.lease.duration_s
-        )
+        self.lease: LeaderLease = lease or open_lease(config, holder)
         self.controls = ControlFile(config.state_dir)
         self.history = HistoryStore(config.state_dir / "history.sqlite")
         self.policies: dict[str, BusinessPolicy] = {}
@@ -239,7 +235,7 @@ class Controller:
         now = self.clock()
         state: LeaseState | None
         try:
-            if self.lease.held(now) is not None:
+            if self.lease.held() is not None:
                 state = self.lease.renew(now)
             else:
                 state = self.lease.try_acquire(now)
@@ -355,7 +351,7 @@ class Controller:
         now = self.clock()
         # The lease as held right now, not as the lease job last saw it: a leader frozen past
         # its lease's end must not decide on waking up before that job has run.
-        held = self.lease.held(now) if self._leader_generation is not None else None
+        held = self.lease.held() if self._leader_generation is not None else None
         generation = held.generation if held is not None else None
         result = self.cycle.run_once(now, generation=generation)
         if result.decision is not None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from autoscaler.model import Action, Controls, Plan
+from autoscaler.model import Action, Controls, DeposedLeader, Plan, Snapshot
 from autoscaler.observability.exporter import ControllerMetrics
 from autoscaler.runtime.figures import BusinessFigures, business_figures
 from autoscaler.runtime.logs import event
@@ -45,12 +45,13 @@ from autoscaler.runtime.ports import (
     PlanStore,
     SnapshotSource,
 )
+from policies.approvals import admit
 from policies.decide import decide
 from policies.decision import Decision
 from policies.forecast import ForecastSpec, refit, spec_quantile
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
-from policies.state import DecideSettings
+from policies.state import DecideSettings, DecisionState
 
 log = logging.getLogger("autoscaler.controller")
 # How often entries left unfinished (their host unreachable) are tried again.
@@ -138,7 +139,8 @@ class Cycle:
             self._start_refit(now)
         if generation is None and not self.settings.dry_run:
             return CycleResult()  # a standby keeps its ledger and forecasts, and waits
-        self._reconcile_if_pending(now)
+        if not self._reconcile_if_pending(now):
+            return CycleResult()  # deposed while settling: the new leader settles the rest
         # Settling or the last plan may have moved, grown or finished VMs since the last
         # snapshot was taken: deciding on it would plan from where they were (a second
         # migration of a VM just moved, a second DIMM for memory already added).
@@ -157,19 +159,22 @@ class Cycle:
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
         for why in decision.notes:
             event(self.log, "drain leaves a VM", logging.WARNING, why=why)
-        result = self._route(decision, policies, controls.approved, generation, now)
+        result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
 
     def _route(
         self,
         decision: Decision,
+        snapshot: Snapshot,
         policies: Mapping[str, BusinessPolicy],
-        approved: frozenset[str],
+        controls: Controls,
+        state: DecisionState,
         generation: int | None,
         now: float,
     ) -> CycleResult:
         plan = decision.plan
+        approved = controls.approved
         if not plan.actions and not approved:
             return CycleResult(decision=decision)
         acting = generation is not None and not self.settings.dry_run
@@ -180,22 +185,38 @@ class Cycle:
             policy = policies.get(action.business)
             if policy is None:
                 continue
-            if acting and policy.mode is Mode.AUTO:
+            # An operator's drain is done whatever the business's mode: recommending it would
+            # leave VMs on a host about to be rebooted.
+            if acting and (policy.mode is Mode.AUTO or action.key in decision.ordered):
                 auto.append(action.model_copy(update={"lease_generation": generation}))
             else:
                 recommend.append(action)
-        # Approved plans run with this cycle's auto actions, under this lease generation.
+        # Approved plans run with this cycle's auto actions, under this lease generation, once
+        # each, and only when they still mean what was approved (``policies.approvals``).
         taken = self.plans.take_approved(approved) if acting else []
         keys = {a.key for a in auto}
-        for approved_plan in taken:
+        for approved_plan in list(taken):
+            admission = admit(approved_plan, snapshot, policies, controls, state, now)
+            if not admission.admitted:
+                taken.remove(approved_plan)
+                self.metrics.approvals_refused.inc()
+                self._tell(f"refused approved {approved_plan.id}: {admission.refused}")
+                event(
+                    self.log,
+                    "approved plan refused",
+                    logging.WARNING,
+                    plan=approved_plan.id,
+                    reason=admission.refused,
+                )
+                continue
             for action in approved_plan.actions:
                 if action.key not in keys:  # decided again meanwhile: once is enough
                     keys.add(action.key)
                     auto.append(action.model_copy(update={"lease_generation": generation}))
         # Each part is a plan of its own, built once: its id is the one logged as planned and
         # the one journalled (executed), or the exported file's name (recommended).
-        exported = Plan.build(recommend, now) if recommend else None
-        executed = Plan.build(auto, now) if auto else None
+        exported = Plan.build(recommend, now, snapshot.now) if recommend else None
+        executed = Plan.build(auto, now, snapshot.now) if auto else None
         if plan.actions:
             event(
                 self.log,
@@ -270,20 +291,26 @@ class Cycle:
         self.memory.remember_outcomes(outcomes, now)
         return outcomes
 
-    def _reconcile_if_pending(self, now: float) -> None:
+    def _reconcile_if_pending(self, now: float) -> bool:
+        """Settle the journal when due; False when this process turned out not to lead."""
         if self.actuation is None or self.settings.dry_run:
-            return
+            return True
         # Between cycles nothing runs, so an unfinished entry waits for a host that could not
         # be reached to finish or undo it: try again, at most every RESETTLE_S.
         due = now - self.settled_at >= RESETTLE_S
         unfinished = self.actuation.unfinished() if due or self.reconcile_pending else 0
         if not self.reconcile_pending and unfinished == 0:
-            return
-        with self.acting(unfinished):  # settled one by one
-            settled = self.actuation.reconcile()
+            return True
+        try:
+            with self.acting(unfinished):  # settled one by one
+                settled = self.actuation.reconcile()
+        except DeposedLeader as exc:
+            event(self.log, "deposed while settling", logging.WARNING, reason=str(exc))
+            return False
         event(self.log, "reconciled the journal", entries=settled)
         self.settled_at = self.clock() if self.clock is not None else now
         self.reconcile_pending = False
+        return True
 
     def _start_refit(self, now: float) -> None:
         if self.refit_in is None:

@@ -23,7 +23,14 @@ import libvirt
 
 from actuators.connections import LibvirtPool
 from actuators.domain_xml import JOURNAL_NS
-from autoscaler.model import Action, JournalEntry, Phase, action_adapter, check_name
+from autoscaler.model import (
+    Action,
+    JournalEntry,
+    Phase,
+    TemporaryError,
+    action_adapter,
+    check_name,
+)
 from autoscaler.runtime.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
@@ -165,6 +172,23 @@ def _entry(row: tuple[str, str, str, str, str, str, float, float]) -> JournalEnt
         started_at=started_at,
         updated_at=updated_at,
     )
+
+
+def journal_floor(path: Path) -> int:
+    """``max_generation`` of the journal at ``path`` (0 when there is none yet), read on its
+    own connection: the lease asks it before the actuators' journal is open."""
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT MAX(CAST(json_extract(action, '$.lease_generation') AS INTEGER))"
+                " FROM entries"
+            ).fetchone()
+    except sqlite3.Error as exc:
+        # Without the floor a lost lease record could restart the count: do not lead.
+        raise TemporaryError(f"cannot read the journal's highest generation: {exc}") from exc
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 class DomainStamper:

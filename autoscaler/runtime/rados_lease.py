@@ -6,19 +6,25 @@ with a duration and renewed (``LIBRADOS_LOCK_FLAG_RENEW``) by the controller's o
 independent of long actions. The generation lives in the object's data and is bumped by each
 new holder while it holds the lock, so only a holder ever writes it.
 
-Pacific's Python binding sets the expiry imprecisely (a 2 s lock expired after 3.5-6 s in the
-recipes), so ``expires_at`` here is our own conservative view: the moment we last renewed plus
-the duration, and the duration should be generous compared with the renew interval.
+The OSD keeps the lock's expiry, so no two machines' clocks are compared. Pacific's Python
+binding takes whole seconds and sets the expiry imprecisely (a 2 s lock expired after 3.5-6 s
+in the recipes: later, never earlier), so the holder's own view is conservative: its monotonic
+clock when it asked, plus the duration (``Holding``). A new generation is max(the object's,
+the journal's highest) + 1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import rados
 
 from autoscaler.model import DeposedLeader, LeaseState, TemporaryError
+from autoscaler.runtime.lease import Holding, no_floor
 
 LOCK_NAME = "autoscaler-leader"
 RENEW_FLAG = 1  # LIBRADOS_LOCK_FLAG_RENEW
@@ -26,13 +32,24 @@ RENEW_FLAG = 1  # LIBRADOS_LOCK_FLAG_RENEW
 
 class RadosLease:
     def __init__(
-        self, ioctx: Any, holder: str, duration_s: float, obj: str = "autoscaler.lease"
+        self,
+        ioctx: Any,
+        holder: str,
+        duration_s: float,
+        obj: str = "autoscaler.lease",
+        *,
+        floor: Callable[[], int] = no_floor,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if duration_s < 1:
+            # The binding takes whole seconds, and a duration of 0 is a lock that never expires.
+            raise ValueError(f"a RADOS lease lasts at least 1 s, got {duration_s}")
         self.ioctx = ioctx
         self.holder = holder
         self.duration_s = duration_s
         self.obj = obj
-        self._held: LeaseState | None = None
+        self.floor = floor
+        self._holding = Holding(monotonic)
 
     def _generation(self) -> int:
         try:
@@ -53,7 +70,8 @@ class RadosLease:
                 LOCK_NAME,
                 self.holder,
                 desc="autoscaler leader",
-                duration=int(self.duration_s),
+                # Rounded down, so the OSD never holds the lock longer than we count on it.
+                duration=max(1, math.floor(self.duration_s)),
                 flags=flags,
             )
         except (rados.ObjectBusy, rados.ObjectExists):
@@ -63,40 +81,43 @@ class RadosLease:
         return True
 
     def try_acquire(self, now: float) -> LeaseState | None:
-        if self._held is not None:
+        if self._holding.state is not None:
             try:
                 return self.renew(now)
             except DeposedLeader:
                 return None
+        asked_at = self._holding.monotonic()
         if not self._lock(0):
             return None
-        generation = self._generation() + 1
+        generation = max(self._generation(), self.floor()) + 1
         try:
             self.ioctx.write_full(self.obj, str(generation).encode())
         except rados.Error as exc:
             raise TemporaryError(
                 f"cannot write the lease generation: {exc}", retry_after=2
             ) from exc
-        self._held = LeaseState(
+        state = LeaseState(
             holder=self.holder, generation=generation, expires_at=now + self.duration_s
         )
-        return self._held
+        return self._holding.granted(state, asked_at, math.floor(self.duration_s))
 
     def renew(self, now: float) -> LeaseState:
-        if self._held is None:
+        mine = self._holding.state
+        if mine is None:
             raise DeposedLeader(f"{self.holder} does not hold the lease")
-        if not self._lock(RENEW_FLAG) or self._generation() != self._held.generation:
-            self._held = None
+        asked_at = self._holding.monotonic()
+        if not self._lock(RENEW_FLAG) or self._generation() != mine.generation:
+            self._holding.lost()
             raise DeposedLeader(f"{self.holder} lost the lease")
-        self._held = self._held.model_copy(update={"expires_at": now + self.duration_s})
-        return self._held
+        state = mine.model_copy(update={"expires_at": now + self.duration_s})
+        return self._holding.granted(state, asked_at, math.floor(self.duration_s))
 
     def release(self) -> None:
-        if self._held is None:
+        if self._holding.state is None:
             return
         with contextlib.suppress(rados.Error):
             self.ioctx.unlock(self.obj, LOCK_NAME, self.holder)
-        self._held = None
+        self._holding.lost()
 
     def current(self) -> LeaseState | None:
         """The generation on the cluster; the holder is known only when it is us (the Pacific
@@ -104,11 +125,13 @@ class RadosLease:
         generation = self._generation()
         if generation == 0:
             return None
-        if self._held is not None and self._held.generation == generation:
-            return self._held
+        mine = self._holding.state
+        if mine is not None and mine.generation == generation:
+            return mine
         return LeaseState(holder="another controller", generation=generation, expires_at=0.0)
 
-    def held(self, now: float) -> LeaseState | None:
-        if self._held is not None and self._held.expires_at > now:
-            return self._held
-        return None
+    def held(self) -> LeaseState | None:
+        return self._holding.held()
+
+    def fence(self, generation: int | None, what: str) -> None:
+        self._holding.fence(generation, what)

@@ -24,8 +24,7 @@ from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import CollectionStage, build_collectors, connect_ceph
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
-from autoscaler.runtime.rados_lease import RadosLease
-from autoscaler.runtime.wiring import quiet_libvirt
+from autoscaler.runtime.wiring import open_lease, quiet_libvirt
 
 log = logging.getLogger("autoscaler.run")
 
@@ -65,9 +64,7 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     server = MetricsServer(metrics, health, host.strip("[]"), int(port))
     cluster = ceph_handle(config)
     collection = CollectionStage(build_collectors(config, ceph=cluster))
-    lease = None
-    if config.lease.kind == "rados" and config.ceph is not None and cluster is not None:
-        lease = RadosLease(cluster.open_ioctx(config.ceph.pool), holder, config.lease.duration_s)
+    lease = open_lease(config, holder, cluster)
     controller = Controller(
         config,
         holder=holder,

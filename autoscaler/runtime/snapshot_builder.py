@@ -90,6 +90,7 @@ def _vm(
         and ready_at <= ready_after,
         draining=bool(val("vm_draining")),
         created_at=val("vm_created_timestamp"),
+        owned=info.label("owned") == "1",
     )
 
 

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
@@ -23,8 +24,11 @@ from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL, GuestBoot
 from actuators.executor import ExecutorLimits, Registry, default_registry
 from actuators.guest_agent import readiness_probe
 from autoscaler.config import ControllerConfig
-from autoscaler.model import BaseAction
-from autoscaler.runtime.journal import DomainStamper, SqliteJournal
+from autoscaler.model import BaseAction, Lease, TemporaryError
+from autoscaler.runtime.fleet_key import load_fleet_keys
+from autoscaler.runtime.journal import DomainStamper, SqliteJournal, journal_floor
+from autoscaler.runtime.lease import FileLease
+from autoscaler.runtime.rados_lease import RadosLease
 from policies.schema import BusinessPolicy
 
 CRASH_ENV = "AUTOSCALER_CRASH_AT"
@@ -54,6 +58,7 @@ def build_fleet(
         channels=(agent_channel, *config.guest_channels),
         balloon_stats_period_s=config.balloon_stats_period_s,
         pool=pool if pool is not None else LibvirtPool(),
+        keys=load_fleet_keys(config.key_file, create=config.ownership.key_file is None),
     )
 
 
@@ -78,6 +83,22 @@ def actuator_registry(config: ControllerConfig) -> Registry:
 def open_journal(state_dir: Path, fleet: Fleet) -> SqliteJournal:
     stamper = DomainStamper(dict(fleet.hosts), fleet.pool)
     return SqliteJournal(state_dir / JOURNAL_FILE, stamper=stamper)
+
+
+def open_lease(config: ControllerConfig, holder: str, cluster: Any = None) -> Lease:
+    """The leader lease the controller file names (a file in the state folder, or RADOS with
+    the cluster handle), its next generation floored by the journal's highest."""
+    journal = config.state_dir / JOURNAL_FILE
+
+    def floor() -> int:
+        return journal_floor(journal)
+
+    if config.lease.kind == "rados":
+        if config.ceph is None or cluster is None:
+            raise TemporaryError("the lease is on RADOS but the cluster cannot be reached")
+        ioctx = cluster.open_ioctx(config.ceph.pool)
+        return RadosLease(ioctx, holder, config.lease.duration_s, floor=floor)
+    return FileLease(config.state_dir / "lease", holder, config.lease.duration_s, floor=floor)
 
 
 def quiet_libvirt() -> None:

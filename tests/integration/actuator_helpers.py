@@ -15,6 +15,7 @@ from actuators.volumes import overlay_exists
 from autoscaler.config import load_controller_config
 from autoscaler.model import Action, Plan
 from autoscaler.runtime.journal import SqliteJournal
+from autoscaler.runtime.lease import Renewing, taken_file_lease
 from autoscaler.runtime.wiring import build_fleet, quiet_libvirt
 from lab import lab as lab_mod
 from lab.lab import Lab
@@ -36,8 +37,14 @@ def run_plan(
     limits: ExecutorLimits | None = None,
     registry: Registry | None = None,
 ) -> list[ActionResult]:
-    plan = Plan.build(list(actions), created_at=time.time())
-    return execute_plan(plan, fleet, journal, limits=limits or ExecutorLimits(), registry=registry)
+    """Run ``actions`` as the holder of a lease of the journal's own folder (the fence needs
+    one), kept renewed while they run."""
+    lease = taken_file_lease(journal.path.parent, "actuator-test")
+    with Renewing(lease, every_s=5) as held:
+        plan = Plan.build(list(actions), created_at=time.time()).under(held.generation)
+        return execute_plan(
+            plan, fleet, journal, lease=lease, limits=limits or ExecutorLimits(), registry=registry
+        )
 
 
 def where(lab: Lab, vm: str) -> dict[str, str]:
