@@ -58,6 +58,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     )
                 load_policy_dir(config.policy_dir, images=images)
                 print(f"{path}: ok (controller; {len(config.inventory.hosts())} hosts)")
+                if config.lease.kind == "rados" and config.ownership.key_file is None:
+                    print(
+                        f"{path}: warning: ownership.key_file is not set: each controller makes"
+                        " its own key in its state folder, and after a failover the new leader"
+                        " sees every VM as foreign; name one key file shared by all of them",
+                        file=sys.stderr,
+                    )
             else:
                 images = _images_for(path, args.image_dir)
                 policy = load_policy(path, images=images)

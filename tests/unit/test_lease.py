@@ -155,3 +155,21 @@ def test_a_restart_under_the_same_holder_name_waits_like_anyone(tmp_path: Path) 
     twin_clock.at = 10.0
     taken = twin.try_acquire(0.0)
     assert taken is not None and taken.generation == 2
+
+
+def test_a_rados_lease_shorter_than_a_second_is_refused_instead_of_never_expiring() -> None:
+    from autoscaler.runtime.rados_lease import RadosLease
+
+    with pytest.raises(ValueError, match="at least 1 s"):
+        RadosLease(ioctx=None, holder="a", duration_s=0.5)
+
+
+def test_reconciliation_without_the_lease_touches_nothing(tmp_path: Path) -> None:
+    from actuators.base import Fleet
+    from actuators.reconcile import reconcile
+    from autoscaler.runtime.journal import SqliteJournal
+
+    standby = lease(tmp_path, "standby", Clock())  # never took the lease
+    fleet = Fleet(hosts={"h1": "test:///default"}, businesses={})
+    with SqliteJournal(tmp_path / "journal.sqlite") as journal, pytest.raises(DeposedLeader):
+        reconcile(fleet, journal, lease=standby, vms=["web-1"])
