@@ -196,7 +196,9 @@ class FileLease:
         ever_taken = self.path.with_suffix(".lock").exists()
         with self._locked():
             raw, record = self._read()
-            mine = self._holding.held()
+            # Ours, by this process: also after our deadline passed (a late renewal), the record
+            # unchanged under the lock proves nobody took over meanwhile; keep the generation.
+            mine = self._holding.state
             if (
                 mine is not None
                 and record is not None

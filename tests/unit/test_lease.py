@@ -173,3 +173,15 @@ def test_reconciliation_without_the_lease_touches_nothing(tmp_path: Path) -> Non
     fleet = Fleet(hosts={"h1": "test:///default"}, businesses={})
     with SqliteJournal(tmp_path / "journal.sqlite") as journal, pytest.raises(DeposedLeader):
         reconcile(fleet, journal, lease=standby, vms=["web-1"])
+
+
+def test_a_late_renewal_keeps_the_lease_when_nobody_took_it_over(tmp_path: Path) -> None:
+    ca = Clock()
+    a = lease(tmp_path, "a", ca)
+    first = a.try_acquire(0.0)
+    assert first is not None
+    ca.at = 12.0  # the renewal job ran late: past a's own deadline
+    assert a.held() is None
+    again = a.try_acquire(12.0)  # the record is still a's, unchanged: nobody took over
+    assert again is not None and again.generation == first.generation
+    a.fence(first.generation, "act")
