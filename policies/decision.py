@@ -23,7 +23,9 @@ class Decision:
 
     ``rack_health``: the health of every rack; ``forecasts``, ``sla``: per business;
     ``reasons``: per business, why it has the actions it has (or none); ``notes``: what the
-    decision could not do outside a business (a VM a drain must leave where it is).
+    decision could not do outside a business (a VM a drain must leave where it is);
+    ``freeze``: why retires and live migrations were frozen fleet-wide (``policies.brakes``),
+    or None; ``held``: actions the fleet-wide per-minute cap held back, one line each.
     """
 
     plan: Plan
@@ -33,6 +35,8 @@ class Decision:
     sla: Mapping[str, SlaStatus] = field(default_factory=dict)
     reasons: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    freeze: str | None = None
+    held: tuple[str, ...] = ()
 
     def instances_wanted(self, ready: Mapping[str, int]) -> dict[str, int]:
         """Instances per business once the plan is done, from the ``ready`` counts now."""
