@@ -33,6 +33,13 @@ from autoscaler.model.errors import (
     TemporaryError,
 )
 from autoscaler.model.interfaces import Journal, JournalEntry, Lease, LeaseState, Phase
+from autoscaler.model.memory_store import (
+    MEMORY_SCHEMA_VERSION,
+    ControllerRecord,
+    LedgerRecord,
+    MemoryStore,
+    UnreadableRecord,
+)
 from autoscaler.model.names import Name, check_name
 from autoscaler.model.signals import Sample, Scope, Signal, SignalName, Stale
 from autoscaler.model.snapshot import Snapshot
@@ -51,6 +58,7 @@ from autoscaler.model.topology import (
 
 __all__ = [
     "ACTION_KINDS",
+    "MEMORY_SCHEMA_VERSION",
     "VM",
     "Action",
     "AutoscalerError",
@@ -61,6 +69,7 @@ __all__ = [
     "Collector",
     "ConfigError",
     "ConfigProblem",
+    "ControllerRecord",
     "Controls",
     "Datacenter",
     "DeposedLeader",
@@ -72,7 +81,9 @@ __all__ = [
     "JournalEntry",
     "Lease",
     "LeaseState",
+    "LedgerRecord",
     "LiveMigrate",
+    "MemoryStore",
     "MergeSnapshot",
     "Name",
     "NicModel",
@@ -93,6 +104,7 @@ __all__ = [
     "Stale",
     "Template",
     "TemporaryError",
+    "UnreadableRecord",
     "VmState",
     "action_adapter",
     "check_name",
