@@ -17,7 +17,7 @@ waiting for a second opinion, while retiring or moving VMs on it is.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -176,14 +176,19 @@ def actions_in_last_minute(recent: Mapping[str, Sequence[float]], now: float) ->
 
 
 def fleet_cap(
-    actions: Sequence[Action], done_last_minute: int, settings: BrakeSettings
+    actions: Sequence[Action],
+    done_last_minute: int,
+    settings: BrakeSettings,
+    counted: Callable[[Action], bool] = lambda _: True,
 ) -> tuple[list[Action], list[Action]]:
-    """(kept, held): the most important actions that fit in the per-minute cap, in plan order."""
+    """(kept, held): the most important ``counted`` actions that fit in the per-minute cap,
+    and every other action (a recommend-mode business's, only exported), in plan order."""
     room = max(0, settings.max_actions_per_minute - done_last_minute)
-    if len(actions) <= room:
+    capped = [i for i, a in enumerate(actions) if counted(a)]
+    if len(capped) <= room:
         return list(actions), []
-    ranked = sorted(range(len(actions)), key=lambda i: (importance(actions[i]), i))
-    keep = set(ranked[:room])
-    kept = [a for i, a in enumerate(actions) if i in keep]
-    held = [a for i, a in enumerate(actions) if i not in keep]
+    ranked = sorted(capped, key=lambda i: (importance(actions[i]), i))
+    dropped = set(ranked[room:])
+    kept = [a for i, a in enumerate(actions) if i not in dropped]
+    held = [a for i, a in enumerate(actions) if i in dropped]
     return kept, held

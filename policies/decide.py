@@ -32,7 +32,7 @@ from policies.forecast import predict_many
 from policies.placement import PlacementView
 from policies.rack_health import RackHealth, score_racks
 from policies.scaling import Budget, scale_down, scale_up, vertical
-from policies.schema import BusinessPolicy
+from policies.schema import BusinessPolicy, Mode
 from policies.state import DecisionState
 
 
@@ -110,7 +110,10 @@ def decide(
         for view in views:
             reasons[view.name].append(f"frozen: no retire or migration: {freeze}")
     done = actions_in_last_minute(state.recent_actions, now)
-    actions, held = fleet_cap(actions, done, settings.brakes)
+    # Only what executes takes room: a recommend business's actions are exported, not done.
+    actions, held = fleet_cap(
+        actions, done, settings.brakes, lambda a: policies[a.business].mode is Mode.AUTO
+    )
     cap = settings.brakes.max_actions_per_minute
     held_why = tuple(
         f"held by the fleet-wide cap ({done} done in the last minute, {cap} a minute):"

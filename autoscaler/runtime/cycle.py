@@ -158,7 +158,12 @@ class Cycle:
         if self.memory.refit_due(now, self.settings.refit_every_s):
             self._start_refit(now)
         if generation is None and not self.settings.dry_run:
-            return CycleResult()  # a standby keeps its ledger and forecasts, and waits
+            # A standby keeps its ledger and forecasts, and waits; it decides nothing, so it
+            # shows no freeze and no refused snapshot (a deposed leader's would stay up).
+            self.frozen = self.stale_snapshot = None
+            self.metrics.freeze.set(0)
+            self.metrics.stale_snapshot.set(0)
+            return CycleResult()
         self._reconcile_if_pending(now)
         # Settling or the last plan may have moved, grown or finished VMs since the last
         # snapshot was taken: deciding on it would plan from where they were (a second
@@ -407,15 +412,12 @@ class Cycle:
             self.history.record_business(name, now, sli_good_s=good, sli_total_s=total)
 
     def resume_memory(self, now: float) -> None:
-        """On becoming leader: the caps, cooldowns and ledgers the last leader saved (a
-        standby's own would miss what the leader did); forecasts and temperatures stay."""
+        """On becoming leader: take in the caps, cooldowns and ledgers the last leader saved
+        (a standby's own miss what the leader did; a store can be older than the standby's
+        own ledger, so the two are merged, never one replacing the other)."""
         saved = saved_memory(self.store, now, self.log)
-        if saved is None:
-            return
-        mine = self.memory
-        saved.forecasters, saved.last_refit_at = mine.forecasters, mine.last_refit_at
-        saved.temperatures = mine.temperatures
-        self.memory = saved
+        if saved is not None:
+            self.memory.adopt(saved)
 
     def save_memory(self, now: float) -> None:
         """Keep what a restart must not reset (caps, cooldowns, ledgers) in the store."""

@@ -11,7 +11,7 @@ SLA ledgers) to and from the vocabulary's ``ControllerRecord``, which a ``Memory
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -139,6 +139,36 @@ class ControllerMemory:
             last_ledger_at=self.last_ledger_at,
         )
 
+    def adopt(self, saved: ControllerMemory) -> None:
+        """Take in what a store kept (on taking over): every action time of both, the later
+        cooldowns, per business the saved ledger followed by this memory's intervals after
+        it (a store older than a standby's own ledger loses nothing); forecasters,
+        temperatures and the refit schedule stay this memory's own. Neither side can lift a
+        cap."""
+        for business, times in saved.recent_actions.items():
+            # Several actions share one time (one plan): a multiset, each time as often as
+            # the side that saw it most often.
+            both = Counter(self.recent_actions[business]) | Counter(times)
+            merged = sorted(both.elements())
+            self.recent_actions[business] = merged[-KEEP_ACTION_TIMES:]
+        for mine, theirs in (
+            (self.last_scale_up, saved.last_scale_up),
+            (self.last_scale_down, saved.last_scale_down),
+        ):
+            for business, when in theirs.items():
+                mine[business] = max(when, mine.get(business, when))
+        for business, seconds in saved.clone_ready_s.items():
+            if not self.clone_ready_s[business]:
+                self.clone_ready_s[business] = list(seconds)
+        for business, ledger in saved.ledgers.items():
+            self.ledgers[business] = _spliced(ledger, self.ledgers.get(business))
+            if business in saved.budget_left:
+                self.budget_left.setdefault(business, saved.budget_left[business])
+        if saved.last_ledger_at is not None:
+            self.last_ledger_at = max(saved.last_ledger_at, self.last_ledger_at or -np.inf)
+        if saved.conservative_since is not None:
+            self.conservative_since = saved.conservative_since
+
     @classmethod
     def from_record(cls, record: ControllerRecord) -> ControllerMemory:
         memory = cls(
@@ -160,7 +190,20 @@ class ControllerMemory:
         return memory
 
 
-def _frozen(values: tuple[float, ...]) -> np.ndarray:
+def _spliced(saved: SlaLedger, own: SlaLedger | None) -> SlaLedger:
+    """The saved ledger, then the intervals of ``own`` that end after it."""
+    if own is None or not len(own.ends_s):
+        return saved
+    last = float(saved.ends_s[-1]) if len(saved.ends_s) else -np.inf
+    after = own.ends_s > last
+    return SlaLedger(
+        ends_s=_frozen(np.concatenate([saved.ends_s, own.ends_s[after]])),
+        good=_frozen(np.concatenate([saved.good, own.good[after]])),
+        total=_frozen(np.concatenate([saved.total, own.total[after]])),
+    )
+
+
+def _frozen(values: tuple[float, ...] | np.ndarray) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     array.setflags(write=False)
     return array

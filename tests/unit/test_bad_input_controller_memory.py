@@ -24,6 +24,7 @@ from autoscaler.observability.exporter import HealthState
 from autoscaler.runtime.cycle import Cycle
 from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.memory_file import MemoryFile, restore_memory
+from autoscaler.simulation.fleet import FixedControls
 from policies.decide import decide
 from policies.sla import sla_status
 from policies.state import DecideSettings
@@ -44,11 +45,13 @@ def _scaled_out(store: MemoryFile) -> Run:
 
 
 def _restarted(run: Run, memory: ControllerMemory, store: MemoryFile | None) -> Cycle:
+    """A new Cycle on the same fleet; web paused, so that what it remembers is only what it
+    was given (nothing it does itself)."""
     return Cycle(
         snapshots=run.fleet,
         actuation=run.fleet,
         plans=run.plans,
-        controls=run.controls,
+        controls=FixedControls(Controls(paused=frozenset({"web"}))),
         history=run.history,
         policies=lambda: {"web": run.policy},
         settings=run.cycle.settings,
@@ -82,6 +85,11 @@ def test_caps_cooldowns_and_the_sla_ledger_survive_a_restart_and_a_takeover(
     assert "web" not in standby.memory.recent_actions
     standby.run_once(now, generation=2)  # takes over: the leader's memory, not its own
     assert _figures(standby, run, now) == before
+    later = now + STEP_S  # the standby's own interval after the saved ledger is kept
+    standby.memory.ledgers["web"] = standby.memory.ledgers["web"].record(later, 60, 60, 1e9)
+    standby.run_once(later, generation=None)
+    standby.run_once(later, generation=3)
+    assert standby.memory.ledgers["web"].ends_s[-1] == later
     record(
         "bad-input",
         "controller restarted or failed over after acting",

@@ -34,8 +34,13 @@ COLLAPSED = BUSY + [0.02] * 12  # 12 minutes low: past web's 10-minute stabilisa
 QUIET = [0.02] * 42
 
 
-def _policies() -> dict[str, BusinessPolicy]:
-    return {b: policy(b, instances={"min": 1, "max": 20}) for b in ("web", "api", "cache")}
+def _policies(recommend: frozenset[str] = frozenset()) -> dict[str, BusinessPolicy]:
+    return {
+        b: policy(
+            b, instances={"min": 1, "max": 20}, mode="recommend" if b in recommend else "auto"
+        )
+        for b in ("web", "api", "cache")
+    }
 
 
 def _fleet() -> Fleet:
@@ -57,8 +62,9 @@ def _decide(
     *,
     brakes: BrakeSettings | None = None,
     recent: dict[str, tuple[float, ...]] | None = None,
+    recommend: frozenset[str] = frozenset(),
 ) -> Decision:
-    policies = _policies()
+    policies = _policies(recommend)
     state = DecisionState(
         demand={b: history(v, step_s=STEP_S) for b, v in demand.items()},
         recent_actions=recent or {},
@@ -155,4 +161,28 @@ def test_the_per_minute_cap_holds_across_businesses_and_keeps_the_most_important
         behaviour=f"{room} kept (the failing rack's migrations), {len(capped.held)} held and"
         " named in the Decision (scale-up before scale-down)",
         lost="nothing: held actions are decided again next cycle",
+    )
+
+
+def test_a_recommend_business_takes_no_room_in_the_per_minute_cap() -> None:
+    """Actions of a business in recommend mode are exported, not executed: never held, and
+    they leave the cap's room to the auto businesses."""
+    demand = {"web": QUIET, "api": QUIET, "cache": [1.9] * 42}
+    brakes = BrakeSettings(max_actions_per_minute=3)
+    auto = _decide(_fleet(), demand, brakes=brakes)
+    cache_recommends = _decide(_fleet(), demand, brakes=brakes, recommend=frozenset({"cache"}))
+    assert any(h.endswith(" of cache") for h in auto.held)
+    assert not any(h.endswith(" of cache") for h in cache_recommends.held)
+    kept_auto = [a for a in cache_recommends.plan.actions if a.business != "cache"]
+    assert len(kept_auto) == 3
+    assert len(_of(cache_recommends, CloneFromTemplate)) == len(
+        [a for a in _decide(_fleet(), demand).plan.actions if isinstance(a, CloneFromTemplate)]
+    )
+    record(
+        "bad-input",
+        "a recommend business under the per-minute cap",
+        injected="cap 3 a minute; cache's clones in recommend mode, web and api in auto",
+        behaviour="cache's recommendations exported in full, never held; web and api keep"
+        " the 3 places",
+        lost="nothing",
     )
