@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from autoscaler.model.errors import PermanentError
+from autoscaler.model.names import Name
 from autoscaler.model.topology import Frozen
 
 MEMORY_SCHEMA_VERSION = 1
@@ -34,6 +35,8 @@ class UnreadableRecord(PermanentError):
 class LedgerRecord(Frozen):
     """One business's SLA ledger: intervals ending at ``ends_s`` with good and total seconds."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
     ends_s: tuple[float, ...] = ()
     good: tuple[float, ...] = ()
     total: tuple[float, ...] = ()
@@ -46,16 +49,19 @@ class LedgerRecord(Frozen):
 
 
 class ControllerRecord(Frozen):
-    """What the controller remembers across a restart or a failover."""
+    """What the controller remembers across a restart or a failover. Every time and amount
+    is finite: a NaN cooldown would compare as long past and lift it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     schema_version: int = Field(ge=1, le=MEMORY_SCHEMA_VERSION)
     saved_at: float
-    recent_actions: dict[str, tuple[float, ...]] = {}
-    last_scale_up: dict[str, float] = {}
-    last_scale_down: dict[str, float] = {}
-    clone_ready_s: dict[str, tuple[float, ...]] = {}
-    ledgers: dict[str, LedgerRecord] = {}
-    budget_left: dict[str, float] = {}
+    recent_actions: dict[Name, tuple[float, ...]] = {}
+    last_scale_up: dict[Name, float] = {}
+    last_scale_down: dict[Name, float] = {}
+    clone_ready_s: dict[Name, tuple[float, ...]] = {}
+    ledgers: dict[Name, LedgerRecord] = {}
+    budget_left: dict[Name, float] = {}
     last_ledger_at: float | None = None
 
 

@@ -115,6 +115,10 @@ GARBLED = {
     "a list": b"[1, 2, 3]",
     "wrong types": json.dumps({"schema_version": 1, "saved_at": "x"}).encode(),
     "unknown field": json.dumps({"schema_version": 1, "saved_at": 1, "caps": {}}).encode(),
+    "hostile business name": json.dumps(
+        {"schema_version": 1, "saved_at": 1, "last_scale_up": {"../x": 1}}
+    ).encode(),
+    "nan time": b'{"schema_version": 1, "saved_at": NaN, "last_scale_down": {"web": NaN}}',
     "empty": b"",
 }
 
