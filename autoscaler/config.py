@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from autoscaler.model import Datacenter, Host, Name, Rack, Region
+from policies.brakes import BrakeSettings
 from policies.yaml_source import read_yaml, validate_file
 
 
@@ -119,6 +120,11 @@ class Intervals(Strict):
     decide_s: float = Field(default=10, gt=0)
     refit_s: float = Field(default=3600, gt=0)
     ledger_s: float = Field(default=60, gt=0)
+    stale_snapshot_collects: int = Field(
+        default=3,
+        ge=1,
+        description="decide refuses a snapshot taken more than this many collect intervals ago",
+    )
 
 
 class Executor(Strict):
@@ -195,6 +201,11 @@ class ControllerConfig(Strict):
     lease: Lease = Lease()
     metrics: Metrics = Metrics()
     ownership: Ownership = Ownership()
+    brakes: BrakeSettings = Field(
+        default=BrakeSettings(),
+        description="fleet-wide brakes: actions per minute, and the freeze on retires and"
+        " migrations when the metrics look broken",
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -9,7 +9,9 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
    replaced by a clone instead), never in the business's maintenance window;
 4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
    forecast, retires when every scale-down rule allows (``policies.scaling``);
-5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``).
+5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``);
+6. brakes (``policies.brakes``): no retire and no live migration while the fleet's metrics look
+   broken (a freeze, decided before 3.), and the fleet-wide cap on actions per minute.
 The operator's controls are an input: cordoned hosts take no VM, a paused business gets no
 action (it is still assessed, so its forecast and SLA are in the Decision). Every placement is
 decided on a ``PlacementView`` that already holds the earlier actions. The Plan is built once;
@@ -23,13 +25,14 @@ from collections.abc import Mapping
 
 from autoscaler.model import VM, Action, Controls, Health, LiveMigrate, Plan, Scope, Snapshot
 from policies.assess import BusinessView, assess
+from policies.brakes import actions_in_last_minute, fleet_cap, fleet_freeze
 from policies.decision import Decision
 from policies.drain import drain_actions
 from policies.forecast import predict_many
 from policies.placement import PlacementView
 from policies.rack_health import RackHealth, score_racks
 from policies.scaling import Budget, scale_down, scale_up, vertical
-from policies.schema import BusinessPolicy
+from policies.schema import BusinessPolicy, Mode
 from policies.state import DecisionState
 
 
@@ -56,6 +59,7 @@ def decide(
         key=lambda v: v.sla_rank,
     )
     reasons: dict[str, list[str]] = {v.name: [] for v in views}
+    freeze = fleet_freeze(snapshot, state.demand, policies, now, settings.brakes)
     for view in views:
         if controls.is_paused(view.name):
             reasons[view.name].append("paused by an operator")
@@ -75,7 +79,7 @@ def decide(
     }
     actions: list[Action] = []
     outgoing: Counter[str] = Counter()
-    for view in acting:
+    for view in acting if freeze is None else ():
         actions += evacuate(view, snapshot, health, placement, state, outgoing, len(actions))
     for view in acting:
         budget = budgets[view.name]
@@ -89,15 +93,43 @@ def decide(
             # No clone possible (at the maximum, no room): hot-add is the remaining lever.
             grown, _ = vertical(view, placement, state, budget)
         actions += grown + clones
-        if not clones and not grown:
+        if not clones and not grown and freeze is None:
             actions += scale_down(view, placement, state, budget, now)
     drains, stays = drain_actions(
-        snapshot, policies, controls.draining, state, now, already=actions
+        snapshot,
+        policies,
+        controls.draining if freeze is None else (),
+        state,
+        now,
+        already=actions,
     )
+    if freeze is not None:
+        stays += [f"drain of {h} waits: frozen: {freeze}" for h in sorted(controls.draining)]
     drains = [d for d in drains if not controls.is_paused(d.business)]
     actions += drains
     actions, foreign = without_unowned(actions, snapshot)
     stays += foreign
+    if freeze is not None:
+        for view in views:
+            reasons[view.name].append(f"frozen: no retire or migration: {freeze}")
+    done = actions_in_last_minute(state.recent_actions, now)
+    ordered = frozenset(d.key for d in drains)
+    # Only what executes takes room: a recommend business's actions are exported, not done
+    # (an operator's drain is done whatever the mode).
+    actions, held = fleet_cap(
+        actions,
+        done,
+        settings.brakes,
+        lambda a: policies[a.business].mode is Mode.AUTO or a.key in ordered,
+    )
+    cap = settings.brakes.max_actions_per_minute
+    held_why = tuple(
+        f"held by the fleet-wide cap ({done} done in the last minute, {cap} a minute):"
+        f" {a.kind} {a.vm} of {a.business}"
+        for a in held
+    )
+    for action, why in zip(held, held_why, strict=True):
+        reasons.setdefault(action.business, []).append(why)
     for action in actions:
         reasons.setdefault(action.business, []).append(action.reason)
     return Decision(
@@ -108,7 +140,9 @@ def decide(
         sla={v.name: v.sla for v in views},
         reasons={b: tuple(r) for b, r in reasons.items()},
         notes=tuple(stays),
-        ordered=frozenset(d.key for d in drains),
+        ordered=ordered,
+        freeze=freeze,
+        held=held_why,
     )
 
 

@@ -24,7 +24,9 @@ class Decision:
     ``rack_health``: the health of every rack; ``forecasts``, ``sla``: per business;
     ``reasons``: per business, why it has the actions it has (or none); ``notes``: what the
     decision could not do outside a business (a VM a drain must leave where it is);
-    ``ordered``: the actions an operator ordered.
+    ``ordered``: the actions an operator ordered (a drain); ``freeze``: why retires and live
+    migrations were frozen fleet-wide (``policies.brakes``), or None; ``held``: actions the
+    fleet-wide per-minute cap held back, one line each.
     """
 
     plan: Plan
@@ -36,6 +38,8 @@ class Decision:
     notes: tuple[str, ...] = ()
     ordered: frozenset[str] = frozenset()
     """Keys of actions an operator ordered (a drain): done whatever the business's mode."""
+    freeze: str | None = None
+    held: tuple[str, ...] = ()
 
     def instances_wanted(self, ready: Mapping[str, int]) -> dict[str, int]:
         """Instances per business once the plan is done, from the ``ready`` counts now."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.brakes import BrakeSettings
 from policies.forecast import FittedForecaster
 from policies.placement import PlacementSettings
 from policies.rack_health import RackHealthSettings
@@ -38,6 +39,7 @@ class DecideSettings(BaseModel):
     )
     placement: PlacementSettings = PlacementSettings()
     rack_health: RackHealthSettings = RackHealthSettings()
+    brakes: BrakeSettings = BrakeSettings()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,13 @@ from autoscaler.model.errors import (
     TemporaryError,
 )
 from autoscaler.model.interfaces import Journal, JournalEntry, Lease, LeaseState, Phase
+from autoscaler.model.memory_store import (
+    MEMORY_SCHEMA_VERSION,
+    ControllerRecord,
+    LedgerRecord,
+    MemoryStore,
+    UnreadableRecord,
+)
 from autoscaler.model.names import Name, check_name
 from autoscaler.model.ownership import (
     FleetKeys,
@@ -58,6 +65,7 @@ from autoscaler.model.topology import (
 
 __all__ = [
     "ACTION_KINDS",
+    "MEMORY_SCHEMA_VERSION",
     "VM",
     "Action",
     "Adopt",
@@ -69,6 +77,7 @@ __all__ = [
     "Collector",
     "ConfigError",
     "ConfigProblem",
+    "ControllerRecord",
     "Controls",
     "Datacenter",
     "DeposedLeader",
@@ -81,7 +90,9 @@ __all__ = [
     "JournalEntry",
     "Lease",
     "LeaseState",
+    "LedgerRecord",
     "LiveMigrate",
+    "MemoryStore",
     "MergeSnapshot",
     "Name",
     "NicModel",
@@ -104,6 +115,7 @@ __all__ = [
     "Stale",
     "Template",
     "TemporaryError",
+    "UnreadableRecord",
     "VmState",
     "action_adapter",
     "check_name",

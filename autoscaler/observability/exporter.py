@@ -6,8 +6,8 @@ and acts; the fleet's gauges are read at scrape time from the controller's last 
 Decision (``watch``, ``autoscaler.observability.fleet_metrics``). ``MetricsServer`` serves
 ``/metrics`` and ``/healthz`` on loopback by default. ``/healthz`` fails once the last successful
 cycle is older than three intervals, or while a problem is reported (the state folder cannot be
-written); a standby is healthy and says so, and a leader whose lease ran out unrenewed answers as a
-standby.
+written); it also shows a fleet-wide freeze and a refused stale snapshot. A standby is healthy
+and says so, and a leader whose lease ran out unrenewed answers as a standby.
 """
 
 from __future__ import annotations
@@ -109,6 +109,27 @@ class ControllerMetrics:
             ["store"],
             registry=r,
         )
+        self.freeze = Gauge(
+            "autoscaler_freeze",
+            "1 while retires and live migrations are frozen fleet-wide (a demand collapse"
+            " across businesses or every VM at 0 CPU: a broken metrics source).",
+            registry=r,
+        )
+        self.actions_held = Counter(
+            "autoscaler_actions_held",
+            "Actions held back by the fleet-wide cap on actions per minute.",
+            registry=r,
+        )
+        self.stale_snapshot = Gauge(
+            "autoscaler_stale_snapshot",
+            "1 while the cycle refuses to decide on a snapshot older than its limit.",
+            registry=r,
+        )
+        self.stale_snapshot_refusals = Counter(
+            "autoscaler_stale_snapshot_refusals",
+            "Cycles that refused to decide on a snapshot older than its limit.",
+            registry=r,
+        )
 
     def watch(self, view: Callable[[], FleetView]) -> None:
         """Serve the fleet's gauges from ``view()``, called at every scrape."""
@@ -132,6 +153,10 @@ class HealthState:
     for it, and that is progress, not a hang, until ``busy_limit_s`` (the executor's own
     bound on a plan) has passed."""
     busy_limit_s: float = 0.0
+    freeze: str | None = None
+    """Why retires and migrations are frozen fleet-wide (shown, not a failure by itself)."""
+    stale_snapshot: str | None = None
+    """Why the last cycle refused its snapshot (no decision: the cycle ages until fresh)."""
 
     def check(self, now: float) -> tuple[bool, dict[str, object]]:
         reference = self.last_success if self.last_success is not None else self.started
@@ -151,6 +176,8 @@ class HealthState:
             "max_age_s": 3 * self.interval_s,
             "acting_for_s": None if busy_s is None else round(busy_s, 3),
             "problem": self.problem,
+            "freeze": self.freeze,
+            "stale_snapshot": self.stale_snapshot,
         }
 
 

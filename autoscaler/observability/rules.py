@@ -4,8 +4,9 @@ Where it sits: beside the exporter. ``autoscaler grafana generate`` writes
 ``grafana/rules/autoscaler.rules.yml`` from the policies (as Sloth does): recording rules for the
 SLI error ratio over every window the SRE workbook's multi-window multi-burn-rate alerts need,
 computed from the controller's SLI counters; one page and one ticket alert per business with
-its own objective; and the controller-down, stale-cycle and stale-collector alerts. The rules are
-checked by ``promtool check rules`` and unit-tested by ``promtool test rules`` in ``make test``.
+its own objective; and the controller-down, stale-cycle, stale-collector and freeze alerts. The
+rules are checked by ``promtool check rules`` and unit-tested by ``promtool test rules`` in
+``make test``.
 """
 
 from __future__ import annotations
@@ -105,6 +106,17 @@ def controller_alerts(decide_interval_s: float = 10) -> list[dict[str, Any]]:
                 "summary": "{{ $labels.source }} cannot observe {{ $labels.scope }}"
                 " {{ $labels.target }}",
                 "description": "The controller takes no retire or migration there meanwhile.",
+            },
+        },
+        {
+            "alert": "AutoscalerFreeze",
+            "expr": "max(autoscaler_freeze) == 1",
+            "for": "1m",
+            "labels": {"severity": "page"},
+            "annotations": {
+                "summary": "Retires and live migrations are frozen fleet-wide",
+                "description": "Many businesses' demand collapsed at once or every VM reads 0"
+                " CPU: check the metrics pipeline (/healthz says why).",
             },
         },
     ]

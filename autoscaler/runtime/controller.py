@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from autoscaler.config import ControllerConfig
 from autoscaler.model import (
     ConfigError,
+    ControllerRecord,
     DeposedLeader,
     Lease,
     LeaseState,
@@ -43,11 +44,12 @@ from autoscaler.runtime.figures import business_figures
 from autoscaler.runtime.history import HistoryStore
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
+from autoscaler.runtime.memory_file import MemoryFile, restore_memory
 from autoscaler.runtime.plans import PlanFolder
 from autoscaler.runtime.ports import ActionOutcome
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from autoscaler.runtime.snapshots import LatestSnapshot
-from autoscaler.runtime.wiring import open_lease
+from autoscaler.runtime.wiring import file_lease
 from policies.loader import load_policy_dir
 from policies.schema import BusinessPolicy
 from policies.state import DecideSettings, DecisionState
@@ -89,6 +91,26 @@ class _AccountedHistory:
         self.controller.record_history(business, when, **figures)
 
 
+class _ReportedMemoryFile:
+    """The memory file as the cycle sees it: a save that fails (a full disk) is reported as
+    a state-write problem, and the cycle goes on with the memory it has."""
+
+    def __init__(self, controller: Controller, store: MemoryFile) -> None:
+        self.controller = controller
+        self.store = store
+
+    def load(self) -> ControllerRecord | None:
+        return self.store.load()
+
+    def save(self, record: ControllerRecord) -> None:
+        try:
+            self.store.save(record)
+        except OSError as exc:
+            self.controller._state_failed("memory", str(exc))
+        else:
+            self.controller._state_written("memory")
+
+
 class Controller:
     def __init__(
         self,
@@ -112,7 +134,8 @@ class Controller:
         self.clock = clock
         self._actuation = actuation
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.lease: LeaderLease = lease or open_lease(config, holder)
+        # The runner passes the lease the controller file names (RADOS needs the cluster).
+        self.lease: LeaderLease = lease or file_lease(config, holder)
         self.controls = ControlFile(config.state_dir)
         self.history = HistoryStore(config.state_dir / "history.sqlite")
         self.policies: dict[str, BusinessPolicy] = {}
@@ -128,6 +151,7 @@ class Controller:
         self._stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
         iv = config.intervals
+        store = _ReportedMemoryFile(self, MemoryFile(config.state_dir / "memory.json", clock))
         self.cycle = Cycle(
             snapshots=self.snapshots,
             actuation=actuation,
@@ -139,14 +163,17 @@ class Controller:
                 decide=DecideSettings(
                     control_interval_s=iv.decide_s,
                     max_outgoing_migrations_per_host=config.executor.max_migrations_per_host,
+                    brakes=config.brakes,
                 ),
+                snapshot_max_age_s=iv.stale_snapshot_collects * iv.collect_s,
                 ledger_every_s=iv.ledger_s,
                 refit_every_s=iv.refit_s,
                 max_concurrent_actions=config.executor.max_concurrent_actions,
                 dry_run=dry_run,
             ),
             metrics=metrics,
-            memory=ControllerMemory(),
+            memory=restore_memory(store, clock(), log),
+            store=store,
             acting=self._acting,
             tell=self._tell,
             clock=clock,
@@ -354,6 +381,8 @@ class Controller:
         held = self.lease.held() if self._leader_generation is not None else None
         generation = held.generation if held is not None else None
         result = self.cycle.run_once(now, generation=generation)
+        self.health.freeze = self.cycle.frozen
+        self.health.stale_snapshot = self.cycle.stale_snapshot
         if result.decision is not None:
             self.metrics.last_success.set(self.clock())
             self.health.last_success = self.clock()

@@ -12,11 +12,14 @@ plain ``ControllerMemory`` it reads and updates.
    so it is ready to lead; live, the refit runs beside the cycle, which goes on with the
    forecasters it has until the new ones are swapped in);
 2. as the leader (or in a dry run): settles the journal first when it has just become leader
-   (or entries wait for a host), then decides on a snapshot taken after settling;
+   (or entries wait for a host), then decides on a snapshot taken after settling, never on
+   one older than ``snapshot_max_age_s`` (refused, logged and shown until a fresh one comes);
+   a fleet-wide freeze or actions held by the per-minute cap are logged and counted;
 3. routes the Plan: auto businesses' actions (and approved plans) are executed as one plan,
    recommend businesses' actions exported for approval as another; a dry run or a standby
    exports everything; paused businesses got no action from ``decide``;
-4. records the outcomes in the memory (the hourly cap and the cooldowns read them).
+4. records the outcomes in the memory (the hourly cap and the cooldowns read them), and saves
+   the memory in its store (if any) after executed outcomes and after each SLA interval.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from autoscaler.model import Action, Controls, DeposedLeader, Plan, Snapshot
+from autoscaler.model import Action, Controls, DeposedLeader, MemoryStore, Plan, Snapshot
 from autoscaler.observability.exporter import ControllerMetrics
 from autoscaler.runtime.figures import BusinessFigures, business_figures
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
+from autoscaler.runtime.memory_file import saved_memory
 from autoscaler.runtime.ports import (
     ActionOutcome,
     Actuation,
@@ -66,6 +70,9 @@ class CycleSettings:
     max_concurrent_actions: int = 1
     dry_run: bool = False
     """Decide and export every plan, never execute (``autoscaler run --dry-run``)."""
+    snapshot_max_age_s: float | None = None
+    """Refuse to decide on a snapshot taken longer ago than this (live: N collect
+    intervals); None: no limit (the simulator's snapshots are taken at each step)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,15 @@ class Cycle:
         clock: Callable[[], float] | None = None,
         log: logging.Logger = log,
         refit_in: Callable[[Callable[[], None]], None] | None = None,
+        store: MemoryStore | None = None,
     ) -> None:
         """``acting(rounds)`` wraps every execution and settling (the live /healthz counts it
         as progress); ``tell`` gets a one-line text per planned action and outcome; ``clock``
         stamps the end of a settling (a snapshot to decide on must be newer), else ``now``;
         ``refit_in(work)`` runs a due refit elsewhere (live: a refit of many series takes
-        minutes and must not hold up acting), else the cycle refits before deciding."""
+        minutes and must not hold up acting), else the cycle refits before deciding; ``store``
+        keeps the memory's caps, cooldowns and ledgers after each execution and SLA interval
+        (live; the simulator has none)."""
         self.snapshots = snapshots
         self.actuation = actuation
         self.plans = plans
@@ -121,6 +131,7 @@ class Cycle:
         self.clock = clock
         self.log = log
         self.refit_in = refit_in
+        self.store = store
         self._refitting = threading.Event()
         self.last_decision: Decision | None = None
         self.last_controls: Controls | None = None
@@ -129,16 +140,31 @@ class Cycle:
         self.settled_at = 0.0
         self.acted_at = 0.0
         """When the last execution ended: the next decision waits for a view taken after it."""
+        self.frozen: str | None = None
+        """Why the last decision froze retires and migrations fleet-wide, or None."""
+        self.stale_snapshot: str | None = None
+        """Why the last snapshot was refused as too old, or None once a fresh one came."""
+        self._leading = False
 
     # -- the cycle --------------------------------------------------------------------------
     def run_once(self, now: float, *, generation: int | None) -> CycleResult:
         """One cycle at ``now``; ``generation`` is the lease held (None: a standby)."""
+        if generation is not None and not self._leading:
+            self.resume_memory(now)
+        self._leading = generation is not None
         if self.memory.ledger_due(now, self.settings.ledger_every_s):
             self.record_sla(now)
+            if generation is not None:
+                self.save_memory(now)  # only the leader writes: a standby's would be stale
         if self.memory.refit_due(now, self.settings.refit_every_s):
             self._start_refit(now)
         if generation is None and not self.settings.dry_run:
-            return CycleResult()  # a standby keeps its ledger and forecasts, and waits
+            # A standby keeps its ledger and forecasts, and waits; it decides nothing, so it
+            # shows no freeze and no refused snapshot (a deposed leader's would stay up).
+            self.frozen = self.stale_snapshot = None
+            self.metrics.freeze.set(0)
+            self.metrics.stale_snapshot.set(0)
+            return CycleResult()
         if not self._reconcile_if_pending(now):
             return CycleResult()  # deposed while settling: the new leader settles the rest
         # Settling or the last plan may have moved, grown or finished VMs since the last
@@ -147,7 +173,7 @@ class Cycle:
         # (A view stamped at the very moment the plan ended was taken before it: strictly after.)
         since = max(self.settled_at, math.nextafter(self.acted_at, math.inf))
         snapshot = self.snapshots.snapshot_since(since)
-        if snapshot is None:
+        if snapshot is None or self._refuse_stale(snapshot, now):
             return CycleResult()
         started = time.monotonic()
         policies = self.policies()
@@ -159,9 +185,42 @@ class Cycle:
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
         for why in decision.notes:
             event(self.log, "drain leaves a VM", logging.WARNING, why=why)
+        self._brakes(decision)
         result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
+
+    def _refuse_stale(self, snapshot: Snapshot, now: float) -> bool:
+        """True (logged on the change, counted, shown) when ``snapshot`` is too old to decide
+        on: a collection that stopped must not keep the last view acting for minutes."""
+        limit = self.settings.snapshot_max_age_s
+        age = now - snapshot.now
+        if limit is None or age <= limit:
+            if self.stale_snapshot is not None:
+                event(self.log, "fresh snapshot again: deciding", age_s=round(age, 3))
+            self.stale_snapshot = None
+            self.metrics.stale_snapshot.set(0)
+            return False
+        why = f"snapshot taken {age:.0f} s ago, more than {limit:g} s: not deciding on it"
+        if self.stale_snapshot is None:
+            event(self.log, "stale snapshot refused", logging.WARNING, why=why)
+        self.stale_snapshot = why
+        self.metrics.stale_snapshot.set(1)
+        self.metrics.stale_snapshot_refusals.inc()
+        return True
+
+    def _brakes(self, decision: Decision) -> None:
+        """Log, count and show the fleet-wide brakes of this decision (``policies.brakes``)."""
+        if decision.freeze != self.frozen:
+            if decision.freeze is not None:
+                event(self.log, "fleet frozen", logging.WARNING, why=decision.freeze)
+            else:
+                event(self.log, "fleet freeze lifted", was=self.frozen)
+        self.frozen = decision.freeze
+        self.metrics.freeze.set(0 if decision.freeze is None else 1)
+        for why in decision.held:
+            event(self.log, "held by the fleet-wide cap", why=why)
+        self.metrics.actions_held.inc(len(decision.held))
 
     def _route(
         self,
@@ -289,6 +348,7 @@ class Cycle:
                 plan=plan.id,
             )
         self.memory.remember_outcomes(outcomes, now)
+        self.save_memory(now)
         return outcomes
 
     def _reconcile_if_pending(self, now: float) -> bool:
@@ -377,6 +437,19 @@ class Cycle:
             self.metrics.sli_good.labels(name).inc(good)
             self.metrics.sli_total.labels(name).inc(total)
             self.history.record_business(name, now, sli_good_s=good, sli_total_s=total)
+
+    def resume_memory(self, now: float) -> None:
+        """On becoming leader: take in the caps, cooldowns and ledgers the last leader saved
+        (a standby's own miss what the leader did; a store can be older than the standby's
+        own ledger, so the two are merged, never one replacing the other)."""
+        saved = saved_memory(self.store, now, self.log)
+        if saved is not None:
+            self.memory.adopt(saved)
+
+    def save_memory(self, now: float) -> None:
+        """Keep what a restart must not reset (caps, cooldowns, ledgers) in the store."""
+        if self.store is not None:
+            self.store.save(self.memory.to_record(now))
 
     def refit(self, now: float) -> None:
         """Refit every business's forecaster on its history up to ``now``. The schedule moves

@@ -88,17 +88,28 @@ def open_journal(state_dir: Path, fleet: Fleet) -> SqliteJournal:
 def open_lease(config: ControllerConfig, holder: str, cluster: Any = None) -> Lease:
     """The leader lease the controller file names (a file in the state folder, or RADOS with
     the cluster handle), its next generation floored by the journal's highest."""
-    journal = config.state_dir / JOURNAL_FILE
-
-    def floor() -> int:
-        return journal_floor(journal)
-
     if config.lease.kind == "rados":
         if config.ceph is None or cluster is None:
             raise TemporaryError("the lease is on RADOS but the cluster cannot be reached")
         ioctx = cluster.open_ioctx(config.ceph.pool)
-        return RadosLease(ioctx, holder, config.lease.duration_s, floor=floor)
-    return FileLease(config.state_dir / "lease", holder, config.lease.duration_s, floor=floor)
+        return RadosLease(
+            ioctx, holder, config.lease.duration_s, floor=lambda: _journal_floor(config)
+        )
+    return file_lease(config, holder)
+
+
+def file_lease(config: ControllerConfig, holder: str) -> FileLease:
+    """The lease as a file of the state folder (one machine), floored by the journal."""
+    return FileLease(
+        config.state_dir / "lease",
+        holder,
+        config.lease.duration_s,
+        floor=lambda: _journal_floor(config),
+    )
+
+
+def _journal_floor(config: ControllerConfig) -> int:
+    return journal_floor(config.state_dir / JOURNAL_FILE)
 
 
 def quiet_libvirt() -> None:

@@ -32,7 +32,7 @@ def test_promtool_accepts_the_rules() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"{7 + 2 * len(POLICIES) + 3} rules found" in out.stdout
+    assert f"{7 + 2 * len(POLICIES) + 4} rules found" in out.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:

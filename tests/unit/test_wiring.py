@@ -1,4 +1,5 @@
-"""One builder of the actuators' handles for ``run`` and ``apply``, from the controller file."""
+"""One builder of the actuators' handles for ``run`` and ``apply``, from the controller file;
+and what else of the controller file reaches the controller shell (brakes, memory)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL
 from actuators.migrate import MigrateActuator
 from autoscaler.config import load_controller_config
 from autoscaler.model import ConfigError
+from autoscaler.observability.exporter import ControllerMetrics, HealthState
+from autoscaler.runtime.collection import CollectionStage
+from autoscaler.runtime.controller import Controller
+from autoscaler.runtime.memory import ControllerMemory
+from autoscaler.runtime.memory_file import MemoryFile
 from autoscaler.runtime.wiring import actuator_registry, build_fleet, executor_limits
 from policies.loader import load_policy_dir
+from tests.unit.policies.builders import NOW
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,3 +72,40 @@ def test_a_channel_name_that_could_leave_its_attribute_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match="guest_channels"):
         load_controller_config(controller_file(tmp_path, guest_channels=[channel]))
+
+
+def test_the_controller_file_sets_the_brakes_and_the_controller_restores_its_memory(
+    tmp_path: Path,
+) -> None:
+    """The controller file's brakes and snapshot limit reach the Cycle; the controller shell
+    restores the memory its state folder holds."""
+    path = controller_file(
+        tmp_path,
+        brakes={"max_actions_per_minute": 7, "collapse_drop": 0.9},
+        intervals={"collect_s": 4, "stale_snapshot_collects": 5},
+    )
+    config = load_controller_config(path)
+    config.state_dir.mkdir(parents=True)
+    saved = ControllerMemory(last_scale_down={"web": NOW - 30})
+    saved.recent_actions["web"] += [NOW - 60, NOW - 30]
+    MemoryFile(config.state_dir / "memory.json").save(saved.to_record(NOW))
+    collection = CollectionStage([])
+    controller = Controller(
+        config,
+        holder="t",
+        metrics=ControllerMetrics(),
+        health=HealthState(interval_s=config.intervals.decide_s),
+        collection=collection,
+        actuation=None,
+        clock=lambda: NOW,
+    )
+    try:
+        settings = controller.cycle.settings
+        assert settings.decide.brakes.max_actions_per_minute == 7
+        assert settings.decide.brakes.collapse_drop == 0.9
+        assert settings.snapshot_max_age_s == 20
+        assert controller.memory.recent_actions["web"] == [NOW - 60, NOW - 30]
+        assert controller.memory.last_scale_down == {"web": NOW - 30}
+    finally:
+        collection.close()
+        controller.history.close()
