@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 
+from actuators.connections import open_connection
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Collection, Collector, Scope
 from autoscaler.runtime.logs import event
@@ -27,7 +28,7 @@ log = logging.getLogger("autoscaler.collection")
 
 
 def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
-    return lambda: libvirt.open(uri)
+    return lambda: open_connection(uri)
 
 
 def libvirt_collectors(

@@ -23,7 +23,14 @@ import libvirt
 
 from actuators.connections import LibvirtPool
 from actuators.domain_xml import JOURNAL_NS
-from autoscaler.model import Action, JournalEntry, Phase, action_adapter, check_name
+from autoscaler.model import (
+    Action,
+    JournalEntry,
+    Phase,
+    TemporaryError,
+    action_adapter,
+    check_name,
+)
 from autoscaler.runtime.sqlite_wal import use_wal
 
 log = logging.getLogger(__name__)
@@ -189,7 +196,7 @@ class DomainStamper:
             try:
                 with self._pool.connection(uri) as conn:
                     self._stamp(conn, entry.action.vm, xml)
-            except libvirt.libvirtError:
+            except (libvirt.libvirtError, TemporaryError):
                 continue  # the host does not answer: the SQLite row holds the step
 
     @staticmethod
