@@ -45,10 +45,11 @@ class ExecutorActuation:
         self.policies = policies
         self.limits = executor_limits(config)
         self.registry = actuator_registry(config)
-        self.on_step = crash_hook()
+        self.on_step = crash_hook(config.testing.fault_hooks)
         # One connection per host for the controller's lifetime, checked before each reuse.
         self.pool = LibvirtPool()
         self.journal = open_journal(config.state_dir, self.fleet())
+        self._pending: dict[str, str] = {}
 
     def fleet(self) -> Fleet:
         return build_fleet(self.config, self.policies(), pool=self.pool)
@@ -63,7 +64,23 @@ class ExecutorActuation:
         )
         for item in done:
             event(log, "reconciled", key=item.key, outcome=item.outcome, detail=item.detail)
+        self._pending = {
+            host: f"{entry.action.key} waits for it to settle"
+            for entry in self.journal.unfinished()
+            for host in entry.action.hosts
+        }
         return len(done)
+
+    def waiting(self) -> dict[str, str]:
+        """Host -> why the hands wait for it: a connection to it that has not answered (a
+        hung libvirtd costs its one opener, nothing more), or an unfinished journal entry the
+        last reconciliation could not settle. Thread-safe: /healthz reads it between cycles."""
+        by_uri = {h.uri: h.name for *_, h in self.config.inventory.hosts()}
+        out = dict(self._pending)
+        for uri, stuck_s in self.pool.stuck().items():
+            host = by_uri.get(uri, "?")
+            out[host] = f"no answer to a connect for {stuck_s:.0f} s"
+        return out
 
     def unfinished(self) -> int:
         return len(self.journal.unfinished())

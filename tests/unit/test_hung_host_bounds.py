@@ -8,20 +8,29 @@ checked on its own with a hand-driven clock.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import libvirt
 import pytest
+from ruamel.yaml import YAML
 
 from actuators.connections import LibvirtPool, open_connection
 from actuators.libvirt_events import ensure_event_loop
-from autoscaler.model import TemporaryError
+from autoscaler.config import load_controller_config
+from autoscaler.model import HotAddVcpu, TemporaryError
 from autoscaler.model.bounded import BoundedCaller, Breaker, HostBusy
+from autoscaler.runtime.actuation import ExecutorActuation
+from autoscaler.runtime.lease import FileLease
 from collectors.libvirt_vms import LibvirtHostCollector
+from policies.loader import load_policy_dir
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CYCLES = 8
 
@@ -147,3 +156,37 @@ def test_a_host_answering_after_its_deadline_is_called_again_at_once() -> None:
     while caller.busy_for() is not None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert caller.call(lambda: "again", 1.0) == "again"
+
+
+def test_reconciling_with_a_hung_host_ends_in_bounded_time_and_names_the_host(
+    silent_libvirtd: str, tmp_path: Path
+) -> None:
+    yaml = YAML(typ="safe", pure=True)
+    doc = yaml.load((ROOT / "examples" / "controller.yaml").read_text())
+    host = doc["inventory"]["regions"][0]["datacenters"][0]["racks"][0]["hosts"][0]
+    host["uri"] = silent_libvirtd
+    doc.update(
+        policy_dir=str(ROOT / "examples" / "businesses"),
+        image_dir=str(ROOT / "examples" / "images"),
+        state_dir=str(tmp_path / "state"),
+        executor={**doc["executor"], "retries": 1},
+    )
+    (tmp_path / "controller.yaml").write_text(json.dumps(doc))
+    config = load_controller_config(tmp_path / "controller.yaml")
+    policies = load_policy_dir(ROOT / "examples" / "businesses")
+    lease = FileLease(tmp_path / "lease", "test", 30.0)
+    actuation = ExecutorActuation(config, lease, lambda: policies)
+    actuation.pool.connect_timeout_s = 0.3
+    action = HotAddVcpu(business="web", vm="web-1", host=host["name"], vcpus=2, reason="load")
+    actuation.journal.record_intent("plan-0123456789ab", action, time.time())
+    started = time.monotonic()
+    actuation.reconcile()
+    first_s = time.monotonic() - started
+    started = time.monotonic()
+    actuation.reconcile()
+    again_s = time.monotonic() - started
+    waiting = actuation.waiting()
+    actuation.close()
+    # one connect deadline (0.3 s), then the retry fails at once: the connect is still stuck
+    assert first_s < 2.0 and again_s < 1.0, (first_s, again_s)
+    assert "no answer to a connect" in waiting[host["name"]]
