@@ -99,6 +99,11 @@ class Inventory(Strict):
 class Prometheus(Strict):
     url: str = "http://127.0.0.1:9090"
     timeout_s: float = Field(default=5.0, gt=0)
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign an https Prometheus's certificate (default: "
+        "the system's); TLS verification is always on",
+    )
 
 
 class Ceph(Strict):
@@ -151,6 +156,14 @@ ChannelName = Annotated[
 ]
 
 
+class Testing(Strict):
+    fault_hooks: bool = Field(
+        default=False,
+        description="let AUTOSCALER_CRASH_AT / AUTOSCALER_FREEZE_AT kill or stop the controller "
+        "at a journalled step (the fault tests); never on a real fleet (validate warns)",
+    )
+
+
 class ControllerConfig(Strict):
     api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
     kind: Literal["Controller"]
@@ -185,6 +198,7 @@ class ControllerConfig(Strict):
     executor: Executor = Executor()
     lease: Lease = Lease()
     metrics: Metrics = Metrics()
+    testing: Testing = Testing()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -64,11 +64,10 @@ def build_collectors(
     collectors: list[Collector] = list(libvirt_collectors(config, timeout_s))
     hosts = [h for *_, h in config.inventory.hosts()]
     if config.prometheus is not None:
-        from prometheus_api_client import PrometheusConnect
-
         from collectors.node import NodeCollector
+        from collectors.prometheus_query import connect
 
-        prometheus = PrometheusConnect(url=config.prometheus.url, disable_ssl=True)
+        prometheus = connect(config.prometheus.url, ca_file=config.prometheus.ca_file)
         instances = {h.name: h.node_exporter for h in hosts if h.node_exporter}
         racks = [k.name for *_, k in config.inventory.racks() if k.temperature_sensor]
         collectors.append(
