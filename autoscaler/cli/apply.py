@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             journal,
             limits=executor_limits(config),
             registry=actuator_registry(config),
-            on_step=crash_hook(),
+            on_step=crash_hook(config.testing.fault_hooks),
         )
     if args.json:
         print(
