@@ -70,9 +70,13 @@ class LibvirtPool:
         self._openers = BoundedCallers(breaker)
         self._closed = False
 
-    def stuck(self) -> dict[str, float]:
-        """URI -> seconds its connection has been opening without an answer."""
-        return self._openers.busy()
+    def unreachable(self) -> dict[str, str]:
+        """URI -> why no connection would be opened to it now (an open stuck, its breaker
+        open); a URI with a live connection in the pool is not listed."""
+        refusals = self._openers.refusals()
+        with self._lock:
+            live = set(self._entries)
+        return {uri: why for uri, why in refusals.items() if uri not in live}
 
     @contextlib.contextmanager
     def connection(self, uri: str) -> Iterator[libvirt.virConnect]:

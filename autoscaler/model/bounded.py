@@ -80,6 +80,18 @@ class BoundedCaller(Generic[T]):
                 return time.monotonic() - self._since
             return None
 
+    def refusal(self) -> str | None:
+        """Why a call would not be made now (its previous call stuck, its breaker open)."""
+        with self._lock:
+            return self._refusal()
+
+    def _refusal(self) -> str | None:
+        if self._worker is not None and self._worker.is_alive():
+            stuck = time.monotonic() - self._since
+            return f"{self.what}: previous call still running after {stuck:.0f} s; not called again"
+        refusal = self.breaker.refusal()
+        return f"{self.what}: {refusal}" if refusal is not None else None
+
     def call(self, work: Callable[[], T], timeout_s: float) -> T:
         """``work()``'s answer; ``HostBusy`` without calling if the host's last call is still
         running or its breaker is open; ``TemporaryError`` if no answer within ``timeout_s``.
@@ -103,16 +115,11 @@ class BoundedCaller(Generic[T]):
             done.set()
 
         with self._lock:
-            if self._worker is not None and self._worker.is_alive():
-                stuck = time.monotonic() - self._since
-                raise HostBusy(
-                    f"{self.what}: previous call still running after {stuck:.0f} s; not called "
-                    "again",
-                    retry_after=timeout_s,
-                )
-            refusal = self.breaker.refusal()
+            refusal = self._refusal()
             if refusal is not None:
-                raise HostBusy(f"{self.what}: {refusal}", retry_after=self.breaker.backoff_s())
+                # No retry hint: waiting within one action does not help; the caller's next
+                # cycle asks again (and is refused at once while this holds).
+                raise HostBusy(refusal, retry_after=0)
             worker = threading.Thread(target=run, name=f"call-{self.what}", daemon=True)
             self._worker = worker
             self._since = time.monotonic()
@@ -146,13 +153,13 @@ class BoundedCallers:
                 self._callers[key] = caller
             return caller
 
-    def busy(self) -> dict[str, float]:
-        """Key -> seconds its call has been stuck, for every key whose call has not returned."""
+    def refusals(self) -> dict[str, str]:
+        """Key -> why it would not be called now, for every key that would not."""
         with self._lock:
             callers = dict(self._callers)
         out = {}
         for key, caller in callers.items():
-            stuck = caller.busy_for()
-            if stuck is not None:
-                out[key] = stuck
+            refusal = caller.refusal()
+            if refusal is not None:
+                out[key] = refusal
         return out

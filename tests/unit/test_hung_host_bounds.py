@@ -87,7 +87,7 @@ def test_a_pool_connect_to_a_hung_host_times_out_and_is_not_retried_while_stuck(
             pool.acquire(silent_libvirtd)
     assert threading.active_count() - threads <= 1
     assert sockets() - socks <= 1
-    assert list(pool.stuck()) == [silent_libvirtd]
+    assert list(pool.unreachable()) == [silent_libvirtd]
     pool.close()
 
 
@@ -158,7 +158,7 @@ def test_a_host_answering_after_its_deadline_is_called_again_at_once() -> None:
     assert caller.call(lambda: "again", 1.0) == "again"
 
 
-def test_reconciling_with_a_hung_host_ends_in_bounded_time_and_names_the_host(
+def test_reconciling_leaves_an_entry_of_a_hung_host_for_later_at_once_and_names_the_host(
     silent_libvirtd: str, tmp_path: Path
 ) -> None:
     yaml = YAML(typ="safe", pure=True)
@@ -169,7 +169,6 @@ def test_reconciling_with_a_hung_host_ends_in_bounded_time_and_names_the_host(
         policy_dir=str(ROOT / "examples" / "businesses"),
         image_dir=str(ROOT / "examples" / "images"),
         state_dir=str(tmp_path / "state"),
-        executor={**doc["executor"], "retries": 1},
     )
     (tmp_path / "controller.yaml").write_text(json.dumps(doc))
     config = load_controller_config(tmp_path / "controller.yaml")
@@ -178,15 +177,15 @@ def test_reconciling_with_a_hung_host_ends_in_bounded_time_and_names_the_host(
     actuation = ExecutorActuation(config, lease, lambda: policies)
     actuation.pool.connect_timeout_s = 0.3
     action = HotAddVcpu(business="web", vm="web-1", host=host["name"], vcpus=2, reason="load")
+    # journalling stamps the domain on its host: that connect is the one left hanging
     actuation.journal.record_intent("plan-0123456789ab", action, time.time())
     started = time.monotonic()
     actuation.reconcile()
-    first_s = time.monotonic() - started
-    started = time.monotonic()
-    actuation.reconcile()
-    again_s = time.monotonic() - started
+    took_s = time.monotonic() - started
     waiting = actuation.waiting()
+    unfinished = [e.key for e in actuation.journal.unfinished()]
     actuation.close()
-    # one connect deadline (0.3 s), then the retry fails at once: the connect is still stuck
-    assert first_s < 2.0 and again_s < 1.0, (first_s, again_s)
-    assert "no answer to a connect" in waiting[host["name"]]
+    assert took_s < 0.5, took_s  # before: libvirt.open without end, the cycle with it
+    assert unfinished == [action.key]  # nothing done on a host that cannot answer
+    assert "previous call still running" in waiting[host["name"]]
+    assert "127.0.0.1" in waiting[host["name"]]
