@@ -29,7 +29,9 @@ from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.lease import FileLease
 from collectors.libvirt_vms import LibvirtHostCollector
 from policies.loader import load_policy_dir
+from tests.reliability import record
 
+pytest_plugins = ["tests.reliability_plugin"]
 ROOT = Path(__file__).resolve().parents[2]
 
 CYCLES = 8
@@ -71,6 +73,15 @@ def test_a_hung_libvirtd_is_called_once_and_then_skipped_as_stale(silent_libvirt
     assert sockets() - socks <= 1
     assert "no answer within" in reasons[0]
     assert all("previous call still running" in r for r in reasons[1:]), reasons
+    record(
+        "bad-input",
+        "a libvirtd that never answers, collected every cycle",
+        injected=f"a qemu+tcp peer that accepts and never answers, collected {CYCLES} times",
+        behaviour=f"stale every cycle; called once (then 'previous call still running'); "
+        f"+{threading.active_count() - threads} thread, +{sockets() - socks} socket "
+        f"(before: +1 of each per cycle)",
+        lost="nothing",
+    )
 
 
 def test_a_pool_connect_to_a_hung_host_times_out_and_is_not_retried_while_stuck(
@@ -89,6 +100,15 @@ def test_a_pool_connect_to_a_hung_host_times_out_and_is_not_retried_while_stuck(
     assert sockets() - socks <= 1
     assert list(pool.unreachable()) == [silent_libvirtd]
     pool.close()
+    record(
+        "bad-input",
+        "the actuators' connect to a libvirtd that never answers",
+        injected=f"a pool connect to a silent qemu+tcp peer, then {CYCLES} more",
+        behaviour="TemporaryError at the 0.2-s connect timeout, then refused at once while the "
+        "first connect is stuck; at most one thread and one socket (before: libvirt.open "
+        "without end)",
+        lost="nothing",
+    )
 
 
 def test_a_pool_error_names_the_host_never_the_uri_credentials(silent_libvirtd: str) -> None:
@@ -114,6 +134,10 @@ def failing() -> None:
 
 
 def test_the_breaker_opens_after_consecutive_failures_and_doubles_its_backoff() -> None:
+    """A host that keeps failing.
+
+    Expect: open after 2 failures for 2 s, then 4 s, then the 5-s cap.
+    """
     clock = Clock()
     caller: BoundedCaller[None] = BoundedCaller(
         "h1", Breaker(threshold=2, base_s=2.0, max_s=5.0, clock=clock)
@@ -145,6 +169,10 @@ def test_one_success_closes_the_breaker() -> None:
 
 
 def test_a_host_answering_after_its_deadline_is_called_again_at_once() -> None:
+    """A host whose call answers after its deadline (a hang that ends).
+
+    Expect: refused while the call is stuck; called again as soon as it answered.
+    """
     release = threading.Event()
     caller: BoundedCaller[str] = BoundedCaller("h1")
     with pytest.raises(TemporaryError, match="no answer within"):
@@ -189,3 +217,11 @@ def test_reconciling_leaves_an_entry_of_a_hung_host_for_later_at_once_and_names_
     assert unfinished == [action.key]  # nothing done on a host that cannot answer
     assert "previous call still running" in waiting[host["name"]]
     assert "127.0.0.1" in waiting[host["name"]]
+    record(
+        "bad-input",
+        "reconciliation with a host that never answers",
+        injected="an unfinished hot-add journalled for a host whose libvirtd never answers",
+        behaviour=f"reconcile returned in {took_s:.2f} s leaving the entry unfinished for a later "
+        "pass; waiting() (/healthz waiting_for_hosts) names the host",
+        lost="nothing: the entry kept",
+    )
