@@ -16,6 +16,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -44,6 +45,15 @@ FLAGS = (
     | libvirt.VIR_MIGRATE_NON_SHARED_INC
 )
 NOT_LIVE_MIGRATABLE_NICS = ("sr-iov",)
+
+
+def migration_flags(*uris: str) -> int:
+    """The migration flags for hosts reached at ``uris`` (source, destination): the migration
+    stream is encrypted (``VIR_MIGRATE_TLS``, with the hosts' libvirt TLS certificates) when
+    any of them is reached over ``qemu+tls`` -- a fleet that protects its control channel
+    does not send guest memory in clear."""
+    tls = any(urlsplit(uri).scheme == "qemu+tls" for uri in uris)
+    return int(FLAGS | (libvirt.VIR_MIGRATE_TLS if tls else 0))
 
 
 @dataclass(frozen=True)
@@ -147,11 +157,12 @@ class MigrateActuator:
         if self.bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
         dest_uri = ctx.fleet.uri(action.destination)
+        flags = migration_flags(ctx.fleet.uri(action.source), dest_uri)
         failure: list[BaseException] = []
 
         def run() -> None:
             try:
-                dom.migrateToURI3(dest_uri, params, FLAGS)
+                dom.migrateToURI3(dest_uri, params, flags)
             except BaseException as exc:  # handed to the watching thread
                 failure.append(exc)
 

@@ -100,6 +100,11 @@ class Inventory(Strict):
 class Prometheus(Strict):
     url: str = "http://127.0.0.1:9090"
     timeout_s: float = Field(default=5.0, gt=0)
+    ca_file: str | None = Field(
+        default=None,
+        description="PEM file of the CAs that sign an https Prometheus's certificate (default: "
+        "the system's); TLS verification is always on",
+    )
 
 
 class Ceph(Strict):
@@ -166,6 +171,14 @@ class Ownership(Strict):
     )
 
 
+class Testing(Strict):
+    fault_hooks: bool = Field(
+        default=False,
+        description="let AUTOSCALER_CRASH_AT / AUTOSCALER_FREEZE_AT kill or stop the controller "
+        "at a journalled step (the fault tests); never on a real fleet (validate warns)",
+    )
+
+
 class ControllerConfig(Strict):
     api_version: Literal["autoscaler/v1"] = Field(alias="apiVersion")
     kind: Literal["Controller"]
@@ -206,6 +219,7 @@ class ControllerConfig(Strict):
         description="fleet-wide brakes: actions per minute, and the freeze on retires and"
         " migrations when the metrics look broken",
     )
+    testing: Testing = Testing()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

@@ -19,11 +19,11 @@ from typing import Any
 import rados
 
 from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model.bounded import BoundedCaller
 from collectors.base import LastGood
 from collectors.common import (
     MalformedReply,
     all_stale,
-    call_with_deadline,
     expect,
     expect_number,
     member,
@@ -258,6 +258,7 @@ class CephCollector:
         self.cluster = cluster
         self.target = target
         self.timeout_s = timeout_s
+        self._calls: BoundedCaller[Any] = BoundedCaller(f"ceph {target}")
         self.last_good = LastGood()
         self._racks_seen: tuple[str, ...] = ()
 
@@ -281,7 +282,7 @@ class CephCollector:
     def collect(self, now: float) -> Collection:
         started = time.monotonic()
         try:
-            reading = call_with_deadline(self._read, self.timeout_s, f"ceph {self.target}")
+            reading = self._calls.call(self._read, self.timeout_s)
         except (TemporaryError, PermanentError) as exc:
             scopes = [(self.scope, self.target), *((Scope.RACK, r) for r in self._racks_seen)]
             return all_stale(self.name, scopes, self.last_good, str(exc), started)

@@ -9,12 +9,11 @@ the snapshot builder turns it into a ``Signal`` without knowing the collector; o
 from __future__ import annotations
 
 import math
-import threading
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
-from autoscaler.model import Collection, PermanentError, Sample, Scope, Stale, TemporaryError
+from autoscaler.model import Collection, PermanentError, Sample, Scope, Stale
 from collectors.base import LastGood
 
 T = TypeVar("T")
@@ -37,31 +36,6 @@ def finite_or_none(value: object) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
-
-
-def call_with_deadline(call: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Run ``call`` in a worker thread; raise ``TemporaryError`` if it takes over ``timeout_s``.
-
-    For client libraries without their own timeout: the caller gets its answer in time even if
-    the call itself stays stuck (the daemon thread is abandoned).
-    """
-    box: dict[str, object] = {}
-
-    def work() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:
-            box["error"] = exc
-
-    worker = threading.Thread(target=work, name=f"collect-{what}", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise TemporaryError(f"{what}: no answer within {timeout_s:g} s", retry_after=timeout_s)
-    error = box.get("error")
-    if isinstance(error, BaseException):
-        raise error
-    return box["value"]  # type: ignore[return-value]
 
 
 def all_stale(

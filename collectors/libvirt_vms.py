@@ -31,8 +31,9 @@ from autoscaler.model import (
     Scope,
     TemporaryError,
 )
+from autoscaler.model.bounded import BoundedCaller
 from collectors.base import LastGood
-from collectors.common import call_with_deadline, finite_or_none
+from collectors.common import finite_or_none
 
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
 
@@ -295,6 +296,10 @@ class LibvirtHostCollector:
         self._conn: libvirt.virConnect | None = None
         self._parser = parser or DomainStatsParser()
         self._last_good = LastGood()
+        # One call in flight at a time: a hung libvirtd holds one thread and one socket.
+        self._calls: BoundedCaller[tuple[list[DomainRecord], list[float], float]] = BoundedCaller(
+            f"libvirt on {host}"
+        )
 
     def _connection(self) -> libvirt.virConnect:
         if self._conn is not None:
@@ -326,11 +331,8 @@ class LibvirtHostCollector:
         started = time.monotonic()
         labels = (("host", self.target),)
         try:
-            records, node, latency = call_with_deadline(
-                self._read, self._timeout_s, f"libvirt on {self.target}"
-            )
+            records, node, latency = self._calls.call(self._read, self._timeout_s)
         except (TemporaryError, PermanentError) as exc:
-            self._conn = None  # a hung connection is abandoned with its thread
             stale = self._last_good.stale(Scope.HOST, self.target, self.name, str(exc))
             return Collection(
                 source=self.name,

@@ -20,6 +20,7 @@ from typing import Any
 from pyroute2 import IPRoute, NetNS
 
 from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model.bounded import BoundedCaller
 from autoscaler.model.names import check_name
 from collectors.base import LastGood
 from collectors.bond_state import BondMember, BondState, bond_samples
@@ -27,7 +28,6 @@ from collectors.common import (
     CounterRates,
     MalformedReply,
     all_stale,
-    call_with_deadline,
     scoped,
     single_scope_result,
 )
@@ -146,6 +146,7 @@ class LinksCollector:
         self.uplinks = tuple(uplinks)
         self.netns = netns
         self.timeout_s = timeout_s
+        self._calls: BoundedCaller[Any] = BoundedCaller(f"links of {self.target}")
         self.last_good = LastGood()
         self._rates = CounterRates()
 
@@ -165,7 +166,7 @@ class LinksCollector:
     def collect(self, now: float) -> Collection:
         started = time.monotonic()
         try:
-            links, bonds = call_with_deadline(self._dump, self.timeout_s, f"links of {self.target}")
+            links, bonds = self._calls.call(self._dump, self.timeout_s)
         except (TemporaryError, PermanentError) as exc:
             return all_stale(
                 self.name, [(self.scope, self.target)], self.last_good, str(exc), started

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 
 from autoscaler.model import Collection, Sample, Scope, SignalName, Stale, TemporaryError
+from autoscaler.model.bounded import BoundedCaller
 from autoscaler.model.names import check_name
 from collectors.base import LastGood
-from collectors.common import all_stale, call_with_deadline, scoped
+from collectors.common import all_stale, scoped
 from collectors.prometheus_query import InstantValue, instant_query, redacted
 
 RACK_CHIP_PREFIX = "rack_"
@@ -50,6 +52,7 @@ class NodeCollector:
         self.racks = tuple(check_name(r, what="rack") for r in racks)
         self.target = target
         self.timeout_s = timeout_s
+        self._calls: BoundedCaller[Any] = BoundedCaller(f"prometheus at {redacted(prometheus.url)}")
         self.rate_window = rate_window
         self.last_good = LastGood()
 
@@ -66,10 +69,9 @@ class NodeCollector:
     def collect(self, now: float) -> Collection:
         started = time.monotonic()
         try:
-            per_instance, temperatures = call_with_deadline(
+            per_instance, temperatures = self._calls.call(
                 lambda: (self._per_instance(now), self._query("node_hwmon_temp_celsius", now)),
                 self.timeout_s,
-                f"prometheus at {redacted(self.prometheus.url)}",
             )
         except TemporaryError as exc:
             reason = str(exc)

@@ -3,6 +3,8 @@
 Where it sits: shared by the collectors that read Prometheus (node metrics, PromQL SLIs). A
 query is evaluated at the collector's ``now``; connection failures and HTTP errors become
 ``TemporaryError``; NaN or infinite values are dropped as missing (never turned into zero).
+``connect`` builds the client with TLS verification always on: against the system's CAs, or
+the CA file of the controller file's ``prometheus.ca_file`` for a private CA.
 """
 
 from __future__ import annotations
@@ -14,9 +16,22 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
+from prometheus_api_client.prometheus_connect import RETRY_ON_STATUS
+from urllib3.util.retry import Retry
 
 from autoscaler.model import TemporaryError
 from collectors.common import finite_or_none
+
+
+def connect(url: str, *, ca_file: str | None = None) -> PrometheusConnect:
+    """A client of the Prometheus at ``url`` that verifies its TLS certificate (with
+    ``ca_file``'s CAs if given, else the system's); a plain ``http`` URL is used as it is."""
+    session = requests.Session()
+    session.verify = ca_file if ca_file else True
+    # One quick retry: the collector asks again next cycle, and a refused certificate or a
+    # down server must not hold the call for the client's default 3 retries with 1-s backoff.
+    retry = Retry(total=1, backoff_factor=0.1, status_forcelist=RETRY_ON_STATUS)
+    return PrometheusConnect(url=url, session=session, retry=retry)
 
 
 def redacted(url: str) -> str:

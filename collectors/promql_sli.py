@@ -15,16 +15,17 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_api_client import PrometheusConnect
 
 from autoscaler.model import Collection, PermanentError, Sample, Scope, SignalName, TemporaryError
+from autoscaler.model.bounded import BoundedCaller
 from autoscaler.model.names import check_name
 from collectors.base import LastGood
 from collectors.common import (
     MalformedReply,
     all_stale,
-    call_with_deadline,
     scoped,
     single_scope_result,
 )
@@ -77,6 +78,7 @@ class PromqlSliCollector:
         self.total = total
         self.windows = tuple(sorted(windows, key=window_seconds))
         self.timeout_s = timeout_s
+        self._calls: BoundedCaller[Any] = BoundedCaller(f"promql sli of {self.target}")
         self.last_good = LastGood()
 
     def _evaluate(self, expression: str, window: str, now: float) -> float | None:
@@ -100,7 +102,7 @@ class PromqlSliCollector:
         started = time.monotonic()
         scopes = [(self.scope, self.target)]
         try:
-            rates = call_with_deadline(lambda: self.read(now), self.timeout_s, "promql sli")
+            rates = self._calls.call(lambda: self.read(now), self.timeout_s)
         except (TemporaryError, PermanentError) as exc:
             return all_stale(self.name, scopes, self.last_good, str(exc), started)
         samples: list[Sample] = []

@@ -32,6 +32,7 @@ from autoscaler.cli.fleet_view import print_fleet
 from autoscaler.config import load_controller_config
 from autoscaler.model import Health
 from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
+from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import CollectionStage, build_collectors
@@ -191,8 +192,7 @@ def run(
         preload_history(controller, time.time())
         jumped, cores = JUMP
         lab_mod.set_demand(lab, {**trace_demand(), jumped: {"cores": cores}})
-        host, port = config.metrics.listen.rsplit(":", 1)
-        server = MetricsServer(metrics, health, host, int(port))
+        server = MetricsServer(metrics, health, *parse_listen(config.metrics.listen))
         server.start()
         controller.start()
         controller.refit_job()

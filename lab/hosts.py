@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 
 from autoscaler.model import TemporaryError
-from collectors.common import call_with_deadline
+from autoscaler.model.bounded import BoundedCaller
 from lab.layout import LabLayout
 from lab.state import HostRecord
 
@@ -155,7 +155,7 @@ def stop_host(record: HostRecord) -> None:
         # A deadlocked libvirtd never answers: give up on it after a while, the QEMU pid
         # files below end its guests anyway.
         with contextlib.suppress(libvirt.libvirtError, TemporaryError):
-            call_with_deadline(destroy_all, 60.0, f"{record.name}: destroy its domains")
+            BoundedCaller[None](f"{record.name}: destroy its domains").call(destroy_all, 60.0)
     _kill_pidfile(base / "run" / "libvirtd.pid")
     _kill_pidfile(base / "run" / "virtlogd.pid")
     qemu_dir = base / "run" / "qemu"

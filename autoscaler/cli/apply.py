@@ -223,7 +223,7 @@ def run_as_holder(args: argparse.Namespace, plan_for: Callable[[Fleet], Plan]) -
             lease=lease,
             limits=executor_limits(config),
             registry=actuator_registry(config),
-            on_step=crash_hook(),
+            on_step=crash_hook(config.testing.fault_hooks),
         )
     if args.json:
         print(

@@ -65,6 +65,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         " sees every VM as foreign; name one key file shared by all of them",
                         file=sys.stderr,
                     )
+                if config.testing.fault_hooks:
+                    print(
+                        f"{path}: warning: testing.fault_hooks is on: AUTOSCALER_CRASH_AT and "
+                        "AUTOSCALER_FREEZE_AT can kill or stop this controller mid-action; "
+                        "for the fault tests only, never on a real fleet",
+                        file=sys.stderr,
+                    )
             else:
                 images = _images_for(path, args.image_dir)
                 policy = load_policy(path, images=images)

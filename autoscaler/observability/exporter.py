@@ -4,7 +4,8 @@ Where it sits: the last stage of the flow ("reports"). The cycle counts into a
 ``ControllerMetrics`` (an explicit prometheus-client registry, never the global one) as it decides
 and acts; the fleet's gauges are read at scrape time from the controller's last snapshot and
 Decision (``watch``, ``autoscaler.observability.fleet_metrics``). ``MetricsServer`` serves
-``/metrics`` and ``/healthz`` on loopback by default. ``/healthz`` fails once the last successful
+``/metrics`` and ``/healthz`` on loopback by default, with a deadline per request and a cap on
+connections (``http_server``). ``/healthz`` fails once the last successful
 cycle is older than three intervals, or while a problem is reported (the state folder cannot be
 written); it also shows a fleet-wide freeze and a refused stale snapshot. A standby is healthy
 and says so, and a leader whose lease ran out unrenewed answers as a standby.
@@ -16,13 +17,13 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from autoscaler.observability.fleet_metrics import FleetCollector, FleetView
+from autoscaler.observability.http_server import BoundedHTTPServer, DeadlineHandler
 
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ACTION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -157,6 +158,9 @@ class HealthState:
     """Why retires and migrations are frozen fleet-wide (shown, not a failure by itself)."""
     stale_snapshot: str | None = None
     """Why the last cycle refused its snapshot (no decision: the cycle ages until fresh)."""
+    waiting_for: dict[str, str] = field(default_factory=dict)
+    """Host -> why the leader's hands wait for it (stuck in reconciliation, a connect without
+    answer). Reported, not unhealthy by itself: the other hosts' businesses go on."""
 
     def check(self, now: float) -> tuple[bool, dict[str, object]]:
         reference = self.last_success if self.last_success is not None else self.started
@@ -178,11 +182,13 @@ class HealthState:
             "problem": self.problem,
             "freeze": self.freeze,
             "stale_snapshot": self.stale_snapshot,
+            "waiting_for_hosts": dict(self.waiting_for),
         }
 
 
 class MetricsServer:
-    """/metrics and /healthz on a ThreadingHTTPServer of the standard library."""
+    """/metrics and /healthz on a ``BoundedHTTPServer``: each request answered or dropped
+    within ``deadline_s``, at most ``max_connections`` at once."""
 
     def __init__(
         self,
@@ -191,12 +197,13 @@ class MetricsServer:
         host: str,
         port: int,
         clock: Callable[[], float] = time.time,
+        *,
+        deadline_s: float = 5.0,
+        max_connections: int = 16,
     ) -> None:
         registry = metrics.registry
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10  # a client that connects and says nothing does not hold a thread
-
+        class Handler(DeadlineHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
                 if self.path.startswith("/metrics"):
                     body, status, ctype = generate_latest(registry), 200, CONTENT_TYPE_LATEST
@@ -206,17 +213,10 @@ class MetricsServer:
                     status, ctype = (200 if ok else 503), "application/json"
                 else:
                     body, status, ctype = b"not found\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.answer(status, ctype, body)
 
-            def log_message(self, format: str, *args: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
+        Handler.deadline_s = deadline_s
+        self._server = BoundedHTTPServer((host, port), Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

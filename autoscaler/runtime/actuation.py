@@ -17,7 +17,7 @@ from actuators.executor import execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
 from autoscaler.config import ControllerConfig
-from autoscaler.model import Lease, Plan
+from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.ports import ActionOutcome
 from autoscaler.runtime.wiring import (
@@ -30,6 +30,35 @@ from autoscaler.runtime.wiring import (
 from policies.schema import BusinessPolicy
 
 log = logging.getLogger("autoscaler.actuation")
+
+
+class _SettleableNow:
+    """The journal as a reconciliation sees it: an entry whose hosts include one that cannot
+    be reached now (its connect stuck, its breaker open) is left out -- it stays unfinished for
+    a later pass, instead of costing this one its retries while other businesses wait."""
+
+    def __init__(self, journal: Journal, unreachable: Callable[[], set[str]]) -> None:
+        self._journal = journal
+        self._unreachable = unreachable
+        self.skipped: list[JournalEntry] = []
+
+    def unfinished(self) -> list[JournalEntry]:
+        down = self._unreachable()
+        entries = self._journal.unfinished()
+        self.skipped = [e for e in entries if down & set(e.action.hosts)]
+        return [e for e in entries if not down & set(e.action.hosts)]
+
+    def record_intent(self, plan_id: str, action: Action, now: float) -> JournalEntry:
+        return self._journal.record_intent(plan_id, action, now)
+
+    def record_step(self, key: str, step: str, now: float) -> None:
+        self._journal.record_step(key, step, now)
+
+    def record_outcome(self, key: str, phase: Phase, now: float, detail: str = "") -> None:
+        self._journal.record_outcome(key, phase, now, detail)
+
+    def get(self, key: str) -> JournalEntry | None:
+        return self._journal.get(key)
 
 
 class ExecutorActuation:
@@ -45,18 +74,24 @@ class ExecutorActuation:
         self.policies = policies
         self.limits = executor_limits(config)
         self.registry = actuator_registry(config)
-        self.on_step = crash_hook()
+        self.on_step = crash_hook(config.testing.fault_hooks)
         # One connection per host for the controller's lifetime, checked before each reuse.
         self.pool = LibvirtPool()
         self.journal = open_journal(config.state_dir, self.fleet())
+        self._pending: dict[str, str] = {}
 
     def fleet(self) -> Fleet:
         return build_fleet(self.config, self.policies(), pool=self.pool)
 
+    def _unreachable_hosts(self) -> set[str]:
+        by_uri = {h.uri: h.name for *_, h in self.config.inventory.hosts()}
+        return {by_uri[uri] for uri in self.pool.unreachable() if uri in by_uri}
+
     def reconcile(self) -> int:
+        journal = _SettleableNow(self.journal, self._unreachable_hosts)
         done = reconcile(
             self.fleet(),
-            self.journal,
+            journal,
             lease=self.lease,
             limits=self.limits,
             registry=self.registry,
@@ -64,7 +99,24 @@ class ExecutorActuation:
         )
         for item in done:
             event(log, "reconciled", key=item.key, outcome=item.outcome, detail=item.detail)
+        for entry in journal.skipped:
+            event(log, "reconciliation waits for a host", logging.WARNING, key=entry.action.key)
+        self._pending = {
+            host: f"{entry.action.key} waits for it to settle"
+            for entry in self.journal.unfinished()
+            for host in entry.action.hosts
+        }
         return len(done)
+
+    def waiting(self) -> dict[str, str]:
+        """Host -> why the hands wait for it: a connection to it that has not answered (a
+        hung libvirtd costs its one opener, nothing more), or an unfinished journal entry the
+        last reconciliation could not settle. Thread-safe: /healthz reads it between cycles."""
+        by_uri = {h.uri: h.name for *_, h in self.config.inventory.hosts()}
+        out = dict(self._pending)
+        for uri, why in self.pool.unreachable().items():
+            out[by_uri.get(uri, "?")] = why
+        return out
 
     def unfinished(self) -> int:
         return len(self.journal.unfinished())

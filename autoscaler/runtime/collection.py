@@ -17,6 +17,7 @@ from typing import Any
 
 import libvirt
 
+from actuators.connections import open_connection
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Collection, Collector, Scope
 from autoscaler.runtime.fleet_key import load_fleet_keys
@@ -28,7 +29,7 @@ log = logging.getLogger("autoscaler.collection")
 
 
 def _opener(uri: str) -> Callable[[], libvirt.virConnect]:
-    return lambda: libvirt.open(uri)
+    return lambda: open_connection(uri)
 
 
 def libvirt_collectors(
@@ -71,11 +72,10 @@ def build_collectors(
     collectors: list[Collector] = list(libvirt_collectors(config, timeout_s))
     hosts = [h for *_, h in config.inventory.hosts()]
     if config.prometheus is not None:
-        from prometheus_api_client import PrometheusConnect
-
         from collectors.node import NodeCollector
+        from collectors.prometheus_query import connect
 
-        prometheus = PrometheusConnect(url=config.prometheus.url, disable_ssl=True)
+        prometheus = connect(config.prometheus.url, ca_file=config.prometheus.ca_file)
         instances = {h.name: h.node_exporter for h in hosts if h.node_exporter}
         racks = [k.name for *_, k in config.inventory.racks() if k.temperature_sensor]
         collectors.append(

@@ -47,6 +47,7 @@ from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.memory_file import MemoryFile, restore_memory
 from autoscaler.runtime.plans import PlanFolder
 from autoscaler.runtime.ports import ActionOutcome
+from autoscaler.runtime.private_files import ensure_private_dir
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from autoscaler.runtime.snapshots import LatestSnapshot
 from autoscaler.runtime.wiring import file_lease
@@ -67,6 +68,8 @@ class Actuation(Protocol):
     def reconcile(self) -> int: ...
 
     def unfinished(self) -> int: ...
+
+    def waiting(self) -> dict[str, str]: ...
 
     def close(self) -> None: ...
 
@@ -133,7 +136,7 @@ class Controller:
         self.dry_run = dry_run
         self.clock = clock
         self._actuation = actuation
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(config.state_dir)  # 0700: the journal, lease and controls
         # The runner passes the lease the controller file names (RADOS needs the cluster).
         self.lease: LeaderLease = lease or file_lease(config, holder)
         self.controls = ControlFile(config.state_dir)
@@ -341,6 +344,8 @@ class Controller:
             warmup_s=2 * self.config.intervals.collect_s,
         )
         self.memory.remember_temperatures(snapshot)
+        if self._actuation is not None:
+            self.health.waiting_for = self._actuation.waiting()
         self._stale = tuple(
             (source, scope.value, target)
             for source, scope, target in self.collection.stale_scopes()

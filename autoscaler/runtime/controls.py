@@ -1,7 +1,8 @@
 """Operator controls: pause/resume, cordon/uncordon/drain, approve — through the state folder.
 
 Where it sits: between the operator's CLI and the running controller. The CLI changes a small
-JSON file in the state folder under an flock; the controller reads it at the start of every
+JSON file in the state folder (0600, never through a symlink: ``private_files``) under an
+flock; the controller reads it at the start of every
 cycle. Nothing is sent over a socket, so the controls work while the controller is down too and
 survive its restarts.
 """
@@ -10,12 +11,17 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from autoscaler.model.controls import ALL, Controls
+from autoscaler.runtime.private_files import (
+    ensure_private_dir,
+    open_private_text,
+    read_private_text,
+    write_private_atomic,
+)
 
 __all__ = ["ControlFile"]
 
@@ -26,8 +32,8 @@ class ControlFile:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "a") as lock:
+        ensure_private_dir(self.path.parent)
+        with open_private_text(self.path.with_suffix(".lock")) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
@@ -36,14 +42,13 @@ class ControlFile:
 
     def read(self) -> Controls:
         try:
-            return Controls.model_validate_json(self.path.read_text())
+            return Controls.model_validate_json(read_private_text(self.path))
         except FileNotFoundError:
             return Controls()
 
     def _write(self, controls: Controls) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(controls.model_dump(mode="json"), indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        text = json.dumps(controls.model_dump(mode="json"), indent=1, sort_keys=True)
+        write_private_atomic(self.path, text)
 
     def change(self, **changes: frozenset[str]) -> Controls:
         with self._locked():

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
@@ -22,7 +21,7 @@ from typing import Literal, overload
 import pandas as pd
 
 from autoscaler.model.names import check_name
-from autoscaler.runtime.sqlite_wal import use_wal
+from autoscaler.runtime.sqlite_wal import connect_private, use_wal
 
 MINUTE_S = 60
 MIN_RETENTION_DAYS = 14.0
@@ -82,8 +81,7 @@ class HistoryStore:
             )
         self.path = path
         self.retention_s = retention_days * 86400.0
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = connect_private(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._series_ids: dict[tuple[str, str, str], int] = {}
         self._last_prune: float | None = None

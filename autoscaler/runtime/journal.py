@@ -31,7 +31,7 @@ from autoscaler.model import (
     action_adapter,
     check_name,
 )
-from autoscaler.runtime.sqlite_wal import use_wal
+from autoscaler.runtime.sqlite_wal import connect_private, use_wal
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,10 @@ class SqliteJournal:
     """One row per execution of an action (a key may run again later: the newest row counts)."""
 
     def __init__(self, path: Path, stamper: Stamper | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._stamper = stamper
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=5.0
-        )
+        self._db = connect_private(path, check_same_thread=False, isolation_level=None, timeout=5.0)
         self._db.execute("PRAGMA busy_timeout=5000")
         use_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")
@@ -213,7 +210,7 @@ class DomainStamper:
             try:
                 with self._pool.connection(uri) as conn:
                     self._stamp(conn, entry.action.vm, xml)
-            except libvirt.libvirtError:
+            except (libvirt.libvirtError, TemporaryError):
                 continue  # the host does not answer: the SQLite row holds the step
 
     @staticmethod

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from pydantic import Field
 
 from autoscaler.model import DeposedLeader, Lease, LeaseState, TemporaryError
 from autoscaler.model.topology import Frozen
+from autoscaler.runtime.private_files import write_private_atomic
 
 LOCK_WAIT_S = 2.0
 # Monotonic clocks of two machines may run at slightly different rates (NTP slews at most
@@ -169,15 +169,9 @@ class FileLease:
             return raw, None
 
     def _write(self, record: LeaseRecord) -> None:
-        tmp = self.path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(record.model_dump_json())
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except OSError as exc:  # a full disk must not crash the loop: we simply do not lead
+            write_private_atomic(self.path, record.model_dump_json())
+        except OSError as exc:  # a full disk (or a planted symlink): we simply do not lead
             raise TemporaryError(f"cannot write the lease: {exc}", retry_after=5) from exc
         self._record = record
 

@@ -15,13 +15,13 @@ expired). Files older than ``keep_s`` are removed.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 from autoscaler.model import Plan
 from autoscaler.runtime.logs import event
+from autoscaler.runtime.private_files import ensure_private_dir, write_private_atomic
 
 log = logging.getLogger("autoscaler.controller")
 PLAN_ID = re.compile(r"plan-[0-9a-f]{12}")
@@ -43,7 +43,7 @@ class PlanFolder:
         self.clock = clock
         self.keep_s = keep_s
         self.dedupe_s = dedupe_s
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(folder)
         self._waiting: dict[str, tuple[str, float]] = {}
         """signature -> (plan id, exported at) of plans waiting for approval."""
         self._swept_at = -SWEEP_EVERY_S
@@ -66,7 +66,7 @@ class PlanFolder:
             if path.exists() and not path.with_suffix(".done").exists():
                 return str(path)  # the same recommendation waits already
         path = self.folder / f"{plan.id}.json"
-        _write_private(path, plan.to_json())
+        write_private_atomic(path, plan.to_json())
         self._waiting[signature] = (plan.id, now)
         return str(path)
 
@@ -80,7 +80,7 @@ class PlanFolder:
             if not path.exists() or done.exists():
                 continue
             # Marked first: a crash after this loses the approval, never runs it twice.
-            _write_private(done, f"{self.clock()}\n")
+            write_private_atomic(done, f"{self.clock()}\n")
             try:
                 plans.append(Plan.from_json(path.read_text()))
             except (OSError, ValueError) as exc:  # a bad file must not stop every cycle
@@ -108,11 +108,3 @@ class PlanFolder:
             s: (pid, at) for s, (pid, at) in self._waiting.items() if now - at <= self.keep_s
         }
 
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by the owner only, never through a symlink."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)

@@ -49,6 +49,10 @@ class Actuation(Protocol):
         """How many journal entries are unfinished (between cycles: waiting for a host)."""
         ...
 
+    def waiting(self) -> dict[str, str]:
+        """Host -> why reconciliation or a connection is waiting for it (for /healthz)."""
+        ...
+
 
 class PlanStore(Protocol):
     """Where recommend-mode plans go for approval, and where approved ones come back from."""

@@ -19,6 +19,7 @@ from typing import Any
 from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.model import ConfigError, ConfigProblem, TemporaryError
 from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
+from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import CollectionStage, build_collectors, connect_ceph
@@ -60,8 +61,8 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     holder = holder or f"{socket.gethostname()}:{os.getpid()}"
     metrics = ControllerMetrics()
     health = HealthState(interval_s=config.intervals.decide_s)
-    host, _, port = (listen or config.metrics.listen).rpartition(":")
-    server = MetricsServer(metrics, health, host.strip("[]"), int(port))
+    host, port = parse_listen(listen or config.metrics.listen)
+    server = MetricsServer(metrics, health, host, port)
     cluster = ceph_handle(config)
     collection = CollectionStage(build_collectors(config, ceph=cluster))
     lease = open_lease(config, holder, cluster)

@@ -1,14 +1,36 @@
-"""Write-ahead logging for the SQLite files of the state folder (journal, history).
+"""Opening the SQLite files of the state folder (journal, history): private, write-ahead logged.
 
 Where it sits: under ``autoscaler.runtime.journal`` and ``autoscaler.runtime.history``, which
-open their files through it, so two controllers started together on one state folder both get
-them open.
+open their files through it: the folder 0700 and the file 0600 (SQLite gives its ``-wal`` and
+``-shm`` files the database file's mode), none of them a symlink (``private_files``); and WAL,
+so two controllers started together on one state folder both get them open.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
+from typing import Any
+
+from autoscaler.runtime.private_files import (
+    UnsafeStatePath,
+    ensure_private_dir,
+    ensure_private_file,
+)
+
+
+def connect_private(path: Path, **options: Any) -> sqlite3.Connection:
+    """``sqlite3.connect(path, **options)`` on a private file of a private folder; a symlink
+    at the file or at its ``-wal``/``-shm``/``-journal`` companions is refused."""
+    ensure_private_dir(path.parent)
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = path.with_name(path.name + suffix)
+        if companion.is_symlink():
+            raise UnsafeStatePath(f"{companion} is a symlink: refused")
+    ensure_private_file(path)
+    db: sqlite3.Connection = sqlite3.connect(str(path), **options)
+    return db
 
 
 def use_wal(db: sqlite3.Connection, patience_s: float = 10.0) -> None:

@@ -8,6 +8,7 @@ operator's plan runs with exactly the settings the controller uses.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -34,6 +35,8 @@ from policies.schema import BusinessPolicy
 CRASH_ENV = "AUTOSCALER_CRASH_AT"
 FREEZE_ENV = "AUTOSCALER_FREEZE_AT"
 JOURNAL_FILE = "journal.sqlite"
+
+log = logging.getLogger("autoscaler.wiring")
 
 
 def build_fleet(
@@ -118,14 +121,25 @@ def quiet_libvirt() -> None:
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def crash_hook(spec: str | None = None, freeze: str | None = None) -> StepHook | None:
+def crash_hook(
+    enabled: bool, spec: str | None = None, freeze: str | None = None
+) -> StepHook | None:
     """For the crash tests: a step hook that SIGKILLs this process right after ``<kind>:<step>``
     is journalled (``spec``, else ``AUTOSCALER_CRASH_AT``, e.g. ``clone_from_template:started``),
     or SIGSTOPs it there once (``freeze``, else ``AUTOSCALER_FREEZE_AT``: a leader frozen
-    mid-action)."""
+    mid-action). Only when ``enabled`` (the controller file's ``testing.fault_hooks``): in
+    production an environment variable must not be able to kill the controller mid-action;
+    one set without the setting is logged and ignored."""
     target = spec if spec is not None else os.environ.get(CRASH_ENV, "")
     stop_at = freeze if freeze is not None else os.environ.get(FREEZE_ENV, "")
     if not target and not stop_at:
+        return None
+    if not enabled:
+        log.warning(
+            "%s/%s ignored: the controller file does not set testing.fault_hooks",
+            CRASH_ENV,
+            FREEZE_ENV,
+        )
         return None
     frozen = threading.Event()
 

@@ -186,6 +186,9 @@ class SimulatedFleet:
     def unfinished(self) -> int:
         return 0
 
+    def waiting(self) -> dict[str, str]:
+        return {}  # simulated hosts always answer
+
 
 class TraceHistory:
     """Demand traces (busy cores, UTC DatetimeIndex) shown only up to the simulated present;

@@ -6,6 +6,7 @@ from outside."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from tests.integration.actuator_helpers import (
     where,
 )
 from tests.integration.lab_fixtures import wait_for
+from tests.integration.test_controller import with_fault_hooks
 
 pytestmark = pytest.mark.lab
 
@@ -48,6 +50,16 @@ def write_plan(folder: Path, *actions: Action) -> Path:
     return path
 
 
+def fault_hooks_file(lab: Lab) -> Path:
+    """A copy of the lab's controller file, beside it, with ``testing.fault_hooks`` on (the
+    crash points of this module are ignored without it)."""
+    path = lab.controller_file.with_name("controller-fault-hooks.yaml")
+    if not path.exists():
+        shutil.copy(lab.controller_file, path)
+        with_fault_hooks(path)
+    return path
+
+
 def apply_args(lab: Lab, plan: Path, state: Path) -> list[str]:
     return [
         sys.executable,
@@ -55,7 +67,7 @@ def apply_args(lab: Lab, plan: Path, state: Path) -> list[str]:
         "autoscaler.cli.apply",
         str(plan),
         "--config",
-        str(lab.controller_file),
+        str(fault_hooks_file(lab)),
         "--state-dir",
         str(state),
     ]

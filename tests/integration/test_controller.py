@@ -64,6 +64,16 @@ def controller_file(lab: Lab, folder: Path) -> Path:
     return path
 
 
+def with_fault_hooks(config: Path) -> Path:
+    """``config`` with ``testing.fault_hooks`` on: AUTOSCALER_CRASH_AT / _FREEZE_AT work."""
+    yaml = YAML(typ="safe", pure=True)
+    doc = yaml.load(config.read_text())
+    doc["testing"] = {"fault_hooks": True}
+    with open(config, "w") as out:
+        yaml.dump(doc, out)
+    return config
+
+
 def start(config: Path, port: int, holder: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [

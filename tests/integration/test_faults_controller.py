@@ -47,6 +47,7 @@ from tests.integration.test_controller import (
     start,
     stop,
     web_vms,
+    with_fault_hooks,
 )
 from tests.integration.test_faults_crash import orphans
 from tests.integration.test_faults_hosts import events, metrics, placements
@@ -238,7 +239,7 @@ def test_the_frozen_leader_is_replaced_and_resumed_acts_on_nothing_it_decided(
     the old leader finds itself deposed, executes nothing decided under its old generation and
     steps down; every VM once, nothing orphaned.
     """
-    config = controller_file(lab, tmp_path)
+    config = with_fault_hooks(controller_file(lab, tmp_path))
     ports = {
         "a": lab.layout.port(PORT_CONTROLLER_METRICS),
         "b": lab.layout.port(PORT_CONTROLLER_METRICS_2),

@@ -38,6 +38,7 @@ from tests.integration.test_controller import (
     healthz,
     restore_lab,
     stop,
+    with_fault_hooks,
 )
 from tests.integration.test_faults_ceph import (
     cluster,
@@ -121,7 +122,7 @@ def test_the_controller_killed_during_a_clone_reconciles_on_restart_and_loses_no
     Expect: restarted, it reconciles; the VM exists once, no orphaned overlay or definition,
     the journal shows the clone started then finished.
     """
-    config = controller_file(lab, tmp_path)
+    config = with_fault_hooks(controller_file(lab, tmp_path))
     port = lab.layout.port(PORT_CONTROLLER_METRICS)
     log = tmp_path / "controller.log"
     assert orphans(lab) == {}
@@ -191,7 +192,9 @@ def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_lose
     # The crash point needs no time window: only the kill from outside gets a capped stream
     # (a long migration on TCG is what sometimes leaves the guest hung; see MIGRATION_MIB_S).
     cap = MIGRATION_MIB_S if how == "sigkill" else 0
-    config = with_executor(controller_file(lab, tmp_path), migration_bandwidth_mib_s=cap)
+    config = with_fault_hooks(
+        with_executor(controller_file(lab, tmp_path), migration_bandwidth_mib_s=cap)
+    )
     state = tmp_path / "state"
     port = lab.layout.port(PORT_CONTROLLER_METRICS)
     log = tmp_path / "controller.log"
@@ -301,7 +304,7 @@ def test_the_controller_killed_during_a_hot_add_or_a_retire_settles_it_on_restar
     Expect: restarted, it reconciles: the hot-added VM runs once with its new vCPUs, or the
     retired VM is gone from every host with its overlay; nothing else lost or duplicated.
     """
-    config = controller_file(lab, tmp_path)
+    config = with_fault_hooks(controller_file(lab, tmp_path))
     port = lab.layout.port(PORT_CONTROLLER_METRICS)
     log = tmp_path / "controller.log"
     state = tmp_path / "state"

@@ -1,18 +1,17 @@
-"""Faults on a host while the controller runs in ``auto`` mode: its link cut, its libvirtd hung.
+"""Faults on a host while the controller runs in ``auto`` mode: its link cut.
 
 Where it sits: the reliability suite on the real lab (issue 7). A real ``autoscaler run``
 process (the web-only policy and short intervals of ``test_controller``) drives the session lab;
-the host running ``web-1`` is cut off (``net.set_uplink``) or hung (SIGSTOP of its libvirtd,
-always SIGCONT in ``finally``). The controller must keep running (``/healthz`` healthy), mark
-the host stale (``autoscaler_collector_stale``), take no retire or migration while it cannot see
-it, see it again once the fault clears, and leave every VM existing exactly once.
+the host running ``web-1`` is cut off (``net.set_uplink``; a hung libvirtd, SIGSTOP for three
+minutes, is ``test_faults_hung_libvirtd``). The controller must keep running (``/healthz``
+healthy), mark the host stale (``autoscaler_collector_stale``), take no retire or migration
+while it cannot see it, see it again once the fault clears, and leave every VM existing
+exactly once.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 import urllib.request
 from collections.abc import Callable
@@ -103,7 +102,19 @@ def orphans(lab: Lab) -> dict[str, tuple[list[str], list[str]]]:
     return out
 
 
-def _libvirtd_pid(lab: Lab, host: str) -> int:
+def nothing_disrupted(
+    lab: Lab, log: Path, start: float, end: float, before: dict[str, list[str]]
+) -> None:
+    """No retire or migration between ``start`` and ``end``; every VM of ``before`` still
+    there, each on exactly one host."""
+    acted = disruptive_between(log, start, end)
+    assert acted == [], f"retire or migration decided on stale data: {acted}"
+    after = placements(lab)
+    assert all(len(where) == 1 for where in after.values()), after
+    assert set(before) <= set(after)
+
+
+def libvirtd_pid(lab: Lab, host: str) -> int:
     return int((Path(lab.state.host(host).base) / "run" / "libvirtd.pid").read_text().strip())
 
 
@@ -114,20 +125,15 @@ def _faults(lab: Lab, host: str) -> dict[str, tuple[Callable[[], None], Callable
             lambda: net.set_uplink(lab.layout, index, up=False),
             lambda: net.set_uplink(lab.layout, index, up=True),
         ),
-        "libvirtd-hung": (
-            lambda: os.kill(_libvirtd_pid(lab, host), signal.SIGSTOP),
-            lambda: os.kill(_libvirtd_pid(lab, host), signal.SIGCONT),
-        ),
     }
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("fault", ["link-cut", "libvirtd-hung"])
-def test_a_host_cut_off_or_hung_is_stale_never_acted_on_and_recovered(
+@pytest.mark.parametrize("fault", ["link-cut"])
+def test_a_host_cut_off_is_stale_never_acted_on_and_recovered(
     lab: Lab, tmp_path: Path, restore_lab: None, fault: str
 ) -> None:
-    """The host running web-1 cut off (its uplink down) or hung (libvirtd SIGSTOPped) under a
-    controller in auto mode.
+    """The host running web-1 cut off (its uplink down) under a controller in auto mode.
 
     Expect: healthy throughout, the host stale, no retire or migration while stale, recovered.
     """
