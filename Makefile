@@ -26,7 +26,7 @@ integration: deps
 # then RELIABILITY.md from the fault and bad-input tests' own records.
 test: lint types
 	rm -rf build/reliability
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 	$(PY) -m lab.reliability_report
 
 # The inner loop: lint, types and the unit tests (no lab, well under a minute).

@@ -128,7 +128,9 @@ class Intervals(Strict):
     stale_snapshot_collects: int = Field(
         default=3,
         ge=1,
-        description="decide refuses a snapshot taken more than this many collect intervals ago",
+        description="decide refuses a snapshot taken more than this many collect intervals ago,"
+        " beyond the collection round's own deadline (a round held up by a hung source ends"
+        " there, that source's scopes stale)",
     )
 
 

@@ -54,9 +54,7 @@ class FleetKeys:
         mac = hmac.new(self.keys[self.current], self._message(name, business, created), "sha256")
         return OwnershipStamp(key_id=self.current, mac=mac.hexdigest())
 
-    def verify(
-        self, name: str, business: str, created: str, stamp: OwnershipStamp | None
-    ) -> bool:
+    def verify(self, name: str, business: str, created: str, stamp: OwnershipStamp | None) -> bool:
         if stamp is None or stamp.key_id not in self.keys:
             return False
         expected = hmac.new(

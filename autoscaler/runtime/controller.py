@@ -168,7 +168,10 @@ class Controller:
                     max_outgoing_migrations_per_host=config.executor.max_migrations_per_host,
                     brakes=config.brakes,
                 ),
-                snapshot_max_age_s=iv.stale_snapshot_collects * iv.collect_s,
+                # A round may take its whole deadline when a source hangs (its scopes are then
+                # stale); only a view older than that and a few intervals means collection stopped.
+                snapshot_max_age_s=iv.stale_snapshot_collects * iv.collect_s
+                + collection.deadline_s,
                 ledger_every_s=iv.ledger_s,
                 refit_every_s=iv.refit_s,
                 max_concurrent_actions=config.executor.max_concurrent_actions,

@@ -250,11 +250,7 @@ class FileLease:
                 self._holding.lost()
                 raise DeposedLeader(
                     f"{self.holder} no longer holds the lease"
-                    + (
-                        f" (now {record.holder}, generation {record.generation})"
-                        if record
-                        else ""
-                    )
+                    + (f" (now {record.holder}, generation {record.generation})" if record else "")
                 )
             return self._grant(record, now, asked_at)
 

@@ -107,4 +107,3 @@ class PlanFolder:
         self._waiting = {
             s: (pid, at) for s, (pid, at) in self._waiting.items() if now - at <= self.keep_s
         }
-

@@ -174,9 +174,7 @@ def test_retries_stop_and_the_failure_is_compensated(journal: SqliteJournal) -> 
     first, later = vcpu("a", 2), vcpu("a", 3)
     adds = Scripted("hot_add_vcpu", failures={first.key: 10})
     limits = ExecutorLimits(retries=2, backoff_initial_s=0.01)
-    results = execute(
-        plan(first, later), FLEET, journal, registry=registry(adds), limits=limits
-    )
+    results = execute(plan(first, later), FLEET, journal, registry=registry(adds), limits=limits)
     assert results[0].status == "failed" and results[0].attempts == 3
     assert "not yet" in results[0].reason and "compensated" in results[0].reason
     assert results[1].status == "skipped" and first.key in results[1].reason
@@ -228,9 +226,7 @@ def test_an_action_past_its_deadline_fails_as_timed_out(journal: SqliteJournal) 
     adds = Scripted("hot_add_vcpu", seconds=5.0)
     limits = ExecutorLimits(action_timeout_s=0.3, retries=5)
     started = time.monotonic()
-    (result,) = execute(
-        plan(vcpu("a")), FLEET, journal, registry=registry(adds), limits=limits
-    )
+    (result,) = execute(plan(vcpu("a")), FLEET, journal, registry=registry(adds), limits=limits)
     assert time.monotonic() - started < 2.0
     assert result.status == "failed" and "timed out" in result.reason
 

@@ -103,7 +103,7 @@ def test_the_controller_file_sets_the_brakes_and_the_controller_restores_its_mem
         settings = controller.cycle.settings
         assert settings.decide.brakes.max_actions_per_minute == 7
         assert settings.decide.brakes.collapse_drop == 0.9
-        assert settings.snapshot_max_age_s == 20
+        assert settings.snapshot_max_age_s == 5 * 4 + collection.deadline_s
         assert controller.memory.recent_actions["web"] == [NOW - 60, NOW - 30]
         assert controller.memory.last_scale_down == {"web": NOW - 30}
     finally:
