@@ -1,8 +1,11 @@
 """The pytest half of the reliability record (see ``tests.reliability``).
 
-Where it sits: registered by ``pytest_plugins = ["tests.reliability_plugin"]`` in the fault and
-bad-input test modules; after each of their tests it writes ``build/reliability/<test>.json``
-with what ``tests.reliability.record`` gathered (or the test's docstring) and the outcome.
+Where it sits: registered by ``pytest_plugins = ["tests.reliability_plugin"]`` in the fault,
+bad-input and safety test modules; after each of their tests it writes
+``build/reliability/<test>.json`` with what ``tests.reliability.record`` gathered (or, in its
+absence, the test's docstring) and the outcome. Fault and bad-input modules are known by their
+names, every test a row; any other module says its suite with ``RELIABILITY_SUITE`` (the
+safety tests), and its rows are what its tests record, plus any test that failed.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ import pytest
 from tests.reliability import _RECORDS, OUT
 
 
-def _suite_of(nodeid: str) -> str | None:
-    module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+def _suite_of(item: pytest.Item) -> str | None:
+    declared = getattr(getattr(item, "module", None), "RELIABILITY_SUITE", None)
+    if isinstance(declared, str):
+        return declared
+    module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     if module.startswith("test_bad_input_"):
         return "bad-input"
     if module.startswith("test_faults_"):
@@ -52,14 +58,18 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    suite = _suite_of(item.nodeid)
+    suite = _suite_of(item)
     if suite is None:
         return
     failed_setup = report.when == "setup" and report.outcome != "passed"
     if report.when != "call" and not failed_setup:
         return
-    entries = _RECORDS.pop(item.nodeid, []) or [_from_docstring(item, suite)]
     result = "passed" if report.outcome == "passed" else report.outcome
+    entries = _RECORDS.pop(item.nodeid, [])
+    declared = hasattr(getattr(item, "module", None), "RELIABILITY_SUITE")
+    if not entries and result == "passed" and declared:
+        return  # a declared module's rows are what its tests record; a failure always shows
+    entries = entries or [_from_docstring(item, suite)]
     for entry in entries:
         entry["outcome"] = result
         entry["test"] = item.nodeid

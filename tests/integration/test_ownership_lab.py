@@ -37,6 +37,7 @@ from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin"]
+RELIABILITY_SUITE = "safety"
 FOREIGN = "tact-foreign"
 
 

@@ -26,6 +26,7 @@ from tests.unit.policies.builders import NOW, Fleet, policy
 from tests.unit.test_cycle import STEP_S, Run, trace, web
 
 pytest_plugins = ["tests.reliability_plugin"]
+RELIABILITY_SUITE = "safety"
 
 
 def setup() -> tuple[Fleet, BusinessPolicy]:

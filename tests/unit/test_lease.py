@@ -17,6 +17,7 @@ from autoscaler.runtime.lease import DRIFT, FileLease
 from tests.reliability import record
 
 pytest_plugins = ["tests.reliability_plugin"]
+RELIABILITY_SUITE = "safety"
 
 
 class Clock:

@@ -26,6 +26,7 @@ from tests.reliability import record
 from tests.unit.test_wiring import ROOT, controller_file
 
 pytest_plugins = ["tests.reliability_plugin"]
+RELIABILITY_SUITE = "safety"
 KEYS = parse_fleet_keys("k1 " + "11" * 32 + "\nk0 " + "22" * 32 + "\n", "test")
 
 
