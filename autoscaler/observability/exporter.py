@@ -79,12 +79,6 @@ class ControllerMetrics:
             "Approved plans refused at execution (edited, expired, replayed, or made stale).",
             registry=r,
         )
-        self.refusals = Counter(
-            "autoscaler_ownership_refusals",
-            "Actions refused because the domain carries no valid ownership stamp.",
-            ["kind"],
-            registry=r,
-        )
         self.collector_last_success = Gauge(
             "autoscaler_collector_last_success_timestamp_seconds",
             "When a collector last returned without being stale.",
