@@ -23,7 +23,7 @@ integration: deps
 	$(PY) -m pytest -q tests/integration
 
 # The whole suite: lint, types, unit and integration tests on the real lab (started once),
-# then RELIABILITY.md from the fault and bad-input tests' own records.
+# then RELIABILITY.md from the fault, bad-input and safety tests' own records.
 test: lint types
 	rm -rf build/reliability
 	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests

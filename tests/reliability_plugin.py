@@ -21,16 +21,18 @@ import pytest
 from tests.reliability import _RECORDS, OUT
 
 
-def _suite_of(item: pytest.Item) -> str | None:
+def _suite_of(item: pytest.Item) -> tuple[str | None, bool]:
+    """The test's suite, and whether its module declared it (``RELIABILITY_SUITE``) rather than
+    being known by its name."""
     declared = getattr(getattr(item, "module", None), "RELIABILITY_SUITE", None)
     if isinstance(declared, str):
-        return declared
+        return declared, True
     module = item.nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
     if module.startswith("test_bad_input_"):
-        return "bad-input"
+        return "bad-input", False
     if module.startswith("test_faults_"):
-        return "fault"
-    return None
+        return "fault", False
+    return None, False
 
 
 def _from_docstring(item: pytest.Item, suite: str) -> dict[str, Any]:
@@ -58,7 +60,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    suite = _suite_of(item)
+    suite, declared = _suite_of(item)
     if suite is None:
         return
     failed_setup = report.when == "setup" and report.outcome != "passed"
@@ -66,7 +68,6 @@ def pytest_runtest_makereport(
         return
     result = "passed" if report.outcome == "passed" else report.outcome
     entries = _RECORDS.pop(item.nodeid, [])
-    declared = hasattr(getattr(item, "module", None), "RELIABILITY_SUITE")
     if not entries and result == "passed" and declared:
         return  # a declared module's rows are what its tests record; a failure always shows
     entries = entries or [_from_docstring(item, suite)]
