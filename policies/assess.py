@@ -16,6 +16,7 @@ import pandas as pd
 
 from autoscaler.model import VM, Health, Scope, Snapshot, VmState
 from policies.forecast import QuantileForecast, reactive_forecast, spec_quantile
+from policies.margins import Margin, margin_for
 from policies.rack_health import RackHealth
 from policies.schema import BusinessPolicy, CapacitySli
 from policies.sla import AlertState, SlaLedger, SlaStatus, sla_status
@@ -23,6 +24,8 @@ from policies.state import DecisionState
 
 _ALERT_RANK = {AlertState.PAGE: 0, AlertState.TICKET: 1, AlertState.OK: 2}
 DEFAULT_SATURATION = 0.9
+AT_LIMIT = 0.98
+"""A VM this busy is at its limit: what it would serve with more is not measured."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class BusinessView:
     in_maintenance: bool
     stale_vm_names: frozenset[str] = frozenset()
     """Ready VMs whose own or whose host's figures are stale (nothing is decided on them)."""
+    history_peak: float | None = None
+    """The highest demand in the history decide reads, once it spans ``min_history_hours``:
+    no forecast provisions beyond it without evidence (load now above it is such evidence)."""
+    margin: Margin | None = None
+    """The margin the error budget left allows (``policies.margins``); None: the policy's
+    quantile at its target utilisation."""
 
     @property
     def name(self) -> str:
@@ -49,7 +58,26 @@ class BusinessView:
     @property
     def operating_utilisation(self) -> float:
         """Utilisation the forecast quantile is provisioned at (never above saturation)."""
+        if self.margin is not None:
+            return min(self.margin.utilisation, self.saturation)
         return min(self.policy.scaling.target_utilisation, self.saturation)
+
+    @property
+    def forecast_upper(self) -> float:
+        """The forecast's upper bound at the margin's quantile."""
+        upper = (
+            self.forecast.upper
+            if self.margin is None
+            else self.forecast.upper_at(self.margin.quantile)
+        )
+        if self.history_peak is not None:
+            upper = min(upper, max(self.history_peak, self.demand_cores))
+        return upper
+
+    @property
+    def at_limit(self) -> tuple[VM, ...]:
+        """Ready VMs using all they have: their demand beyond it is unknown."""
+        return tuple(v for v in self.ready if (v.cpu_utilisation or 0.0) >= AT_LIMIT)
 
     @property
     def instance_cores(self) -> float:
@@ -68,8 +96,12 @@ class BusinessView:
 
     @property
     def needed_cores(self) -> float:
-        """Capacity for the forecast's upper quantile (or the load now, if higher)."""
-        return max(self.forecast.upper, self.demand_cores) / self.operating_utilisation
+        """Capacity for the forecast's upper quantile (or the load now, if higher). While some
+        VM is at its limit, demand is unknown beyond what it serves: at least twice that."""
+        needed = max(self.forecast_upper, self.demand_cores) / self.operating_utilisation
+        if self.at_limit:
+            needed = max(needed, 2 * self.demand_cores)
+        return needed
 
     @property
     def sla_rank(self) -> tuple[int, float, str]:
@@ -125,7 +157,22 @@ def assess(
         quantile = spec_quantile(policy.forecast.quantile, policy.sla.objective)
         forecast = reactive_forecast(series, now, state.lead_time_s(business), quantile)
     ledger = state.sla.get(business, SlaLedger())
+    sla = sla_status(ledger, policy.sla, now)
+    saturation = saturation_of(policy)
+    margin = margin_for(
+        sla.error_budget_left,
+        spec_quantile(policy.forecast.quantile, policy.sla.objective),
+        policy.scaling.target_utilisation,
+        saturation,
+    )
+    peak = None
+    if history is not None and len(history) >= 2:
+        index = pd.DatetimeIndex(history.index)
+        span_s = (index[-1] - index[0]).total_seconds()
+        if span_s >= policy.forecast.min_history_hours * 3600:
+            peak = float(history.max())
     return BusinessView(
+        history_peak=peak,
         policy=policy,
         vms=vms,
         ready=ready,
@@ -135,10 +182,11 @@ def assess(
         stale=bool(why),
         stale_why="; ".join(why),
         forecast=forecast,
-        sla=sla_status(ledger, policy.sla, now),
-        saturation=saturation_of(policy),
+        sla=sla,
+        saturation=saturation,
         in_maintenance=policy.in_maintenance(now),
         stale_vm_names=frozenset(v.name for v in ready if _vm_stale(snapshot, v)),
+        margin=margin,
     )
 
 

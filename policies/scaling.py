@@ -36,7 +36,9 @@ def _facts(view: BusinessView) -> dict[str, str | int | float | bool]:
     f = view.forecast
     return {
         "demand_cores": round(view.demand_cores, 4),
-        "forecast_upper_cores": round(f.upper, 4),
+        "forecast_upper_cores": round(view.forecast_upper, 4),
+        "margin_quantile": view.margin.quantile if view.margin else f.quantile,
+        "operating_utilisation": round(view.operating_utilisation, 4),
         "forecast_point_cores": round(f.point, 4),
         "forecast_quantile": f.quantile,
         "forecast_model": f.model,
@@ -53,9 +55,10 @@ def _facts(view: BusinessView) -> dict[str, str | int | float | bool]:
 
 def _forecast_text(view: BusinessView) -> str:
     f = view.forecast
-    quantile = f"p{f.quantile * 100:g}"
+    quantile = f"p{(view.margin.quantile if view.margin else f.quantile) * 100:g}"
     return (
-        f"{quantile} forecast {f.upper:.2f} cores at {horizon_text(f.horizon_s)} ({f.model}),"
+        f"{quantile} forecast {view.forecast_upper:.2f} cores at {horizon_text(f.horizon_s)}"
+        f" ({f.model}),"
         f" load now {view.demand_cores:.2f}"
     )
 
@@ -86,10 +89,14 @@ def vertical(
         (v for v in view.ready if (v.cpu_utilisation or 0.0) >= view.saturation),
         key=lambda v: (-(v.cpu_utilisation or 0.0), v.name),
     )
+    at_limit = {v.name for v in view.at_limit}
     for vm in saturated if shortfall > 0 else ():
-        if added >= shortfall or budget.left <= 0:
+        if (added >= shortfall and not at_limit) or budget.left <= 0:
             break
-        target = min(vm.vcpus + step, vm.max_vcpus, policy.template.vcpus.max)
+        # A VM at its limit hides how much more it would serve: it gets all it may have in
+        # one hot-add (seconds), and the clones that cover the rest follow (minutes).
+        grow = vm.max_vcpus if vm.name in at_limit else vm.vcpus + step
+        target = min(grow, vm.max_vcpus, policy.template.vcpus.max)
         extra = (target - vm.vcpus) * (vm.cpu_quota or 1.0)
         if target <= vm.vcpus or not placement.host_fits(vm.host, extra, 0.0):
             continue

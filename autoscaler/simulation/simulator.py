@@ -1,4 +1,7 @@
-"""Replaying real demand traces through ``decide()`` and through the usual baselines.
+"""The coarse simulation (``autoscaler simulate --coarse``): one decision per trace step.
+
+The timed simulation (``autoscaler.simulation.timed``) is the benchmark's primary mode; these
+rules stay for comparison with earlier figures.
 
 Where it sits: pure code behind ``autoscaler simulate`` and the benchmark; no I/O (the CLI
 reads the CSVs). Each trace is one business's demand. The simulator steps at the trace's own
@@ -30,6 +33,7 @@ import pandas as pd
 
 from autoscaler.simulation.runs import PolicyRun
 from autoscaler.simulation.sim_controller import run_controller
+from autoscaler.simulation.timed import instance_cores, refuse_oversized
 from policies.forecast.grid import natural_step_s
 from policies.schema import BusinessPolicy, Instances
 
@@ -58,10 +62,6 @@ class TraceResult:
     step_s: float
     instance_cores: float
     runs: dict[str, PolicyRun]
-
-
-def instance_cores(policy: BusinessPolicy) -> float:
-    return policy.template.vcpus.now * (policy.template.cpu_quota or 1.0)
 
 
 def demand_in_cores(
@@ -149,13 +149,18 @@ def simulate_trace(
     """Every policy on one trace (values indexed by a UTC DatetimeIndex)."""
     per_instance = instance_cores(policy)
     demand = demand_in_cores(np.asarray(trace.to_numpy(), dtype=float), per_instance, options)
+    refuse_oversized(name, float(demand.max()), per_instance, options.saturation)
     step_s = natural_step_s(trace)
     static_count = _count_for(float(demand.max()), per_instance, options.saturation)
     bounds = Instances(
         min=policy.instances.min,
         max=max(policy.instances.max, 3 * max(1, static_count)),
     )
-    simulated = policy.model_copy(update={"instances": bounds})
+    racks = 8  # ``simulated_topology``'s
+    placement = policy.placement.model_copy(
+        update={"max_per_rack": max(policy.placement.max_per_rack or 1, -(-bounds.max // racks))}
+    )
+    simulated = policy.model_copy(update={"instances": bounds, "placement": placement})
     start = max(bounds.min, static_count)
     index = pd.DatetimeIndex(trace.index)
     if index.tz is None:

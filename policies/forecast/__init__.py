@@ -9,6 +9,7 @@ business has too little history (cold start).
 from __future__ import annotations
 
 from policies.forecast.fitted import (
+    MARGIN_QUANTILES,
     BacktestScore,
     FittedForecaster,
     QuantileForecast,
@@ -19,6 +20,7 @@ from policies.forecast.models import PointModel
 from policies.forecast.selection import ForecastSpec, refit, spec_quantile
 
 __all__ = [
+    "MARGIN_QUANTILES",
     "BacktestScore",
     "FittedForecaster",
     "ForecastSpec",

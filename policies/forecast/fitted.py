@@ -20,6 +20,8 @@ from policies.forecast.gbm import GbmModel, PooledGbm, features
 from policies.forecast.grid import DAY_S, WEEK_S, Grid, horizon_steps, to_grid
 from policies.forecast.models import Persistence, PointModel
 
+MARGIN_QUANTILES: tuple[float, ...] = (0.99, 0.995, 0.999)
+"""Upper quantiles every forecast computes besides its own (``policies.margins`` picks one)."""
 # Errors made since the last refit that predict folds into the conformal sample (at most).
 RECALIBRATION_S = DAY_S
 
@@ -35,6 +37,15 @@ class QuantileForecast:
     quantile: float
     model: str
     residual_count: int
+    uppers: tuple[tuple[float, float], ...] = ()
+    """(quantile, upper bound) for each of ``MARGIN_QUANTILES``."""
+
+    def upper_at(self, quantile: float) -> float:
+        """The upper bound at ``quantile`` (this forecast's own when it was not computed)."""
+        for q, upper in self.uppers:
+            if abs(q - quantile) < 1e-12:
+                return upper
+        return self.upper
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,15 +143,20 @@ def _finish(
     new_residuals = scaled_residuals(grid.values[recent + h], points[:-1], scale)
     sample = np.concatenate([calibration, new_residuals[np.isfinite(new_residuals)]])
     point = max(0.0, float(points[-1]))
-    margin = max(0.0, conformal_quantile(sample, quantile)) * (abs(point) + scale)
+
+    def upper(tau: float) -> float:
+        margin = max(0.0, conformal_quantile(sample, tau)) * (abs(point) + scale)
+        return max(point, point + margin, 0.0)
+
     return QuantileForecast(
         target_s=grid.end_s + h * grid.step_s,
         horizon_s=h * grid.step_s,
         point=point,
-        upper=max(point, point + margin, 0.0),
+        upper=upper(quantile),
         quantile=quantile,
         model=model_name,
         residual_count=len(sample),
+        uppers=tuple((q, upper(q)) for q in MARGIN_QUANTILES),
     )
 
 

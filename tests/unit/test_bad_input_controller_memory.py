@@ -201,7 +201,7 @@ def test_a_snapshot_older_than_its_limit_is_refused_then_decided_on_when_fresh(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Collection stopped: the last snapshot ages past three collect intervals."""
-    demand = np.concatenate([np.full(10, 0.2), np.full(10, 1.5)])
+    demand = np.concatenate([np.full(10, 0.4), np.full(10, 1.5)])
     run = Run(web(), trace(demand), instances=2)
     limit = 3 * STEP_S
     run.cycle.settings = dataclasses.replace(run.cycle.settings, snapshot_max_age_s=limit)

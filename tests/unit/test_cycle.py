@@ -131,7 +131,7 @@ def test_scale_in_waits_for_the_stabilisation_window() -> None:
     run = Run(
         web(scale_down_stabilisation_s=stabilisation_s, cooldowns={"scale_down_s": 0}),
         trace(demand),
-        instances=8,
+        instances=6,
     ).step(30)
     assert run.done("retire") == []
     dropped_at = float(run.times[30])

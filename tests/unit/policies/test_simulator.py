@@ -84,7 +84,7 @@ def test_the_oracle_has_no_bad_interval_and_the_fewest_instance_hours() -> None:
 def test_the_controller_follows_a_two_day_real_trace_through_decide() -> None:
     trace = _slice("ec2_cpu_utilization_53ea38", 2 * 288 + 60)
     bench_policy = load_policy(
-        Path(__file__).resolve().parents[3] / "bench" / "simulate-policy.yaml"
+        Path(__file__).resolve().parents[3] / "examples" / "businesses" / "web.yaml"
     )
     result = simulate_trace("ec2", trace, bench_policy, SimulationOptions(peak_instances=20))
     per = report([result], 0.9, 99.95)["traces"]["ec2"]
@@ -116,6 +116,7 @@ def test_the_simulate_cli_prints_the_json_report(
             "cores",
             "--peak-instances",
             "6",
+            "--coarse",
             "--json",
             "--plot",
             str(tmp_path / "p.png"),
@@ -125,6 +126,53 @@ def test_the_simulate_cli_prints_the_json_report(
     data = json.loads(capsys.readouterr().out)
     assert set(data["traces"]["load"]) == set(POLICIES)
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_the_timed_simulate_cli_prints_every_policy_and_the_best_baseline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "load.csv"
+    series = history(np.abs(np.sin(np.arange(60) / 10)) * 5 + 1)
+    pd.DataFrame(
+        {"timestamp": series.index.strftime("%Y-%m-%d %H:%M:%S"), "value": series.values}
+    ).to_csv(csv, index=False)
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers())
+    policy_file = Path(__file__).resolve().parents[3] / "examples" / "businesses" / "web.yaml"
+    args = parser.parse_args(
+        [
+            "simulate",
+            "--trace",
+            str(csv),
+            "--policy",
+            str(policy_file),
+            "--peak-instances",
+            "6",
+            "--json",
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
+    assert args.func(args) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert set(data["traces"]["load"]) == {"controller", "static", "hpa", "threshold", "oracle"}
+    assert data["best_baseline"]["traces"]["load"]["policy"] in {"static", "hpa", "threshold"}
+    assert "all traces" in captured.err  # the progress bar, on stderr
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_the_simulate_cli_refuses_taxi_passengers_read_as_busy_cores(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "nyc_taxi.csv"
+    csv.write_text("timestamp,value\n2014-07-01 00:00:00,39197\n2014-07-01 00:30:00,20000\n")
+    parser = argparse.ArgumentParser()
+    simulate.add_parser(parser.add_subparsers())
+    policy_file = Path(__file__).resolve().parents[3] / "examples" / "businesses" / "web.yaml"
+    args = parser.parse_args(["simulate", "--trace", str(csv), "--policy", str(policy_file)])
+    assert args.func(args) == 2
+    assert "--peak-instances" in capsys.readouterr().err
 
 
 def test_the_simulate_cli_names_a_missing_column(tmp_path: Path) -> None:
