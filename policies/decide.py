@@ -143,6 +143,7 @@ def decide(
         ordered=ordered,
         freeze=freeze,
         held=held_why,
+        needed_cores={v.name: v.needed_cores for v in views},
     )
 
 

@@ -40,6 +40,9 @@ class Decision:
     """Keys of actions an operator ordered (a drain): done whatever the business's mode."""
     freeze: str | None = None
     held: tuple[str, ...] = ()
+    needed_cores: Mapping[str, float] = field(default_factory=dict)
+    """Per business, the capacity its forecast and margin asked for (the controller keeps
+    these for the scale-down stabilisation window, as the HPA keeps its recommendations)."""
 
     def instances_wanted(self, ready: Mapping[str, int]) -> dict[str, int]:
         """Instances per business once the plan is done, from the ``ready`` counts now."""

@@ -252,7 +252,10 @@ def scale_down(
     ):
         return []
     peak = _observed_peak(state.demand.get(view.name), now, stabilisation)
-    floor = max(view.needed_cores, peak / view.operating_utilisation)
+    # What the decisions of the window asked for, not only this one's: a forecast that swings
+    # with each sample must not retire now what it will clone again in a minute.
+    asked = state.needed_since(view.name, now - stabilisation)
+    floor = max(view.needed_cores, peak / view.operating_utilisation, asked)
     capacity = view.counted_capacity_cores
     count = len(view.ready)
     risky = {v.name for v in view.at_risk}

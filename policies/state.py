@@ -60,7 +60,14 @@ class DecisionState:
     sla: Mapping[str, SlaLedger] = field(default_factory=dict)
     temperatures: Mapping[str, pd.Series] = field(default_factory=dict)
     clone_ready_s: Mapping[str, float] = field(default_factory=dict)
+    recent_needed: Mapping[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    """(time, capacity asked for) of the recent decisions per business: a scale-down keeps
+    the highest of its stabilisation window (the HPA's stabilisation over recommendations)."""
     settings: DecideSettings = field(default_factory=DecideSettings)
+
+    def needed_since(self, business: str, since: float) -> float:
+        """The most capacity any decision after ``since`` asked for (0 if none)."""
+        return max((n for t, n in self.recent_needed.get(business, ()) if t > since), default=0.0)
 
     def lead_time_s(self, business: str) -> float:
         """How far ahead capacity must be decided: clone-to-ready plus one control interval."""

@@ -182,6 +182,8 @@ class Cycle:
         state = self.memory.decision_state(self.demand(now), self.settings.decide)
         decision = decide(snapshot, policies, controls, state, now)
         self.last_decision = decision
+        keep = max((p.scaling.scale_down_stabilisation_s for p in policies.values()), default=0)
+        self.memory.remember_needed(decision.needed_cores, now, keep)
         self.metrics.stage_seconds.labels("decide").observe(time.monotonic() - started)
         for why in decision.notes:
             event(self.log, "drain leaves a VM", logging.WARNING, why=why)

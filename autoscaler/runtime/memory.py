@@ -53,6 +53,9 @@ class ControllerMemory:
     temperatures: dict[str, list[tuple[float, float]]] = field(
         default_factory=lambda: defaultdict(list)
     )
+    needed: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: defaultdict(list))
+    """(time, capacity asked for) of recent decisions per business, for the scale-down
+    stabilisation (not kept across restarts: the window after a start is the restart's own)."""
     last_ledger_at: float | None = None
     last_refit_at: float | None = None
     conservative_since: float | None = None
@@ -87,6 +90,14 @@ class ControllerMemory:
             if out.kind == "retire":
                 self.last_scale_down[out.business] = now
 
+    def remember_needed(self, needed: Mapping[str, float], now: float, keep_s: float) -> None:
+        """Keep what each decision asked for, for ``keep_s`` (the longest stabilisation)."""
+        for business, cores in needed.items():
+            kept = self.needed[business]
+            kept.append((now, cores))
+            while kept and kept[0][0] <= now - keep_s:
+                kept.pop(0)
+
     def decision_state(
         self, demand: Mapping[str, pd.Series], settings: DecideSettings
     ) -> DecisionState:
@@ -115,6 +126,7 @@ class ControllerMemory:
             clone_ready_s={
                 b: float(pd.Series(v).median()) for b, v in self.clone_ready_s.items() if v
             },
+            recent_needed={b: tuple(v) for b, v in self.needed.items() if v},
             settings=settings,
         )
 

@@ -13,6 +13,7 @@ next cycle that runs is the first at or after the earliest of
 - a pending action becoming capacity, and one collection later;
 - the cycle after one that planned anything;
 - an end of a cooldown, of the scale-down stabilisation, or of an action's hour in the cap;
+- a decision's capacity asked for leaving the scale-down stabilisation window;
 - a bad SLA interval leaving a burn-rate window or the SLA window, and a window not yet full
   diluting its bad share past a threshold decide reads;
 - the history first spanning ``min_history_hours`` (its peak starts to bound forecasts);
@@ -129,6 +130,8 @@ class _Wakes:
         if down is not None:
             candidates.append(down + scaling.cooldowns.scale_down_s)
         candidates += [t + 3600.0 for t in memory.recent_actions.get(business, ())]
+        stabilisation = scaling.scale_down_stabilisation_s
+        candidates += [t + stabilisation for t, _ in memory.needed.get(business, ())]
         ledger = memory.ledgers.get(business)
         if ledger is not None and len(ledger.ends_s):
             bad = ledger.ends_s[ledger.good < ledger.total - 1e-9]
@@ -185,8 +188,15 @@ def run_timed_controller(
     while tick <= last_tick:
         now = first + tick * step
         if ran_before >= 0 and tick - 1 > ran_before:
-            # The ledger interval up to the tick before this one, on the unchanged view.
+            # What the skipped cycles would have recorded, up to the tick before this one: the
+            # ledger interval on the unchanged view, and the same capacity asked for.
             cycle.record_sla(now - step)
+            if cycle.last_decision is not None:
+                cycle.memory.remember_needed(
+                    cycle.last_decision.needed_cores,
+                    now - step,
+                    policy.scaling.scale_down_stabilisation_s,
+                )
         fleet.observe(now)
         result = cycle.run_once(now, generation=SIMULATED_GENERATION)
         ran_before = tick

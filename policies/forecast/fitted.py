@@ -22,6 +22,8 @@ from policies.forecast.models import Persistence, PointModel
 
 MARGIN_QUANTILES: tuple[float, ...] = (0.99, 0.995, 0.999)
 """Upper quantiles every forecast computes besides its own (``policies.margins`` picks one)."""
+COLD_START_MEMORY_S = 6 * 3600.0
+"""How far back a cold-start (reactive) forecast looks for its errors."""
 # Errors made since the last refit that predict folds into the conformal sample (at most).
 RECALIBRATION_S = DAY_S
 
@@ -220,8 +222,15 @@ def reactive_forecast(
     """Cold start: persistence plus the conformal quantile of the errors the short history shows.
 
     With a single sample nothing is known about change, so the upper bound is the last value.
+    Errors older than ``COLD_START_MEMORY_S`` are forgotten: one early burst must not hold the
+    band at its height for the whole cold start.
     """
-    grid = to_grid(_until(history, now))
+    recent = _until(history, now)
+    if len(recent):
+        index = pd.DatetimeIndex(recent.index)
+        cut = index[-1] - pd.Timedelta(seconds=COLD_START_MEMORY_S)
+        recent = recent.iloc[int(index.searchsorted(cut, side="left")) :]
+    grid = to_grid(recent)
     h = horizon_steps(horizon_s, grid.step_s)
     scale = float(np.mean(np.abs(grid.values))) if len(grid.values) else 1.0
     scale = scale if scale > 1e-9 else 1.0

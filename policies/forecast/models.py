@@ -66,6 +66,33 @@ class SeasonalNaive:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class SeasonalPeak:
+    """The highest value near the target's time of day (``width`` steps either side) over the
+    last ``seasons`` seasons: a daily job whose start wanders by a few minutes is still seen
+    coming, where the seasonal naive value of one day misses it by a step."""
+
+    period_steps: int
+    seasons: int = 7
+    width: int = 1
+    name: str = "seasonal_peak_day"
+
+    def point_path(self, grid: Grid, h: int, origins: np.ndarray) -> np.ndarray:
+        out = np.full(len(origins), -np.inf)
+        if h + self.width > self.period_steps:
+            return np.full(len(origins), np.nan)
+        target = origins + h
+        seen = np.zeros(len(origins), dtype=bool)
+        for k in range(1, self.seasons + 1):
+            for d in range(-self.width, self.width + 1):
+                source = target - k * self.period_steps + d
+                ok = (source >= 0) & (source <= origins)  # only what was known at the origin
+                out[ok] = np.maximum(out[ok], grid.values[source[ok]])
+                seen |= ok
+        out[~seen] = np.nan
+        return out
+
+
 def fit_ewma(values: np.ndarray, h: int) -> EwmaLevel:
     """The EWMA whose ``h``-step forecasts had the smallest mean absolute error on ``values``."""
     best_alpha, best_error = 1.0, np.inf
