@@ -11,9 +11,13 @@ coverage that choice actually achieved.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
+
+# Deepest rank from the top computed by vectorised running maxima; beyond it, sorted insertion.
+_MAX_VECTOR_RANK = 100
 
 
 def conformal_quantile(residuals: np.ndarray, tau: float) -> float:
@@ -31,38 +35,51 @@ def conformal_quantile(residuals: np.ndarray, tau: float) -> float:
 def expanding_conformal_quantile(residuals: np.ndarray, tau: float) -> np.ndarray:
     """For each i, the conformal quantile of ``residuals[:i]`` (NaN before the first one).
 
-    Computed incrementally: while the sample cannot resolve ``tau`` it is the running maximum;
-    after that a sorted insertion keeps it exact.
+    Exact and vectorised. With ``m`` finite residuals before ``i`` the quantile is the
+    ``j = m + 1 - ceil((m + 1) * tau)``-th largest of them (the largest while the sample is too
+    small to resolve ``tau``), and ``j`` stays small for the high quantiles the controller
+    provisions for (2 at 99.95% over 4,000 residuals). The running ``k``-th largest follows from
+    the running ``(k - 1)``-th: inserting ``x`` makes the new ``k``-th largest
+    ``max(old k-th, min(old (k - 1)-th, x))``, one ``np.maximum.accumulate`` per rank. When
+    ``j`` gets large (low quantiles on long series) a sorted insertion is cheaper.
     """
-    out = np.full(len(residuals), np.nan)
-    finite_count = int(np.isfinite(residuals).sum())
-    if finite_count == 0:
+    values = np.asarray(residuals, dtype=float)
+    out = np.full(len(values), np.nan)
+    finite = np.isfinite(values)
+    # sizes[i]: finite residuals among values[:i], the sample out[i] rests on.
+    sizes = np.cumsum(finite) - finite
+    ready = np.flatnonzero(sizes > 0)
+    if len(ready) == 0:
         return out
-    if math.ceil(finite_count * tau) >= finite_count - 1:
-        # The whole segment is too short to resolve tau: the answer is the running maximum.
-        cleaned = np.where(np.isfinite(residuals), residuals, -np.inf)
-        running = np.maximum.accumulate(cleaned)
-        out[1:] = running[:-1]
-        out[~np.isfinite(out)] = np.nan
-        return out
+    m = sizes[ready]
+    # (m + 1) * tau in float64, as math.ceil((n + 1) * tau) computes it in conformal_quantile.
+    rank = np.ceil((m + 1).astype(float) * tau).astype(np.int64)
+    from_top = np.maximum(m - rank + 1, 1)
+    deepest = int(from_top.max())
+    if deepest > _MAX_VECTOR_RANK:
+        return _expanding_by_insertion(values, tau)
+    cleaned = np.where(finite, values, -np.inf)
+    kth = np.maximum.accumulate(cleaned)  # kth[i]: the k-th largest of values[: i + 1]
+    for k in range(1, deepest + 1):
+        chosen = ready[from_top == k]
+        out[chosen] = kth[chosen - 1]
+        if k < deepest:
+            before = np.concatenate(([-np.inf], kth[:-1]))
+            kth = np.maximum.accumulate(np.minimum(before, cleaned))
+    return out
+
+
+def _expanding_by_insertion(values: np.ndarray, tau: float) -> np.ndarray:
+    """``expanding_conformal_quantile`` by keeping the finite residuals sorted (any ``tau``)."""
+    out = np.full(len(values), np.nan)
     sample: list[float] = []
-    running_max = -math.inf
-    for i, value in enumerate(residuals):
+    for i, value in enumerate(values.tolist()):
         n = len(sample)
         if n:
             rank = math.ceil((n + 1) * tau)
-            out[i] = running_max if rank >= n else sample[rank - 1]
+            out[i] = sample[-1] if rank >= n else sample[rank - 1]
         if math.isfinite(value):
-            running_max = max(running_max, float(value))
-            # Insertion keeps the sample sorted; n stays small (a back-test segment).
-            lo, hi = 0, len(sample)
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if sample[mid] < value:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            sample.insert(lo, float(value))
+            bisect.insort(sample, value)
     return out
 
 

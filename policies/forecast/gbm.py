@@ -6,7 +6,9 @@ scikit-learn ``HistGradientBoostingRegressor`` on the training parts of many ser
 one model); that is what keeps a refit of 1,000 series within a minute. It learns a moderately
 high conditional quantile (``BASE_QUANTILE``); the conformal step on top then widens it to the
 SLA's quantile (conformalised quantile regression), so the band follows the level of the load.
-Training rows are subsampled with a fixed seed: same inputs, same model.
+Training rows are subsampled with a fixed seed: same inputs, same model. The back-test's
+predictions of every series go through ``pooled_paths`` in a few large batches; fit and
+back-test run on one OpenMP thread (``REFIT_THREADS``).
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 
 from policies.forecast.grid import DAY_S, WEEK_S, Grid, season_steps
 
 BASE_QUANTILE = 0.9
 MISSING = -1.0
 MAX_TRAINING_ROWS = 250_000
+# Rows of features held at once when the back-test predicts many series.
+PREDICT_BATCH_ROWS = 250_000
+# OpenMP threads of the refit's fit and back-test predictions. One: the refit is background
+# work on a shared machine, and scikit-learn's many short parallel regions (one per tree
+# node while fitting) turn into waits for a descheduled thread when another process holds
+# the other cores (measured on 2 shared cores: fit 4 s on one thread, 39 s on two).
+REFIT_THREADS = 1
 FEATURE_NAMES: tuple[str, ...] = (
     "lag0",
     "lag1",
@@ -99,23 +109,34 @@ class PooledGbm:
 
 
 def fit_pooled(parts: Sequence[TrainingPart], seed: int = 0) -> PooledGbm | None:
-    """Fit one quantile GBM on the training parts of all ``parts``; None if there is no data."""
+    """Fit one quantile GBM on the training parts of all ``parts``; None if there is no data.
+
+    The rows are those of all parts stacked in order; above ``MAX_TRAINING_ROWS`` a seeded
+    subsample of them, drawn before any feature is computed so only the kept rows are built.
+    """
+    counts = np.array([max(part.stop, 0) for part in parts], dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return None
+    keep: np.ndarray | None = None
+    if total > MAX_TRAINING_ROWS:
+        # Seeded subsample: deterministic, and bounded cost whatever the number of series.
+        keep = np.sort(np.random.default_rng(seed).choice(total, MAX_TRAINING_ROWS, replace=False))
     matrices: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    for part in parts:
-        if part.stop <= 0:
+    offset = 0
+    for part, count in zip(parts, counts.tolist(), strict=True):
+        origins = np.arange(count)
+        if keep is not None:
+            lo, hi = np.searchsorted(keep, (offset, offset + count))
+            origins = keep[lo:hi] - offset
+        offset += count
+        if len(origins) == 0:
             continue
-        origins = np.arange(part.stop)
         matrices.append(features(part.grid, part.h, origins, part.scale))
         targets.append(part.grid.values[origins + part.h] / part.scale)
-    if not matrices:
-        return None
     x = np.vstack(matrices)
     y = np.concatenate(targets)
-    if len(y) > MAX_TRAINING_ROWS:
-        # Seeded subsample: deterministic, and bounded cost whatever the number of series.
-        keep = np.sort(np.random.default_rng(seed).choice(len(y), MAX_TRAINING_ROWS, replace=False))
-        x, y = x[keep], y[keep]
     estimator = HistGradientBoostingRegressor(
         loss="quantile",
         quantile=BASE_QUANTILE,
@@ -126,8 +147,51 @@ def fit_pooled(parts: Sequence[TrainingPart], seed: int = 0) -> PooledGbm | None
         early_stopping=False,
         random_state=seed,
     )
-    estimator.fit(x, y)
+    with threadpool_limits(limits=REFIT_THREADS, user_api="openmp"):
+        estimator.fit(x, y)
     return PooledGbm(estimator=estimator, base_quantile=BASE_QUANTILE, training_rows=len(y))
+
+
+@dataclass(frozen=True)
+class PathRequest:
+    """Point forecasts wanted from the pooled model for one series: at ``origins``."""
+
+    grid: Grid
+    h: int
+    origins: np.ndarray
+    scale: float
+
+
+def pooled_paths(pooled: PooledGbm, requests: Sequence[PathRequest]) -> list[np.ndarray]:
+    """``GbmModel.point_path`` for many series at once (the same values, one per request).
+
+    Rows are predicted in batches of about ``PREDICT_BATCH_ROWS``: a few large calls instead
+    of one per series (each call runs every tree over its rows), with bounded memory.
+    """
+    out: list[np.ndarray] = []
+    batch: list[tuple[PathRequest, np.ndarray]] = []
+    rows_held = 0
+    with threadpool_limits(limits=REFIT_THREADS, user_api="openmp"):
+        for i, request in enumerate(requests):
+            rows = features(request.grid, request.h, request.origins, request.scale)
+            batch.append((request, rows))
+            rows_held += len(rows)
+            if rows_held >= PREDICT_BATCH_ROWS or i == len(requests) - 1:
+                out.extend(_predict_batch(pooled, batch))
+                batch, rows_held = [], 0
+    return out
+
+
+def _predict_batch(
+    pooled: PooledGbm, batch: Sequence[tuple[PathRequest, np.ndarray]]
+) -> list[np.ndarray]:
+    stacked = np.vstack([rows for _, rows in batch])
+    scaled = pooled.predict_scaled(stacked) if len(stacked) else np.zeros(0)
+    bounds = np.cumsum([0] + [len(rows) for _, rows in batch])
+    return [
+        scaled[lo:hi] * request.scale
+        for (request, _), lo, hi in zip(batch, bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 @dataclass(frozen=True)

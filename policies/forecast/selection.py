@@ -28,7 +28,15 @@ from policies.forecast.conformal import (
     pinball_loss,
 )
 from policies.forecast.fitted import BacktestScore, FittedForecaster, scaled_residuals
-from policies.forecast.gbm import GbmModel, PooledGbm, TrainingPart, fit_pooled, series_scale
+from policies.forecast.gbm import (
+    GbmModel,
+    PathRequest,
+    PooledGbm,
+    TrainingPart,
+    fit_pooled,
+    pooled_paths,
+    series_scale,
+)
 from policies.forecast.grid import DAY_S, WEEK_S, Grid, horizon_steps, season_steps, to_grid
 from policies.forecast.models import Persistence, PointModel, SeasonalNaive, fit_ewma
 
@@ -111,10 +119,19 @@ def _candidates(prepared: _Prepared, pooled: PooledGbm | None) -> list[PointMode
     return out
 
 
-def _evaluate(model: PointModel, prepared: _Prepared) -> tuple[BacktestScore, np.ndarray] | None:
+def _origins(prepared: _Prepared) -> np.ndarray:
+    """Every origin whose target is known: the back-test scores the last ones."""
+    return np.arange(0, len(prepared.grid.values) - prepared.h)
+
+
+def _evaluate(
+    model: PointModel, prepared: _Prepared, points: np.ndarray | None = None
+) -> tuple[BacktestScore, np.ndarray] | None:
+    """The back-test of ``model`` (``points``: its point path, when already computed)."""
     grid, h, start = prepared.grid, prepared.h, prepared.evaluation_start
-    origins = np.arange(0, len(grid.values) - h)
-    points = model.point_path(grid, h, origins)
+    origins = _origins(prepared)
+    if points is None:
+        points = model.point_path(grid, h, origins)
     if not np.all(np.isfinite(points[start:])):
         return None
     actual = grid.values[origins + h]
@@ -159,13 +176,19 @@ def refit(
     pooled = fit_pooled(
         [TrainingPart(p.grid, p.h, p.evaluation_start - p.h, p.scale) for p in wants_gbm]
     )
+    # The GBM's back-test paths of all series in a few batched predictions.
+    gbm_paths: dict[str, np.ndarray] = {}
+    if pooled is not None:
+        requests = [PathRequest(p.grid, p.h, _origins(p), p.scale) for p in wants_gbm]
+        paths = pooled_paths(pooled, requests)
+        gbm_paths = {p.name: path for p, path in zip(wants_gbm, paths, strict=True)}
     fitted: dict[str, FittedForecaster] = {}
     for name, p in prepared.items():
-        results = [
-            (model, *outcome)
-            for model in _candidates(p, pooled)
-            if (outcome := _evaluate(model, p)) is not None
-        ]
+        results = []
+        for model in _candidates(p, pooled):
+            points = gbm_paths[name] if isinstance(model, GbmModel) else None
+            if (outcome := _evaluate(model, p, points)) is not None:
+                results.append((model, *outcome))
         winner_model, _, residuals = results[_choose(results, p.spec.quantile)]
         fitted[name] = FittedForecaster(
             series=name,

@@ -4,14 +4,16 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
+from sklearn.ensemble import HistGradientBoostingRegressor
 
-from policies.forecast import ForecastSpec, predict_many, reactive_forecast, refit
+from policies.forecast import ForecastSpec, conformal, gbm, predict_many, reactive_forecast, refit
 from policies.forecast.conformal import (
     conformal_quantile,
     coverage_floor,
     expanding_conformal_quantile,
 )
-from policies.forecast.grid import to_grid
+from policies.forecast.grid import Grid, to_grid
 from tests.unit.policies.builders import NOW, history
 
 DAY_STEPS = 288
@@ -51,6 +53,83 @@ def test_expanding_quantile_uses_only_earlier_residuals() -> None:
     out = expanding_conformal_quantile(residuals, 0.9)
     assert math.isnan(out[0])
     assert list(out[1:]) == [1.0, 5.0, 5.0, 9.0]
+
+
+def _prefix_quantiles(residuals: np.ndarray, tau: float) -> np.ndarray:
+    """The definition: the conformal quantile of each prefix, computed from scratch."""
+    out = np.full(len(residuals), np.nan)
+    for i in range(1, len(residuals)):
+        if np.isfinite(residuals[:i]).any():
+            out[i] = conformal_quantile(residuals[:i], tau)
+    return out
+
+
+@pytest.mark.parametrize("deepest", [conformal._MAX_VECTOR_RANK, 0])
+def test_expanding_quantile_is_the_conformal_quantile_of_every_prefix(
+    deepest: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # deepest 0: every call takes the sorted-insertion path.
+    monkeypatch.setattr(conformal, "_MAX_VECTOR_RANK", deepest)
+    rng = np.random.default_rng(5)
+    for trial in range(150):
+        n = int(rng.integers(0, 400))
+        # Small integers for ties, NaN (no forecast yet) and infinities, trailing ones too.
+        residuals = rng.integers(0, 6, n).astype(float) if trial % 2 else rng.normal(size=n)
+        residuals[rng.random(n) < 0.08] = np.nan
+        residuals[rng.random(n) < 0.02] = np.inf
+        if trial % 5 == 0:
+            residuals[-3:] = np.nan
+        tau = (0.55, 0.9, 0.97, 0.99, 0.9995)[trial % 5]
+        expected = _prefix_quantiles(residuals, tau)
+        np.testing.assert_array_equal(expanding_conformal_quantile(residuals, tau), expected)
+
+
+def _parts(count: int) -> list[tuple[Grid, float]]:
+    grids = [to_grid(_daily(3, seed=s) * (1 + s)) for s in range(count)]
+    return [(g, gbm.series_scale(g.values)) for g in grids]
+
+
+def test_the_pooled_gbm_learns_from_a_seeded_subsample_of_all_training_rows(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[np.ndarray] = []
+
+    class Recording(HistGradientBoostingRegressor):  # type: ignore[misc]
+        def fit(self, x: np.ndarray, y: np.ndarray) -> Recording:
+            seen.extend([x, y])
+            return self
+
+    monkeypatch.setattr(gbm, "HistGradientBoostingRegressor", Recording)
+    monkeypatch.setattr(gbm, "MAX_TRAINING_ROWS", 500)
+    stops = (400, 0, 300)
+    parts = [gbm.TrainingPart(g, 1, stop, s) for (g, s), stop in zip(_parts(3), stops, strict=True)]
+    pooled = gbm.fit_pooled(parts, seed=3)
+    # The rows of every part stacked, then 500 of them drawn with the seed.
+    x = np.vstack([gbm.features(p.grid, 1, np.arange(p.stop), p.scale) for p in parts])
+    y = np.concatenate([p.grid.values[np.arange(p.stop) + 1] / p.scale for p in parts])
+    keep = np.sort(np.random.default_rng(3).choice(len(y), 500, replace=False))
+    assert pooled is not None and pooled.training_rows == 500
+    np.testing.assert_array_equal(seen[0], x[keep])
+    np.testing.assert_array_equal(seen[1], y[keep])
+
+
+def test_batched_back_test_paths_equal_each_series_own_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gbm, "PREDICT_BATCH_ROWS", 1000)  # several batches
+    parts = _parts(4)
+    pooled = gbm.fit_pooled([gbm.TrainingPart(g, 2, 500, s) for g, s in parts])
+    assert pooled is not None
+    requests = [
+        gbm.PathRequest(g, 2, np.arange(len(g.values) - 2 - 7 * i), s)
+        for i, (g, s) in enumerate(parts)
+    ]
+    requests.insert(1, gbm.PathRequest(parts[0][0], 2, np.arange(0), parts[0][1]))
+    paths = gbm.pooled_paths(pooled, requests)
+    assert len(paths) == len(requests)
+    for request, path in zip(requests, paths, strict=True):
+        model = gbm.GbmModel(pooled=pooled, scale=request.scale)
+        np.testing.assert_array_equal(path, model.point_path(request.grid, 2, request.origins))
 
 
 def test_irregular_history_is_regularised_with_bucket_maxima_and_gaps_carried() -> None:
