@@ -52,7 +52,7 @@ from autoscaler.runtime.ports import (
 from policies.approvals import admit
 from policies.decide import decide
 from policies.decision import Decision
-from policies.forecast import ForecastSpec, refit, spec_quantile
+from policies.forecast import MARGIN_QUANTILES, ForecastSpec, refit, spec_quantile
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
 from policies.state import DecideSettings, DecisionState
@@ -461,9 +461,11 @@ class Cycle:
         specs: dict[str, ForecastSpec] = {}
         histories: dict[str, pd.Series] = {}
         for name, policy in policies.items():
+            quantile = spec_quantile(policy.forecast.quantile, policy.sla.objective)
             specs[name] = ForecastSpec(
                 models=tuple(m.value for m in policy.forecast.models),
-                quantile=spec_quantile(policy.forecast.quantile, policy.sla.objective),
+                quantile=quantile,
+                selection_quantile=min(quantile, MARGIN_QUANTILES[0]),
                 horizon_s=state.lead_time_s(name),
                 min_history_s=policy.forecast.min_history_hours * 3600,
                 history_s=policy.forecast.history_days * 86400,

@@ -38,7 +38,13 @@ from policies.forecast.gbm import (
     series_scale,
 )
 from policies.forecast.grid import DAY_S, WEEK_S, Grid, horizon_steps, season_steps, to_grid
-from policies.forecast.models import Persistence, PointModel, SeasonalNaive, fit_ewma
+from policies.forecast.models import (
+    Persistence,
+    PointModel,
+    SeasonalNaive,
+    SeasonalPeak,
+    fit_ewma,
+)
 
 EVALUATION_SHARE = 0.4
 MIN_EVALUATION_ORIGINS = 24
@@ -55,6 +61,14 @@ class ForecastSpec:
     horizon_s: float
     min_history_s: float
     history_s: float
+    selection_quantile: float | None = None
+    """The quantile candidates are scored and checked for calibration at (default:
+    ``quantile``): the loosest one the controller provisions for, where a back-test of a
+    few thousand origins can still tell a calibrated model from one that is not."""
+
+    @property
+    def scored_quantile(self) -> float:
+        return self.selection_quantile if self.selection_quantile is not None else self.quantile
 
     def __post_init__(self) -> None:
         unknown = set(self.models) - KNOWN_MODELS
@@ -114,6 +128,9 @@ def _candidates(prepared: _Prepared, pooled: PooledGbm | None) -> list[PointMode
             period = season_steps(period_s, grid.step_s)
             if period is not None and h <= period and prepared.evaluation_start >= period:
                 out.append(SeasonalNaive(period_steps=period, name=f"seasonal_naive_{label}"))
+        day = season_steps(DAY_S, grid.step_s)
+        if day is not None and h + 1 <= day and prepared.evaluation_start >= day:
+            out.append(SeasonalPeak(period_steps=day))
     if "gbm" in spec.models and pooled is not None:
         out.append(GbmModel(pooled=pooled, scale=prepared.scale))
     return out
@@ -138,14 +155,14 @@ def _evaluate(
     residuals = scaled_residuals(actual, points, prepared.scale)
     # Each origin's quantile rests on the errors of all earlier origins (rare events, such as a
     # daily job, stay in the sample); scoring is on the evaluation segment only.
-    quantiles = expanding_conformal_quantile(residuals, prepared.spec.quantile)
+    quantiles = expanding_conformal_quantile(residuals, prepared.spec.scored_quantile)
     scored = slice(start, len(origins))
     upper = points[scored] + np.maximum(np.nan_to_num(quantiles[scored], nan=0.0), 0.0) * (
         np.abs(points[scored]) + prepared.scale
     )
     score = BacktestScore(
         model=model.name,
-        pinball=pinball_loss(actual[scored], upper, prepared.spec.quantile),
+        pinball=pinball_loss(actual[scored], upper, prepared.spec.scored_quantile),
         coverage=coverage(actual[scored], upper),
         origins=len(upper),
     )
@@ -189,7 +206,7 @@ def refit(
             points = gbm_paths[name] if isinstance(model, GbmModel) else None
             if (outcome := _evaluate(model, p, points)) is not None:
                 results.append((model, *outcome))
-        winner_model, _, residuals = results[_choose(results, p.spec.quantile)]
+        winner_model, _, residuals = results[_choose(results, p.spec.scored_quantile)]
         fitted[name] = FittedForecaster(
             series=name,
             model=winner_model,
