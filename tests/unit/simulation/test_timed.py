@@ -86,9 +86,11 @@ def test_the_controller_sees_utilisation_capped_at_capacity_and_averaged_over_a_
 
 def _short_trace() -> StepDemand:
     rng = np.random.default_rng(7)
-    values = np.clip(0.6 + 0.3 * np.sin(np.arange(288) / 20) + rng.normal(0, 0.08, 288), 0, None)
+    steps = 160  # 13 h 20 min
+    noise = rng.normal(0, 0.08, steps)
+    values = np.clip(0.6 + 0.3 * np.sin(np.arange(steps) / 20) + noise, 0, None)
     values[100:104] *= 3.0  # a burst the forecast cannot see coming
-    return StepDemand(1_709_251_200.0 + np.arange(288) * 300.0, values, 300.0)
+    return StepDemand(1_709_251_200.0 + np.arange(steps) * 300.0, values, 300.0)
 
 
 def test_skipping_cycles_in_which_nothing_changed_gives_the_result_of_running_every_one() -> None:
