@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -268,7 +269,10 @@ def bench_simulate_timed(names: list[str], workers: int, progress: bool) -> dict
     started = time.perf_counter()
     results: list[TimedTraceResult] = []
     seconds: dict[str, float] = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Spawned, not forked: the parent's refit has started OpenMP threads (the GBM), and a
+    # forked child that uses OpenMP again can hang on their locks.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for result, spent in pool.map(_timed_one, names):
             results.append(result)
             seconds[result.name] = round(spent, 1)
