@@ -33,7 +33,12 @@ import pandas as pd
 
 from autoscaler.simulation.runs import PolicyRun
 from autoscaler.simulation.sim_controller import run_controller
-from autoscaler.simulation.timed import instance_cores, refuse_oversized
+from autoscaler.simulation.timed import (
+    check_sizing,
+    instance_cores,
+    refuse_oversized,
+    scaled_cores,
+)
 from policies.forecast.grid import natural_step_s
 from policies.schema import BusinessPolicy, Instances
 
@@ -48,10 +53,7 @@ class SimulationOptions:
     refit_every_s: float = 86_400.0
 
     def __post_init__(self) -> None:
-        if self.peak_instances is not None and self.scale is not None:
-            raise ValueError("give --scale or --peak-instances, not both")
-        if not 0 < self.saturation <= 1:
-            raise ValueError(f"saturation must be in (0, 1], got {self.saturation}")
+        check_sizing(self.peak_instances, self.scale, self.saturation)
 
 
 @dataclass(frozen=True)
@@ -69,12 +71,13 @@ def demand_in_cores(
 ) -> np.ndarray:
     """The trace as busy cores: ``--scale`` multiplies it; ``--peak-instances N`` makes its peak
     need exactly N instances at the saturation threshold."""
-    clean = np.clip(np.nan_to_num(values.astype(float), nan=0.0), 0.0, None)
-    if options.peak_instances is not None:
-        peak = float(clean.max())
-        factor = options.peak_instances * per_instance * options.saturation / peak if peak else 0.0
-        return np.asarray(clean * factor, dtype=float)
-    return np.asarray(clean * (options.scale if options.scale is not None else 1.0), dtype=float)
+    return scaled_cores(
+        values,
+        per_instance,
+        options.saturation,
+        peak_instances=options.peak_instances,
+        scale=options.scale,
+    )
 
 
 def _count_for(cores: float, per_instance: float, utilisation: float) -> int:

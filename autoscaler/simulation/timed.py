@@ -63,10 +63,7 @@ class TimedOptions:
     skip: bool = True
 
     def __post_init__(self) -> None:
-        if self.peak_instances is not None and self.scale is not None:
-            raise ValueError("give --scale or --peak-instances, not both")
-        if not 0 < self.saturation <= 1:
-            raise ValueError(f"saturation must be in (0, 1], got {self.saturation}")
+        check_sizing(self.peak_instances, self.scale, self.saturation)
 
 
 @dataclass(frozen=True)
@@ -122,15 +119,41 @@ def fixed_topology(cores_needed: float) -> Topology:
     return regions, dcs, racks, hosts
 
 
+def check_sizing(peak_instances: int | None, scale: float | None, saturation: float) -> None:
+    """ValueError for options no simulation can use (both sizings, or a bad saturation)."""
+    if peak_instances is not None and scale is not None:
+        raise ValueError("give --scale or --peak-instances, not both")
+    if not 0 < saturation <= 1:
+        raise ValueError(f"saturation must be in (0, 1], got {saturation}")
+
+
+def scaled_cores(
+    values: np.ndarray,
+    per_instance: float,
+    saturation: float,
+    *,
+    peak_instances: int | None,
+    scale: float | None,
+) -> np.ndarray:
+    """A trace's values as busy cores: ``--scale`` multiplies them; ``--peak-instances N``
+    makes the peak need exactly N instances at the saturation threshold."""
+    clean = np.clip(np.nan_to_num(values.astype(float), nan=0.0), 0.0, None)
+    if peak_instances is not None:
+        peak = float(clean.max())
+        factor = peak_instances * per_instance * saturation / peak if peak else 0.0
+        return np.asarray(clean * factor, dtype=float)
+    return np.asarray(clean * (scale if scale is not None else 1.0), dtype=float)
+
+
 def step_demand(trace: pd.Series, per_instance: float, options: TimedOptions) -> StepDemand:
     """The trace as busy cores held as steps (``--scale`` or ``--peak-instances``)."""
-    clean = np.clip(np.nan_to_num(trace.to_numpy(dtype=float), nan=0.0), 0.0, None)
-    if options.peak_instances is not None:
-        peak = float(clean.max())
-        factor = options.peak_instances * per_instance * options.saturation / peak if peak else 0.0
-        cores = clean * factor
-    else:
-        cores = clean * (options.scale if options.scale is not None else 1.0)
+    cores = scaled_cores(
+        trace.to_numpy(dtype=float),
+        per_instance,
+        options.saturation,
+        peak_instances=options.peak_instances,
+        scale=options.scale,
+    )
     index = pd.DatetimeIndex(trace.index)
     if index.tz is None:
         index = index.tz_localize("UTC")
