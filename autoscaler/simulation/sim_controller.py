@@ -20,6 +20,7 @@ import pandas as pd
 
 from autoscaler.observability.exporter import ControllerMetrics
 from autoscaler.runtime.cycle import Cycle, CycleSettings
+from autoscaler.runtime.ports import Actuation, History, SnapshotSource
 from autoscaler.simulation.fleet import (
     FixedControls,
     MemoryPlans,
@@ -34,6 +35,38 @@ from policies.state import DecideSettings
 REFIT_EVERY_S = 86_400.0
 SIMULATED_GENERATION = 1
 """The lease generation the simulated controller acts under (it always leads)."""
+
+
+def simulated_cycle(
+    snapshots: SnapshotSource,
+    actuation: Actuation,
+    history: History,
+    policy: BusinessPolicy,
+    *,
+    interval_s: float,
+    clone_ready_s: float,
+    refit_every_s: float,
+) -> Cycle:
+    """The live loop's ``Cycle`` for one business on a simulated fleet: no plan store, fixed
+    controls, a ledger interval per decision."""
+    business = policy.business
+    return Cycle(
+        snapshots=snapshots,
+        actuation=actuation,
+        plans=MemoryPlans(),
+        controls=FixedControls(),
+        history=history,
+        policies=lambda: {business: policy},
+        settings=CycleSettings(
+            decide=DecideSettings(control_interval_s=interval_s, clone_ready_s=clone_ready_s),
+            ledger_every_s=interval_s,
+            refit_every_s=refit_every_s,
+        ),
+        metrics=ControllerMetrics(),
+        # A line per planned action would drown a long trace: warnings only, on a logger of
+        # this run's own (not registered, so no global logging setting changes).
+        log=logging.Logger("autoscaler.simulation", logging.WARNING),
+    )
 
 
 def run_controller(
@@ -62,22 +95,14 @@ def run_controller(
     )
     fleet.seed(business, start)
     history = TraceHistory({business: demand})
-    cycle = Cycle(
-        snapshots=fleet,
-        actuation=fleet,
-        plans=MemoryPlans(),
-        controls=FixedControls(),
-        history=history,
-        policies=lambda: {business: policy},
-        settings=CycleSettings(
-            decide=DecideSettings(control_interval_s=step_s, clone_ready_s=0.0),
-            ledger_every_s=step_s,
-            refit_every_s=refit_every_s,
-        ),
-        metrics=ControllerMetrics(),
-        # A line per planned action would drown a long trace: warnings only, on a logger of
-        # this run's own (not registered, so no global logging setting changes).
-        log=logging.Logger("autoscaler.simulation", logging.WARNING),
+    cycle = simulated_cycle(
+        fleet,
+        fleet,
+        history,
+        policy,
+        interval_s=step_s,
+        clone_ready_s=0.0,
+        refit_every_s=refit_every_s,
     )
     capacity = np.zeros(len(values))
     actions = 0

@@ -28,26 +28,22 @@ cycle on a short trace.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from autoscaler.observability.exporter import ControllerMetrics
-from autoscaler.runtime.cycle import Cycle, CycleSettings
-from autoscaler.simulation.fleet import FixedControls, MemoryPlans, Topology
+from autoscaler.runtime.cycle import Cycle
+from autoscaler.simulation.fleet import Topology
+from autoscaler.simulation.sim_controller import SIMULATED_GENERATION, simulated_cycle
 from autoscaler.simulation.timed_fleet import Latencies, ObservedHistory, TimedFleet
 from autoscaler.simulation.timeline import CapacityTimeline, StepDemand
 from policies.schema import BusinessPolicy, Mode
 from policies.sla import BURN_WINDOWS_S, SlaLedger
-from policies.state import DecideSettings
 
 BURN_THRESHOLDS = (0.5, 0.75, 1.0, 6.0, 14.4)
 """Burn rates at which something decide reads changes (alerts, burning, the budget tiers)."""
-SIMULATED_GENERATION = 1
-"""The lease generation the simulated controller acts under (it always leads)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,25 +154,14 @@ def run_timed_controller(
     policy = policy.model_copy(update={"mode": Mode.AUTO})
     history = ObservedHistory(business, demand)
     fleet = TimedFleet(policy, topology, demand, history, settings.latencies, start_instances)
-    cycle = Cycle(
-        snapshots=fleet,
-        actuation=fleet,
-        plans=MemoryPlans(),
-        controls=FixedControls(),
-        history=history,
-        policies=lambda: {business: policy},
-        settings=CycleSettings(
-            decide=DecideSettings(
-                control_interval_s=settings.decide_s,
-                clone_ready_s=settings.latencies.clone_ready_s,
-            ),
-            ledger_every_s=settings.decide_s,
-            refit_every_s=settings.refit_every_s,
-        ),
-        metrics=ControllerMetrics(),
-        # A line per planned action would drown a long trace: warnings only, on a logger of
-        # this run's own (not registered, so no global logging setting changes).
-        log=logging.Logger("autoscaler.simulation", logging.WARNING),
+    cycle = simulated_cycle(
+        fleet,
+        fleet,
+        history,
+        policy,
+        interval_s=settings.decide_s,
+        clone_ready_s=settings.latencies.clone_ready_s,
+        refit_every_s=settings.refit_every_s,
     )
     wakes = _Wakes(cycle, fleet, policy, settings)
     first = demand.start_s + settings.phase_s
