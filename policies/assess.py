@@ -16,6 +16,7 @@ import pandas as pd
 
 from autoscaler.model import VM, Health, Scope, Snapshot, VmState
 from policies.forecast import QuantileForecast, reactive_forecast, spec_quantile
+from policies.forecast.grid import datetime_index
 from policies.margins import Margin, margin_for
 from policies.rack_health import RackHealth
 from policies.schema import BusinessPolicy, CapacitySli
@@ -167,7 +168,7 @@ def assess(
     )
     peak = None
     if history is not None and len(history) >= 2:
-        index = pd.DatetimeIndex(history.index)
+        index = datetime_index(history.index)
         span_s = (index[-1] - index[0]).total_seconds()
         if span_s >= policy.forecast.min_history_hours * 3600:
             peak = float(history.max())

@@ -24,6 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from autoscaler.model import Action, Scope, Snapshot
+from policies.forecast.grid import epoch_seconds
 
 
 class BrakeSettings(BaseModel):
@@ -79,16 +80,17 @@ def collapsed_since(series: pd.Series, now: float, settings: BrakeSettings) -> f
     """When this business's demand collapsed (the latest such step within ``freeze_hold_s``
     of ``now`` after which it stayed low), or None. A step collapses when its value is below
     ``1 - collapse_drop`` of the median of the ``recent_points`` before it."""
-    values = series.dropna()
-    if len(values) < settings.recent_points + 1:
+    v, t = _points(series)
+    if len(v) < settings.recent_points + 1:
         return None
-    v = values.to_numpy(dtype=float)
-    t = np.asarray(pd.DatetimeIndex(values.index).asi8, dtype=np.int64) / 1e9
     keep = 1 - settings.collapse_drop
     for i in range(len(v) - 1, settings.recent_points - 1, -1):
         if t[i] < now - settings.freeze_hold_s:
             return None
-        level = float(np.median(v[i - settings.recent_points : i]))
+        before = v[i - settings.recent_points : i]
+        if v[i] >= keep * before.max():
+            continue  # not below keep x the highest before, so not below keep x their median
+        level = float(np.median(before))
         if level <= 0 or v[i] >= keep * level:
             continue
         if np.all(v[i:] < keep * level):
@@ -101,8 +103,17 @@ def eligible(series: pd.Series | None, settings: BrakeSettings) -> bool:
     """Enough history to have a level of its own: ``recent_points`` + 1 points, not all zero."""
     if series is None:
         return False
-    values = series.dropna()
+    values, _ = _points(series)
     return len(values) > settings.recent_points and bool((values > 0).any())
+
+
+def _points(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(values, epoch seconds) of the series' points that are not NaN (numpy: this runs for
+    every business at every cycle)."""
+    values = np.asarray(series.to_numpy(dtype=float), dtype=float)
+    known = ~np.isnan(values)
+    seconds = epoch_seconds(series.index)
+    return values[known], seconds[known]
 
 
 def fleet_freeze(
@@ -131,7 +142,10 @@ def fleet_freeze(
         and not snapshot.is_stale(Scope.VM, vm.name)
     ]
     spanned = {vm.business for vm in measured if vm.business is not None}
-    had_demand = sorted(b for b in spanned if b in demand and bool((demand[b].dropna() > 0).any()))
+    # NaN > 0 is False: a gap is not demand.
+    had_demand = sorted(
+        b for b in spanned if b in demand and bool((demand[b].to_numpy(dtype=float) > 0).any())
+    )
     if (
         measured
         and all(vm.cpu_utilisation == 0 for vm in measured)

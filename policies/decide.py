@@ -102,6 +102,7 @@ def decide(
         state,
         now,
         already=actions,
+        health=health,
     )
     if freeze is not None:
         stays += [f"drain of {h} waits: frozen: {freeze}" for h in sorted(controls.draining)]

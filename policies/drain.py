@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Mapping
 
-import pandas as pd
-
 from autoscaler.model import Action, LiveMigrate, Snapshot, VmState
 from policies.placement import PlacementView
-from policies.rack_health import score_racks
+from policies.rack_health import RackHealth, score_racks
 from policies.schema import BusinessPolicy
 from policies.state import DecisionState
 
@@ -27,12 +25,14 @@ def drain_actions(
     state: DecisionState,
     now: float,
     already: Collection[Action] = (),
-    temperatures: Mapping[str, pd.Series] | None = None,
+    health: Mapping[str, RackHealth] | None = None,
 ) -> tuple[list[LiveMigrate], list[str]]:
-    """(migrations, reasons a VM stays) for every VM on a draining host."""
-    health = score_racks(
-        snapshot, temperatures or state.temperatures, now, state.settings.rack_health
-    )
+    """(migrations, reasons a VM stays) for every VM on a draining host; ``health`` is the
+    racks' health at ``now`` when the caller has scored them already."""
+    if not any(snapshot.vms_by_host.get(host) for host in draining):
+        return [], []
+    if health is None:
+        health = score_racks(snapshot, state.temperatures, now, state.settings.rack_health)
     placement = PlacementView(snapshot, health, state.settings.placement)
     moving = {a.vm for a in already}
     outgoing: Counter[str] = Counter(a.source for a in already if isinstance(a, LiveMigrate))

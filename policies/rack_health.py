@@ -224,7 +224,7 @@ def _score_rack(
     findings += _dpdk_findings([h.name for h in fresh_hosts], signals, now, settings)
     history = temperatures.get(rack)
     if history is not None and len(history):
-        times = epoch_seconds(pd.DatetimeIndex(history.index))
+        times = epoch_seconds(history.index)
         values = np.asarray(history.to_numpy(), dtype=float)
         finding = assess_temperature(times, values, now, settings)
         if finding is not None:

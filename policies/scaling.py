@@ -20,6 +20,7 @@ import pandas as pd
 
 from autoscaler.model import VM, Action, CloneFromTemplate, HotAddMemory, HotAddVcpu, Retire
 from policies.assess import BusinessView, horizon_text
+from policies.forecast.grid import datetime_index
 from policies.placement import PlacementView
 from policies.state import DecisionState
 
@@ -221,7 +222,7 @@ def _observed_peak(history: pd.Series | None, now: float, window_s: float) -> fl
     if history is None or len(history) == 0:
         return math.inf
     cut = pd.Timestamp(now - window_s, unit="s", tz="UTC")
-    index = pd.DatetimeIndex(history.index)
+    index = datetime_index(history.index)
     if index.tz is None:
         cut = cut.tz_localize(None)
     if index[0] > cut:
@@ -255,7 +256,8 @@ def scale_down(
     # What the decisions of the window asked for, not only this one's: a forecast that swings
     # with each sample must not retire now what it will clone again in a minute.
     asked = state.needed_since(view.name, now - stabilisation)
-    floor = max(view.needed_cores, peak / view.operating_utilisation, asked)
+    needed = max(view.needed_cores, peak / view.operating_utilisation, asked)
+    floor = needed * (1.0 + scaling.scale_down_tolerance)
     capacity = view.counted_capacity_cores
     count = len(view.ready)
     risky = {v.name for v in view.at_risk}
@@ -281,7 +283,8 @@ def scale_down(
                 host=vm.host,
                 reason=f"{view.name}: {_forecast_text(view)}, peak {peak:.2f} over the last"
                 f" {stabilisation / 60:.0f} min; capacity {after:.2f} cores still covers"
-                f" {floor:.2f} needed: retire {vm.name} ({why})",
+                f" {needed:.2f} needed (+{scaling.scale_down_tolerance:.0%} tolerance):"
+                f" retire {vm.name} ({why})",
                 facts={**_facts(view), "observed_peak_cores": round(peak, 4)},
             )
         )

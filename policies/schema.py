@@ -151,6 +151,15 @@ class Scaling(Strict):
     vertical: Vertical = Vertical()
     cooldowns: Cooldowns = Cooldowns()
     scale_down_stabilisation_s: float = Field(default=600, ge=0)
+    scale_down_tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="a retire must leave capacity this fraction above the most any decision of"
+        " the stabilisation window asked for, so that a forecast that jitters by a few percent"
+        " does not retire what it clones back minutes later (the Kubernetes HPA's 10%"
+        " tolerance)",
+    )
     max_actions_per_hour: int = Field(default=30, ge=1)
     migration_max_downtime_ms: int = Field(default=100, ge=1, le=10_000)
 

@@ -123,9 +123,7 @@ class ControllerMemory:
             forecasters=dict(self.forecasters),
             sla=dict(self.ledgers),
             temperatures=temps,
-            clone_ready_s={
-                b: float(pd.Series(v).median()) for b, v in self.clone_ready_s.items() if v
-            },
+            clone_ready_s={b: float(np.median(v)) for b, v in self.clone_ready_s.items() if v},
             recent_needed={b: tuple(v) for b, v in self.needed.items() if v},
             settings=settings,
         )

@@ -13,7 +13,7 @@ next cycle that runs is the first at or after the earliest of
 - a pending action becoming capacity, and one collection later;
 - the cycle after one that planned anything;
 - an end of a cooldown, of the scale-down stabilisation, or of an action's hour in the cap;
-- a decision's capacity asked for leaving the scale-down stabilisation window;
+- the highest capacity asked for in the scale-down stabilisation window leaving it;
 - a bad SLA interval leaving a burn-rate window or the SLA window, and a window not yet full
   diluting its bad share past a threshold decide reads;
 - the history first spanning ``min_history_hours`` (its peak starts to bound forecasts);
@@ -126,8 +126,13 @@ class _Wakes:
         if down is not None:
             candidates.append(down + scaling.cooldowns.scale_down_s)
         candidates += [t + 3600.0 for t in memory.recent_actions.get(business, ())]
-        stabilisation = scaling.scale_down_stabilisation_s
-        candidates += [t + stabilisation for t, _ in memory.needed.get(business, ())]
+        needed = memory.needed.get(business, ())
+        if needed:
+            # Decide reads only the window's highest value: it changes when the last decision
+            # that asked for it leaves the window.
+            highest = max(n for _, n in needed)
+            asked_at = max(t for t, n in needed if n == highest)
+            candidates.append(asked_at + scaling.scale_down_stabilisation_s)
         ledger = memory.ledgers.get(business)
         if ledger is not None and len(ledger.ends_s):
             bad = ledger.ends_s[ledger.good < ledger.total - 1e-9]

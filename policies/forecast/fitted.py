@@ -17,7 +17,7 @@ import pandas as pd
 
 from policies.forecast.conformal import conformal_quantile
 from policies.forecast.gbm import GbmModel, PooledGbm, features
-from policies.forecast.grid import DAY_S, WEEK_S, Grid, horizon_steps, to_grid
+from policies.forecast.grid import DAY_S, WEEK_S, Grid, datetime_index, horizon_steps, to_grid
 from policies.forecast.models import Persistence, PointModel
 
 MARGIN_QUANTILES: tuple[float, ...] = (0.99, 0.995, 0.999)
@@ -96,7 +96,7 @@ def _until(history: pd.Series, now: float) -> pd.Series:
     if len(history) == 0:
         return history
     cut = pd.Timestamp(now, unit="s", tz="UTC")
-    index = pd.DatetimeIndex(history.index)
+    index = datetime_index(history.index)
     if index.tz is None:
         cut = cut.tz_localize(None)
     if index[-1] <= cut:
@@ -227,7 +227,7 @@ def reactive_forecast(
     """
     recent = _until(history, now)
     if len(recent):
-        index = pd.DatetimeIndex(recent.index)
+        index = datetime_index(recent.index)
         cut = index[-1] - pd.Timedelta(seconds=COLD_START_MEMORY_S)
         recent = recent.iloc[int(index.searchsorted(cut, side="left")) :]
     grid = to_grid(recent)

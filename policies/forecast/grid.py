@@ -36,18 +36,23 @@ class Grid:
         return self.start_s + self.step_s * np.arange(len(self.values), dtype=float)
 
 
-def epoch_seconds(index: pd.DatetimeIndex) -> np.ndarray:
-    """Seconds since the epoch of a (UTC or naive-UTC) DatetimeIndex."""
-    if index.tz is not None:
-        index = index.tz_convert("UTC").tz_localize(None)
-    return np.asarray(index.asi8, dtype=np.int64) / 1e9
+def epoch_seconds(index: pd.Index) -> np.ndarray:
+    """Seconds since the epoch of a (UTC or naive-UTC) DatetimeIndex (an aware index holds
+    UTC nanoseconds whatever its zone)."""
+    return np.asarray(datetime_index(index).asi8, dtype=np.int64) / 1e9
+
+
+def datetime_index(index: pd.Index) -> pd.DatetimeIndex:
+    """The index as a DatetimeIndex, without a copy when it is one already (this runs for
+    every series at every cycle)."""
+    return index if isinstance(index, pd.DatetimeIndex) else pd.DatetimeIndex(index)
 
 
 def natural_step_s(history: pd.Series) -> float:
     """The history's own resolution: its median spacing, never finer than a minute."""
     if len(history) < 2:
         return MIN_STEP_S
-    seconds = epoch_seconds(pd.DatetimeIndex(history.index))
+    seconds = epoch_seconds(history.index)
     return max(MIN_STEP_S, float(np.median(np.diff(seconds))))
 
 
@@ -56,7 +61,7 @@ def to_grid(history: pd.Series, step_s: float | None = None) -> Grid:
     step = natural_step_s(history) if step_s is None else step_s
     if len(history) == 0:
         return Grid(values=np.zeros(0), start_s=0.0, step_s=step)
-    seconds = epoch_seconds(pd.DatetimeIndex(history.index))
+    seconds = epoch_seconds(history.index)
     values = np.asarray(history.to_numpy(), dtype=float)
     spacing = np.diff(seconds)
     if len(spacing) == 0 or (np.all(spacing == step) and np.all(np.isfinite(values))):

@@ -37,7 +37,15 @@ from policies.forecast.gbm import (
     pooled_paths,
     series_scale,
 )
-from policies.forecast.grid import DAY_S, WEEK_S, Grid, horizon_steps, season_steps, to_grid
+from policies.forecast.grid import (
+    DAY_S,
+    WEEK_S,
+    Grid,
+    datetime_index,
+    horizon_steps,
+    season_steps,
+    to_grid,
+)
 from policies.forecast.models import (
     Persistence,
     PointModel,
@@ -91,7 +99,7 @@ class _Prepared:
 
 
 def _window(history: pd.Series, now: float, span_s: float) -> pd.Series:
-    index = pd.DatetimeIndex(history.index)
+    index = datetime_index(history.index)
     end = pd.Timestamp(now, unit="s", tz="UTC")
     start = pd.Timestamp(now - span_s, unit="s", tz="UTC")
     if index.tz is None:

@@ -233,3 +233,18 @@ def test_the_operators_controls_are_an_input_paused_cordoned_and_drained() -> No
     # The whole decision is one plan, built once: the same inputs give the same id.
     again = decide(fleet.snapshot(web, api), {"web": web, "api": api}, controls, state, NOW)
     assert again.plan.id == decision.plan.id
+
+
+def test_a_retire_must_leave_the_tolerance_above_what_the_window_asked_for() -> None:
+    # Six VMs of a quarter core: a retire leaves 1.25 cores. The window asked for 1.2 cores at
+    # most: 1.25 covers it, but not with the default 10% tolerance (1.32).
+    asked = {"web": ((NOW - 60, 1.2),)}
+    tolerant = policy("web")
+    fleet, state = _quiet(tolerant, recent_needed=asked)
+    plan = decide(fleet.snapshot(tolerant), {"web": tolerant}, CONTROLS, state, NOW).plan
+    assert not _kinds(plan.actions, Retire)
+    exact = policy("web", scaling={"scale_down_tolerance": 0.0})
+    plan = decide(fleet.snapshot(exact), {"web": exact}, CONTROLS, state, NOW).plan
+    retires = _kinds(plan.actions, Retire)
+    assert len(retires) == 1
+    assert "1.20 needed (+0% tolerance)" in retires[0].reason
