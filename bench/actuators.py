@@ -32,6 +32,7 @@ from autoscaler.model import (
     CloneFromTemplate,
     HotAddMemory,
     HotAddVcpu,
+    Journal,
     Lease,
     LiveMigrate,
     MergeSnapshot,
@@ -39,7 +40,6 @@ from autoscaler.model import (
     Retire,
     SnapshotDisk,
 )
-from autoscaler.runtime.journal import SqliteJournal
 from autoscaler.runtime.lease import Renewing, taken_file_lease
 from autoscaler.runtime.wiring import build_fleet, open_journal, quiet_libvirt
 from lab import lab as lab_mod
@@ -83,7 +83,7 @@ def summary(values: list[float]) -> dict[str, float | int]:
 
 class Bench:
     def __init__(
-        self, fleet: Fleet, journal: SqliteJournal, limits: ExecutorLimits, lease: Lease
+        self, fleet: Fleet, journal: Journal, limits: ExecutorLimits, lease: Lease
     ) -> None:
         self.fleet = fleet
         self.journal = journal

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from autoscaler.model import (
     VM,
@@ -260,7 +261,12 @@ def bench_decide(repeats: int = 15) -> dict[str, Any]:
 def _timed_one(name: str) -> tuple[TimedTraceResult, float]:
     started = time.perf_counter()
     policy = load_policy(POLICY)
-    result = simulate_trace_timed(name, read_trace(name), policy, TimedOptions(peak_instances=20))
+    # One core per worker process: the GBM's OpenMP regions would otherwise wait, at every
+    # cycle's prediction, for a thread descheduled by the other worker (10x slower, measured).
+    with threadpool_limits(limits=1, user_api="openmp"):
+        result = simulate_trace_timed(
+            name, read_trace(name), policy, TimedOptions(peak_instances=20)
+        )
     return result, time.perf_counter() - started
 
 

@@ -86,6 +86,10 @@ def features(grid: Grid, h: int, origins: np.ndarray, scale: float) -> np.ndarra
     return rows
 
 
+MAX_KNOWN_ROWS = 200_000
+"""Predictions a pooled model keeps (a few MiB); past it they are forgotten and made again."""
+
+
 @dataclass(frozen=True)
 class TrainingPart:
     """The part of one series the pooled model may learn from: origins ``[0, stop)``."""
@@ -103,9 +107,21 @@ class PooledGbm:
     estimator: HistGradientBoostingRegressor = field(repr=False)
     base_quantile: float
     training_rows: int
+    _known: dict[bytes, float] = field(default_factory=dict, repr=False, compare=False)
+    """Predictions already made, by feature row: the rows of the origins since the fit are
+    the same at every cycle until the next refit, and a tree ensemble scores each row on its
+    own, so a row seen before is not scored again (same result, bounded size)."""
 
     def predict_scaled(self, rows: np.ndarray) -> np.ndarray:
-        return np.asarray(self.estimator.predict(rows), dtype=float)
+        keys = [row.tobytes() for row in np.ascontiguousarray(rows, dtype=float)]
+        known = self._known
+        if len(known) + len(keys) > MAX_KNOWN_ROWS:
+            known.clear()
+        missing = [i for i, key in enumerate(keys) if key not in known]
+        if missing:
+            scored = np.asarray(self.estimator.predict(rows[missing]), dtype=float)
+            known.update(zip((keys[i] for i in missing), scored.tolist(), strict=True))
+        return np.array([known[key] for key in keys], dtype=float)
 
 
 def fit_pooled(parts: Sequence[TrainingPart], seed: int = 0) -> PooledGbm | None:
