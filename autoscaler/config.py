@@ -153,6 +153,27 @@ class Lease(Strict):
     duration_s: float = Field(default=15, gt=0)
 
 
+class State(Strict):
+    """Where the journal, the controls, the plans and the controller's memory live."""
+
+    kind: Literal["local", "rados"] = Field(
+        default="local",
+        description="local: SQLite and files in state_dir (one machine); rados: objects in a"
+        " Ceph pool, shared by every controller machine and fenced by the cluster (needs"
+        " lease: {kind: rados})",
+    )
+    pool: str | None = Field(
+        default=None, description="the RADOS pool (default: ceph.pool, the lease's)"
+    )
+    namespace: str = Field(
+        default="autoscaler",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the RADOS namespace of the state objects (one per fleet)",
+    )
+
+
 class Metrics(Strict):
     listen: str = Field(default="127.0.0.1:9900", pattern=r"^[0-9a-fA-F.:\[\]]+:[0-9]{1,5}$")
 
@@ -174,6 +195,12 @@ class Ownership(Strict):
 
 
 class Testing(Strict):
+    in_process_fence: bool = Field(
+        default=True,
+        description="False: the executor does not check its own lease before each step, so"
+        " only the store's fence stops a deposed leader (the fault test that shows RADOS"
+        " refusing its write); needs state: {kind: rados}; never on a real fleet",
+    )
     fault_hooks: bool = Field(
         default=False,
         description="let AUTOSCALER_CRASH_AT / AUTOSCALER_FREEZE_AT kill or stop the controller "
@@ -214,6 +241,7 @@ class ControllerConfig(Strict):
     intervals: Intervals = Intervals()
     executor: Executor = Executor()
     lease: Lease = Lease()
+    state: State = State()
     metrics: Metrics = Metrics()
     ownership: Ownership = Ownership()
     brakes: BrakeSettings = Field(
@@ -224,6 +252,25 @@ class ControllerConfig(Strict):
     testing: Testing = Testing()
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _shared_state_needs_the_shared_lease(self) -> ControllerConfig:
+        if not self.testing.in_process_fence and self.state.kind != "rados":
+            raise ValueError(
+                "testing.in_process_fence: false needs state: {kind: rados}: without it"
+                " nothing would stop a deposed leader"
+            )
+        if self.state.kind == "rados" and (self.lease.kind != "rados" or self.ceph is None):
+            raise ValueError(
+                "state: {kind: rados} needs lease: {kind: rados} and a ceph section: the"
+                " state is fenced by the lease's generation"
+            )
+        return self
+
+    @property
+    def state_pool(self) -> str:
+        """The pool of the shared state (the lease's unless ``state.pool`` names another)."""
+        return self.state.pool or (self.ceph.pool if self.ceph is not None else "")
 
     @property
     def key_file(self) -> Path:

@@ -40,10 +40,11 @@ from autoscaler.model import (
     LeaseState,
     Plan,
 )
-from autoscaler.runtime.journal import SqliteJournal
 from autoscaler.runtime.lease import Renewing
 from autoscaler.runtime.runner import ceph_handle
+from autoscaler.runtime.shared_state import open_shared_state
 from autoscaler.runtime.wiring import (
+    ActionJournal,
     actuator_registry,
     build_fleet,
     crash_hook,
@@ -99,7 +100,7 @@ def take_lease(lease: Lease, wait_s: float, poll_s: float = 0.5) -> LeaseState:
 def apply_plan(
     plan: Plan,
     fleet: Fleet,
-    journal: SqliteJournal,
+    journal: ActionJournal,
     *,
     lease: Lease,
     limits: ExecutorLimits | None = None,
@@ -206,7 +207,8 @@ def run_as_holder(args: argparse.Namespace, plan_for: Callable[[Fleet], Plan]) -
     fleet = build_fleet(config, load_policy_dir(config.policy_dir), args.readiness)
     plan = plan_for(fleet)
     cluster = ceph_handle(config) if config.lease.kind == "rados" else None
-    lease = open_lease(config, f"apply:{socket.gethostname()}:{os.getpid()}", cluster)
+    shared = open_shared_state(config, cluster)
+    lease = open_lease(config, f"apply:{socket.gethostname()}:{os.getpid()}", cluster, shared)
     try:
         take_lease(lease, wait_s=config.lease.duration_s * 1.5 + 1)
     except LeaderPresent as exc:
@@ -214,7 +216,7 @@ def run_as_holder(args: argparse.Namespace, plan_for: Callable[[Fleet], Plan]) -
         return 3
     with (
         Renewing(lease, every_s=config.lease.duration_s / 3),
-        open_journal(config.state_dir, fleet) as journal,
+        open_journal(config.state_dir, fleet, shared) as journal,
     ):
         report = apply_plan(
             plan,

@@ -13,11 +13,17 @@ import argparse
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from autoscaler.cli import apply, simulate
+from autoscaler.cli import apply, simulate, state
 from autoscaler.model import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from autoscaler.config import ControllerConfig
+    from autoscaler.runtime.shared_state import SharedState
 
 PLAN_ID = re.compile(r"plan-[0-9a-f]{12}")
 
@@ -63,6 +69,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         f"{path}: warning: ownership.key_file is not set: each controller makes"
                         " its own key in its state folder, and after a failover the new leader"
                         " sees every VM as foreign; name one key file shared by all of them",
+                        file=sys.stderr,
+                    )
+                if not config.testing.in_process_fence:
+                    print(
+                        f"{path}: warning: testing.in_process_fence is off: only the shared"
+                        " state's fence at the store stops a deposed leader; for the fault"
+                        " tests only, never on a real fleet",
                         file=sys.stderr,
                     )
                 if config.testing.fault_hooks:
@@ -143,10 +156,14 @@ def cmd_control(args: argparse.Namespace) -> int:
     from autoscaler.config import load_controller_config
     from autoscaler.model import check_name
     from autoscaler.model.controls import ALL
-    from autoscaler.runtime.controls import ControlFile
+    from autoscaler.runtime.controls import ControlFile, ControlsEditor
 
     config = load_controller_config(args.config)
-    controls = ControlFile(config.state_dir)
+    controls: ControlsEditor = ControlFile(config.state_dir)
+    shared = _shared_state(config)
+    if shared is not None:
+        # Shared by every controller machine: the change holds whichever one leads.
+        controls = shared.controls
     target: str | None = getattr(args, "target", None)
 
     def safe(value: str, what: str) -> str:
@@ -174,13 +191,28 @@ def cmd_control(args: argparse.Namespace) -> int:
                 "command line",
                 [_problem("PLAN-ID", f"{target!r} is not a plan id (plan-<12 hex digits>)")],
             )
-        plan_file = config.state_dir / "plans" / f"{target}.json"
-        if not plan_file.exists():
-            print(f"no recommended plan {target!r} in {plan_file.parent}", file=sys.stderr)
-            return 1
+        if shared is not None:
+            if target not in {s.plan.id for s in shared.plans(time.time).list()}:
+                print(f"no recommended plan {target!r} in the shared state", file=sys.stderr)
+                return 1
+        else:
+            plan_file = config.state_dir / "plans" / f"{target}.json"
+            if not plan_file.exists():
+                print(f"no recommended plan {target!r} in {plan_file.parent}", file=sys.stderr)
+                return 1
         result = controls.approve(target)
     print(json.dumps(result.model_dump(mode="json"), sort_keys=True))
     return 0
+
+
+def _shared_state(config: ControllerConfig) -> SharedState | None:
+    """The shared state the controller file names (``state: {kind: rados}``), else None."""
+    if config.state.kind != "rados":
+        return None
+    from autoscaler.runtime.runner import ceph_handle
+    from autoscaler.runtime.shared_state import open_shared_state
+
+    return open_shared_state(config, ceph_handle(config))
 
 
 def _business_names(folder: Path) -> set[str]:
@@ -194,6 +226,16 @@ def cmd_plans(args: argparse.Namespace) -> int:
     from autoscaler.model import Plan
 
     config = load_controller_config(args.config)
+    shared = _shared_state(config)
+    if shared is not None:
+        for stored in shared.plans(time.time).list():
+            plan = stored.plan
+            print(
+                f"{plan.id}  {'done' if stored.taken else 'pending'}  {len(plan.actions)} action(s)"
+            )
+            for action in plan.actions:
+                print(f"    {action.kind:20s} {action.vm:16s} {action.reason}")
+        return 0
     folder = config.state_dir / "plans"
     for path in sorted(folder.glob("plan-*.json")) if folder.exists() else []:
         plan = Plan.from_json(path.read_text())
@@ -266,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate.add_parser(sub)
     apply.add_parser(sub)
+    state.add_parser(sub)
     return parser
 
 

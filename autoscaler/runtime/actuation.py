@@ -20,10 +20,12 @@ from autoscaler.config import ControllerConfig
 from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.ports import ActionOutcome
+from autoscaler.runtime.shared_state import SharedState
 from autoscaler.runtime.wiring import (
     actuator_registry,
     build_fleet,
     crash_hook,
+    executor_lease,
     executor_limits,
     open_journal,
 )
@@ -67,17 +69,18 @@ class ExecutorActuation:
         config: ControllerConfig,
         lease: Lease,
         policies: Callable[[], Mapping[str, BusinessPolicy]],
+        shared: SharedState | None = None,
     ) -> None:
         ensure_event_loop()
         self.config = config
-        self.lease = lease
+        self.lease = executor_lease(config, lease)
         self.policies = policies
         self.limits = executor_limits(config)
         self.registry = actuator_registry(config)
         self.on_step = crash_hook(config.testing.fault_hooks)
         # One connection per host for the controller's lifetime, checked before each reuse.
         self.pool = LibvirtPool()
-        self.journal = open_journal(config.state_dir, self.fleet())
+        self.journal = open_journal(config.state_dir, self.fleet(), shared)
         self._pending: dict[str, str] = {}
 
     def fleet(self) -> Fleet:

@@ -14,6 +14,7 @@ and is journalled).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -26,11 +27,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from autoscaler.config import ControllerConfig
 from autoscaler.model import (
+    AutoscalerError,
     ConfigError,
     ControllerRecord,
     DeposedLeader,
     Lease,
     LeaseState,
+    MemoryStore,
     Plan,
     Snapshot,
     TemporaryError,
@@ -46,8 +49,9 @@ from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.memory_file import MemoryFile, restore_memory
 from autoscaler.runtime.plans import PlanFolder
-from autoscaler.runtime.ports import ActionOutcome
+from autoscaler.runtime.ports import ActionOutcome, ControlsReader
 from autoscaler.runtime.private_files import ensure_private_dir
+from autoscaler.runtime.shared_state import SharedState
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from autoscaler.runtime.snapshots import LatestSnapshot
 from autoscaler.runtime.wiring import file_lease
@@ -56,6 +60,7 @@ from policies.schema import BusinessPolicy
 from policies.state import DecideSettings, DecisionState
 
 log = logging.getLogger("autoscaler.controller")
+HEARTBEAT_KEY = "leader"
 
 __all__ = ["ActionOutcome", "Actuation", "Controller", "LeaderLease"]
 
@@ -95,10 +100,11 @@ class _AccountedHistory:
 
 
 class _ReportedMemoryFile:
-    """The memory file as the cycle sees it: a save that fails (a full disk) is reported as
-    a state-write problem, and the cycle goes on with the memory it has."""
+    """The memory store as the cycle sees it: a save that fails (a full disk, a pool that
+    cannot be written, a newer leader's fence) is reported as a state-write problem, and the
+    cycle goes on with the memory it has."""
 
-    def __init__(self, controller: Controller, store: MemoryFile) -> None:
+    def __init__(self, controller: Controller, store: MemoryStore) -> None:
         self.controller = controller
         self.store = store
 
@@ -108,7 +114,7 @@ class _ReportedMemoryFile:
     def save(self, record: ControllerRecord) -> None:
         try:
             self.store.save(record)
-        except OSError as exc:
+        except (OSError, AutoscalerError) as exc:
             self.controller._state_failed("memory", str(exc))
         else:
             self.controller._state_written("memory")
@@ -127,7 +133,10 @@ class Controller:
         dry_run: bool = False,
         lease: LeaderLease | None = None,
         clock: Callable[[], float] = time.time,
+        shared: SharedState | None = None,
     ) -> None:
+        """``shared``: the state in a Ceph pool (``state: {kind: rados}``): the controls, the
+        memory and the recommended plans are kept there instead of the state folder."""
         self.config = config
         self.holder = holder
         self.metrics = metrics
@@ -136,10 +145,13 @@ class Controller:
         self.dry_run = dry_run
         self.clock = clock
         self._actuation = actuation
+        self._shared = shared
         ensure_private_dir(config.state_dir)  # 0700: the journal, lease and controls
         # The runner passes the lease the controller file names (RADOS needs the cluster).
         self.lease: LeaderLease = lease or file_lease(config, holder)
-        self.controls = ControlFile(config.state_dir)
+        self.controls: ControlsReader = (
+            shared.controls if shared is not None else ControlFile(config.state_dir)
+        )
         self.history = HistoryStore(config.state_dir / "history.sqlite")
         self.policies: dict[str, BusinessPolicy] = {}
         self._policy_stamp: tuple[tuple[str, float], ...] = ()
@@ -154,11 +166,20 @@ class Controller:
         self._stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
         iv = config.intervals
-        store = _ReportedMemoryFile(self, MemoryFile(config.state_dir / "memory.json", clock))
+        kept: MemoryStore = (
+            shared.memory(clock)
+            if shared is not None
+            else MemoryFile(config.state_dir / "memory.json", clock)
+        )
+        store = _ReportedMemoryFile(self, kept)
         self.cycle = Cycle(
             snapshots=self.snapshots,
             actuation=actuation,
-            plans=PlanFolder(config.state_dir / "plans", clock),
+            plans=(
+                shared.plans(clock)
+                if shared is not None
+                else PlanFolder(config.state_dir / "plans", clock)
+            ),
             controls=self.controls,
             history=_AccountedHistory(self),
             policies=lambda: self.policies,
@@ -281,6 +302,8 @@ class Controller:
             # cannot be reached): do not lead, and say why instead of passing for a standby.
             self._state_failed("lease", str(exc))
             state = None
+        if state is not None and self._shared is not None:
+            state = self._check_shared_state(state, now)
         was_leader = self._leader_generation is not None
         self._leader_generation = state.generation if state is not None else None
         self.metrics.leader.set(1 if state is not None else 0)
@@ -296,6 +319,24 @@ class Controller:
             self.cycle.reconcile_pending = True
         elif state is None and was_leader:
             event(log, "lost the lease", logging.WARNING)
+
+    def _check_shared_state(self, state: LeaseState, now: float) -> LeaseState | None:
+        """Lead only while the shared state takes our writes: a fenced heartbeat each renewal.
+        A pool that cannot be written (OSDs down past min_size, no monitor) stops the acting,
+        says why on /healthz, and is tried again at the next renewal."""
+        if self._shared is None:
+            return state
+        beat = json.dumps({"holder": self.holder, "generation": state.generation, "at": now})
+        try:
+            self._shared.fenced.write({HEARTBEAT_KEY: beat.encode()})
+        except DeposedLeader as exc:
+            event(log, "deposed", logging.WARNING, reason=str(exc))
+            return None
+        except AutoscalerError as exc:
+            self._state_failed("shared state", f"{exc}; not acting until it can be written")
+            return None
+        self._state_written("shared state")
+        return state
 
     @contextlib.contextmanager
     def _acting(self, rounds: int) -> Iterator[None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,10 +23,54 @@ from autoscaler.runtime.private_files import (
     write_private_atomic,
 )
 
-__all__ = ["ControlFile"]
+__all__ = ["ControlFile", "ControlsEditor"]
 
 
-class ControlFile:
+class ControlsEditor:
+    """The operator's changes, each a function of the controls as they are when it is
+    applied (so two operators' changes never lose one another), on whatever keeps them:
+    ``read`` and ``update``."""
+
+    def read(self) -> Controls:
+        raise NotImplementedError
+
+    def update(self, edit: Callable[[Controls], Controls]) -> Controls:
+        raise NotImplementedError
+
+    def change(self, **changes: frozenset[str]) -> Controls:
+        return self.update(lambda c: c.model_copy(update=changes))
+
+    def pause(self, business: str = ALL) -> Controls:
+        return self.update(lambda c: _with(c, paused=c.paused | {business}))
+
+    def resume(self, business: str = ALL) -> Controls:
+        return self.update(
+            lambda c: _with(c, paused=frozenset() if business == ALL else c.paused - {business})
+        )
+
+    def cordon(self, host: str) -> Controls:
+        return self.update(lambda c: _with(c, cordoned=c.cordoned | {host}))
+
+    def uncordon(self, host: str) -> Controls:
+        return self.update(
+            lambda c: _with(c, cordoned=c.cordoned - {host}, draining=c.draining - {host})
+        )
+
+    def drain(self, host: str) -> Controls:
+        return self.update(
+            lambda c: _with(c, cordoned=c.cordoned | {host}, draining=c.draining | {host})
+        )
+
+    def approve(self, plan_id: str) -> Controls:
+        return self.update(lambda c: _with(c, approved=c.approved | {plan_id}))
+
+
+def _with(controls: Controls, **changes: frozenset[str]) -> Controls:
+    """The controls changed and validated again (a name that is not one is refused)."""
+    return Controls.model_validate(controls.model_copy(update=changes).model_dump())
+
+
+class ControlFile(ControlsEditor):
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "controls.json"
 
@@ -50,30 +94,8 @@ class ControlFile:
         text = json.dumps(controls.model_dump(mode="json"), indent=1, sort_keys=True)
         write_private_atomic(self.path, text)
 
-    def change(self, **changes: frozenset[str]) -> Controls:
+    def update(self, edit: Callable[[Controls], Controls]) -> Controls:
         with self._locked():
-            controls = self.read().model_copy(update=changes)
-            controls = Controls.model_validate(controls.model_dump())
+            controls = _with(edit(self.read()))
             self._write(controls)
             return controls
-
-    def pause(self, business: str = ALL) -> Controls:
-        return self.change(paused=self.read().paused | {business})
-
-    def resume(self, business: str = ALL) -> Controls:
-        paused = self.read().paused
-        return self.change(paused=frozenset() if business == ALL else paused - {business})
-
-    def cordon(self, host: str) -> Controls:
-        return self.change(cordoned=self.read().cordoned | {host})
-
-    def uncordon(self, host: str) -> Controls:
-        c = self.read()
-        return self.change(cordoned=c.cordoned - {host}, draining=c.draining - {host})
-
-    def drain(self, host: str) -> Controls:
-        c = self.read()
-        return self.change(cordoned=c.cordoned | {host}, draining=c.draining | {host})
-
-    def approve(self, plan_id: str) -> Controls:
-        return self.change(approved=self.read().approved | {plan_id})

@@ -55,9 +55,13 @@ class Holding:
     monotonic: Callable[[], float]
     state: LeaseState | None = None
     valid_until: float = 0.0
+    last_generation: int | None = None
+    """The generation this process last held, kept after the lease is lost: what a guarded
+    write at the store carries, so the store (not this process) judges whether it is stale."""
 
     def granted(self, state: LeaseState, asked_at: float, duration_s: float) -> LeaseState:
         self.state = state
+        self.last_generation = state.generation
         self.valid_until = asked_at + duration_s * (1 - DRIFT)
         return state
 

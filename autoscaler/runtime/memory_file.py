@@ -93,25 +93,7 @@ class MemoryFile:
         if raw is None:
             return None
         try:
-            if len(raw) > MAX_RECORD_BYTES:
-                raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
-            data = json.loads(raw)
-            version = data.get("schema_version") if isinstance(data, dict) else None
-            if isinstance(version, int) and version > MEMORY_SCHEMA_VERSION:
-                raise ConfigError(
-                    str(self.path),
-                    [
-                        ConfigProblem(
-                            line=None,
-                            field="schema_version",
-                            message=f"{version} is newer than this controller reads"
-                            f" ({MEMORY_SCHEMA_VERSION}): it was written by a newer"
-                            " controller; run that one, or move the file aside to start"
-                            " without its caps, cooldowns and SLA ledgers",
-                        )
-                    ],
-                )
-            return ControllerRecord.model_validate(data)
+            return parse_record(raw, str(self.path))
         except (ValueError, ValidationError) as exc:  # json and pydantic errors included
             kept = self._set_aside()
             why = str(exc).splitlines()[0][:200]
@@ -124,6 +106,30 @@ class MemoryFile:
         except OSError:
             return None
         return str(aside)
+
+
+def parse_record(raw: bytes, where: str) -> ControllerRecord:
+    """The record in ``raw``: ``ValueError`` or ``ValidationError`` if it is not one,
+    ``ConfigError`` (field ``schema_version``) if a newer controller wrote it."""
+    if len(raw) > MAX_RECORD_BYTES:
+        raise ValueError(f"larger than {MAX_RECORD_BYTES} bytes")
+    data = json.loads(raw)
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > MEMORY_SCHEMA_VERSION:
+        raise ConfigError(
+            where,
+            [
+                ConfigProblem(
+                    line=None,
+                    field="schema_version",
+                    message=f"{version} is newer than this controller reads"
+                    f" ({MEMORY_SCHEMA_VERSION}): it was written by a newer controller; run"
+                    " that one, or move the record aside to start without its caps, cooldowns"
+                    " and SLA ledgers",
+                )
+            ],
+        )
+    return ControllerRecord.model_validate(data)
 
 
 def restore_memory(store: MemoryStore | None, now: float, log: logging.Logger) -> ControllerMemory:

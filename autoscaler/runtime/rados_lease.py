@@ -39,8 +39,12 @@ class RadosLease:
         obj: str = "autoscaler.lease",
         *,
         floor: Callable[[], int] = no_floor,
+        on_acquire: Callable[[int], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_acquire(generation)`` runs once the lock is ours and its generation written,
+        before the lease counts as held: the shared state's claim, so a deposed leader's
+        writes are refused from then on (an error there means not leading this time)."""
         if duration_s < 1:
             # The binding takes whole seconds, and a duration of 0 is a lock that never expires.
             raise ValueError(f"a RADOS lease lasts at least 1 s, got {duration_s}")
@@ -49,6 +53,7 @@ class RadosLease:
         self.duration_s = duration_s
         self.obj = obj
         self.floor = floor
+        self.on_acquire = on_acquire
         self._holding = Holding(monotonic)
 
     def _generation(self) -> int:
@@ -96,6 +101,13 @@ class RadosLease:
             raise TemporaryError(
                 f"cannot write the lease generation: {exc}", retry_after=2
             ) from exc
+        if self.on_acquire is not None:
+            try:
+                self.on_acquire(generation)
+            except Exception:
+                with contextlib.suppress(rados.Error):
+                    self.ioctx.unlock(self.obj, LOCK_NAME, self.holder)
+                raise
         state = LeaseState(
             holder=self.holder, generation=generation, expires_at=now + self.duration_s
         )
@@ -132,6 +144,10 @@ class RadosLease:
 
     def held(self) -> LeaseState | None:
         return self._holding.held()
+
+    def last_generation(self) -> int | None:
+        """The generation this process last held (kept after losing it: see ``Holding``)."""
+        return self._holding.last_generation
 
     def fence(self, generation: int | None, what: str) -> None:
         self._holding.fence(generation, what)

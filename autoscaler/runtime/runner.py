@@ -25,6 +25,7 @@ from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import CollectionStage, build_collectors, connect_ceph
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
+from autoscaler.runtime.shared_state import open_shared_state
 from autoscaler.runtime.wiring import open_lease, quiet_libvirt
 
 log = logging.getLogger("autoscaler.run")
@@ -65,7 +66,8 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     server = MetricsServer(metrics, health, host, port)
     cluster = ceph_handle(config)
     collection = CollectionStage(build_collectors(config, ceph=cluster))
-    lease = open_lease(config, holder, cluster)
+    shared = open_shared_state(config, cluster)
+    lease = open_lease(config, holder, cluster, shared)
     controller = Controller(
         config,
         holder=holder,
@@ -75,8 +77,11 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
         actuation=None,
         dry_run=dry_run,
         lease=lease,
+        shared=shared,
     )
-    controller.actuation = ExecutorActuation(config, controller.lease, lambda: controller.policies)
+    controller.actuation = ExecutorActuation(
+        config, controller.lease, lambda: controller.policies, shared
+    )
     stop = threading.Event()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:

@@ -25,16 +25,20 @@ from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL, GuestBoot
 from actuators.executor import ExecutorLimits, Registry, default_registry
 from actuators.guest_agent import readiness_probe
 from autoscaler.config import ControllerConfig
-from autoscaler.model import BaseAction, Lease, TemporaryError
+from autoscaler.model import BaseAction, Lease, LeaseState, TemporaryError
 from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.journal import DomainStamper, SqliteJournal, journal_floor
 from autoscaler.runtime.lease import FileLease
+from autoscaler.runtime.rados_journal import RadosJournal
 from autoscaler.runtime.rados_lease import RadosLease
+from autoscaler.runtime.shared_state import SharedState
 from policies.schema import BusinessPolicy
 
 CRASH_ENV = "AUTOSCALER_CRASH_AT"
 FREEZE_ENV = "AUTOSCALER_FREEZE_AT"
 JOURNAL_FILE = "journal.sqlite"
+ActionJournal = SqliteJournal | RadosJournal
+"""The journal of either state kind: the ``Journal`` protocol plus what reports read."""
 
 log = logging.getLogger("autoscaler.wiring")
 
@@ -83,21 +87,43 @@ def actuator_registry(config: ControllerConfig) -> Registry:
     )
 
 
-def open_journal(state_dir: Path, fleet: Fleet) -> SqliteJournal:
+def open_journal(state_dir: Path, fleet: Fleet, shared: SharedState | None = None) -> ActionJournal:
+    """The journal the controller file names: SQLite in the state folder, or the shared
+    state's; either stamps each change into the domain too."""
     stamper = DomainStamper(dict(fleet.hosts), fleet.pool)
+    if shared is not None:
+        return shared.journal(stamper)
     return SqliteJournal(state_dir / JOURNAL_FILE, stamper=stamper)
 
 
-def open_lease(config: ControllerConfig, holder: str, cluster: Any = None) -> Lease:
+def open_lease(
+    config: ControllerConfig,
+    holder: str,
+    cluster: Any = None,
+    shared: SharedState | None = None,
+) -> Lease:
     """The leader lease the controller file names (a file in the state folder, or RADOS with
-    the cluster handle), its next generation floored by the journal's highest."""
+    the cluster handle), its next generation floored by the journal's highest. With shared
+    state the lease claims it as it is acquired, and the state's writes carry the lease's
+    generation."""
     if config.lease.kind == "rados":
         if config.ceph is None or cluster is None:
             raise TemporaryError("the lease is on RADOS but the cluster cannot be reached")
-        ioctx = cluster.open_ioctx(config.ceph.pool)
-        return RadosLease(
-            ioctx, holder, config.lease.duration_s, floor=lambda: _journal_floor(config)
+        if shared is None:
+            ioctx = cluster.open_ioctx(config.ceph.pool)
+            return RadosLease(
+                ioctx, holder, config.lease.duration_s, floor=lambda: _journal_floor(config)
+            )
+        # Beside the state, in its namespace: one fleet's objects, one capability to grant.
+        lease = RadosLease(
+            shared.ioctx,
+            holder,
+            config.lease.duration_s,
+            floor=shared.fenced.fence,
+            on_acquire=shared.fenced.claim,
         )
+        shared.write_as(lease.last_generation)
+        return lease
     return file_lease(config, holder)
 
 
@@ -155,3 +181,39 @@ def crash_hook(
             os.kill(os.getpid(), signal.SIGSTOP)
 
     return hook
+
+
+class StoreFenceOnly:
+    """The lease with its in-process fence switched off (``testing.in_process_fence: false``):
+    every call but ``fence`` goes to the lease; ``fence`` lets the action on, so only the
+    shared state's fence at the store can stop a deposed leader (the fault test of it)."""
+
+    def __init__(self, lease: Lease) -> None:
+        self._lease = lease
+
+    def try_acquire(self, now: float) -> LeaseState | None:
+        return self._lease.try_acquire(now)
+
+    def renew(self, now: float) -> LeaseState:
+        return self._lease.renew(now)
+
+    def release(self) -> None:
+        self._lease.release()
+
+    def current(self) -> LeaseState | None:
+        return self._lease.current()
+
+    def held(self) -> LeaseState | None:
+        return self._lease.held()
+
+    def fence(self, generation: int | None, what: str) -> None:
+        del generation, what
+
+
+def executor_lease(config: ControllerConfig, lease: Lease) -> Lease:
+    """The lease the executor checks before each step: the lease itself, unless the controller
+    file switches the in-process fence off for the fault tests."""
+    if config.testing.in_process_fence:
+        return lease
+    log.warning("testing.in_process_fence is off: only the store fences a deposed leader")
+    return StoreFenceOnly(lease)

@@ -109,3 +109,32 @@ def test_the_controller_file_sets_the_brakes_and_the_controller_restores_its_mem
     finally:
         collection.close()
         controller.history.close()
+
+
+def test_shared_state_is_refused_without_the_shared_lease_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_controller_config(
+            controller_file(tmp_path, lease={"kind": "file"}, state={"kind": "rados"})
+        )
+    assert "lease: {kind: rados}" in str(raised.value)
+    shared = load_controller_config(
+        controller_file(
+            tmp_path,
+            lease={"kind": "rados"},
+            ceph={"conf": "/etc/ceph/ceph.conf", "pool": "fleet"},
+            state={"kind": "rados", "namespace": "dc1"},
+        )
+    )
+    assert (shared.state_pool, shared.state.namespace) == ("fleet", "dc1")
+    assert load_controller_config(controller_file(tmp_path)).state.kind == "local"
+    with pytest.raises(ConfigError, match="namespace"):
+        load_controller_config(
+            controller_file(
+                tmp_path,
+                lease={"kind": "rados"},
+                ceph={"conf": "/etc/ceph/ceph.conf"},
+                state={"kind": "rados", "namespace": "../x"},
+            )
+        )

@@ -1,0 +1,225 @@
+"""Two controller machines whose only shared things are Ceph and Prometheus
+(``state: {kind: rados}``), on the real lab: the store itself refuses a deposed leader.
+
+Where it sits: the reliability suite on the real lab (issue 13). Two real ``autoscaler run``
+processes, each with a controller file and a state folder of its own, share the lab's Ceph
+pool (the RADOS lease and the shared state, in a namespace of this test) and the fleet key. The
+leader is frozen (SIGSTOP) right after it journalled the intent of a clone, past its lease,
+while the other takes over; it runs with its in-process fence switched off
+(``testing.in_process_fence: false``), so when it resumes only the cluster can stop it. Its
+next journal write must be refused by RADOS, and the clone must never be made by it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rados
+from ruamel.yaml import YAML
+
+from autoscaler.runtime.rados_journal import RadosJournal
+from autoscaler.runtime.rados_state import FencedObject
+from autoscaler.runtime.wiring import FREEZE_ENV
+from lab import lab as lab_mod
+from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
+from tests.integration.lab_fixtures import events, wait_for
+from tests.integration.test_controller import (
+    DECIDE_S,
+    LEASE_S,
+    controller_file,
+    done_actions,
+    restore_lab,
+    start,
+    stop,
+)
+from tests.integration.test_faults_controller import (
+    RolePoller,
+    assert_nothing_lost,
+    health,
+    process_state,
+)
+from tests.integration.test_faults_crash import orphans
+from tests.integration.test_faults_hosts import placements
+from tests.reliability import record
+
+pytestmark = pytest.mark.lab
+pytest_plugins = ["tests.reliability_plugin"]
+__all__ = ["restore_lab"]  # the fixture, imported to be used by name
+
+
+def machine_file(lab: Lab, folder: Path, namespace: str, **testing: bool) -> Path:
+    """One machine's controller file: its own state folder, the shared lease and state."""
+    path = controller_file(lab, folder)
+    yaml = YAML(typ="safe", pure=True)
+    doc = yaml.load(path.read_text())
+    doc["lease"] = {"kind": "rados", "duration_s": LEASE_S}
+    doc["state"] = {"kind": "rados", "namespace": namespace}
+    doc["testing"] = {"fault_hooks": True, **testing}
+    with open(path, "w") as out:
+        yaml.dump(doc, out)
+    return path
+
+
+@pytest.fixture
+def shared_journal(lab: Lab) -> Iterator[tuple[str, Any]]:
+    """A namespace for this test, and an I/O context in it (the test's own client)."""
+    assert lab.parts is not None and lab.parts.ceph is not None, "the lab runs without Ceph"
+    cluster = lab.parts.ceph
+    handle = rados.Rados(
+        conffile=str(cluster.conffile),
+        conf={"keyring": str(cluster.keyring), "rados_osd_op_timeout": "5"},
+    )
+    handle.connect(timeout=10)
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    try:
+        ioctx = handle.open_ioctx(cluster.pool)
+        ioctx.set_namespace(namespace)
+        yield namespace, ioctx
+    finally:
+        handle.shutdown()
+
+
+@pytest.mark.timeout(480)
+def test_a_deposed_leaders_journal_write_is_refused_by_rados_and_nothing_follows(
+    lab: Lab,
+    tmp_path: Path,
+    restore_lab: None,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_journal: tuple[str, Any],
+) -> None:
+    """The leader, without its in-process fence, SIGSTOPped right after journalling the intent
+    of a clone; resumed once the other machine leads.
+
+    Expect: the other leads within 2 x lease + decide seconds and settles the clone from the
+    shared journal; resumed, the old leader's next journal write is refused by the cluster
+    (StoreFenced), it makes no VM, and steps down; every VM once, nothing orphaned.
+    """
+    namespace, ioctx = shared_journal
+    configs = {
+        "a": machine_file(lab, tmp_path / "a", namespace, in_process_fence=False),
+        "b": machine_file(lab, tmp_path / "b", namespace),
+    }
+    ports = {
+        "a": lab.layout.port(PORT_CONTROLLER_METRICS),
+        "b": lab.layout.port(PORT_CONTROLLER_METRICS_2),
+    }
+    logs = {n: tmp_path / f"{n}.log" for n in ports}
+    reader = RadosJournal(FencedObject(ioctx, writer=lambda: None))
+    assert orphans(lab) == {}
+    before = placements(lab)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    frozen = False
+    try:
+        monkeypatch.setenv(FREEZE_ENV, "clone_from_template:intent")
+        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
+        monkeypatch.delenv(FREEZE_ENV)
+        wait_for(
+            lambda: health(ports["a"]).get("role"),
+            lambda r: r == "leader",
+            timeout=60,
+            what="a leading",
+        )
+        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "standby",
+            timeout=60,
+            what="b on standby",
+        )
+        lab_mod.set_demand(lab, {"web": {"cores": 0.42}})  # a decides a clone, and freezes
+        pid = procs["a"].pid
+        wait_for(
+            lambda: process_state(pid),
+            lambda s: s in ("T", "gone"),
+            timeout=200,
+            what="a frozen at its freeze point",
+        )
+        assert process_state(pid) == "T", logs["a"].read_text()[-2000:]
+        frozen, frozen_at = True, time.monotonic()
+        left = [(e.key, e.step, e.action.lease_generation) for e in reader.unfinished()]
+        frozen_clones = [k for k, step, _ in left if step == "intent"]
+        assert frozen_clones, left
+        old_generation = left[0][2]
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "leader",
+            timeout=2 * LEASE_S + DECIDE_S + 15,
+            what="b taking over",
+        )
+        takeover_s = time.monotonic() - frozen_at
+        fence = reader.store.fence()
+        assert old_generation is not None and fence > old_generation
+        b_led_at = time.time()
+        with RolePoller(ports) as poller:
+            resumed_at = time.time()
+            os.kill(pid, signal.SIGCONT)
+            frozen = False
+            refused = wait_for(
+                lambda: [
+                    e
+                    for e in events(logs["a"])
+                    if e.get("event") == "action" and float(str(e.get("at", 0))) >= resumed_at
+                ],
+                lambda evs: len(evs) >= 1,
+                timeout=LEASE_S + DECIDE_S + 30,
+                what="a's frozen action ending after it resumed",
+            )
+            wait_for(
+                lambda: [e for e in events(logs["b"]) if float(str(e.get("at", 0))) >= b_led_at],
+                lambda evs: any(e.get("event") == "reconciled the journal" for e in evs),
+                timeout=240,
+                what="b reconciling the shared journal",
+            )
+            time.sleep(3 * DECIDE_S)
+            assert health(ports["b"]).get("role") == "leader"
+            assert health(ports["a"]).get("role") == "standby"
+            a_done = done_actions(ports["a"])
+        assert poller.split_brains() == []
+        assert all(p.poll() is None for p in procs.values())
+    finally:
+        if frozen:
+            os.kill(procs["a"].pid, signal.SIGCONT)
+        for name in ("a", "b"):
+            if name in procs and procs[name].poll() is None:
+                stop(procs[name])
+    for name, process in procs.items():
+        assert process.returncode == 0, logs[name].read_text()[-2000:]
+    # The in-process fence was off: what stopped a is the cluster's refusal of its write.
+    assert all(e["result"] == "failed" for e in refused), refused
+    assert any("StoreFenced" in str(e.get("reason")) for e in refused), refused
+    assert a_done == 0, a_done
+    created_by_a = [
+        e
+        for e in events(logs["a"])
+        if e.get("event") == "action"
+        and e.get("result") == "done"
+        and float(str(e.get("at", 0))) >= resumed_at
+    ]
+    assert created_by_a == []
+    assert reader.unfinished() == []
+    settled = {k: reader.get(k) for k in frozen_clones}
+    assert all(e is not None and e.phase.finished for e in settled.values()), settled
+    assert_nothing_lost(lab, before)
+    outcome = ", ".join(f"{k} {e.phase.value}" for k, e in settled.items() if e is not None)
+    record(
+        "fault",
+        "deposed leader refused by RADOS",
+        injected="two controllers sharing only Ceph (RADOS lease and state) and Prometheus; the"
+        " leader, its in-process fence switched off, SIGSTOPped right after journalling the"
+        f" intent of a clone under generation {old_generation}, SIGCONT once the other led",
+        behaviour=f"the other led {takeover_s:.1f} s after the freeze (bound"
+        f" {2 * LEASE_S + DECIDE_S:.0f} s), claimed the state at generation {fence} and"
+        f" settled the clone from the shared journal ({outcome}); resumed, the old leader's"
+        " next journal write was refused by the OSD (StoreFenced) and it made nothing",
+        lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
+        takeover_s=round(takeover_s, 1),
+    )
