@@ -151,7 +151,8 @@ def crash_hook(
     enabled: bool, spec: str | None = None, freeze: str | None = None
 ) -> StepHook | None:
     """For the crash tests: a step hook that SIGKILLs this process right after ``<kind>:<step>``
-    is journalled (``spec``, else ``AUTOSCALER_CRASH_AT``, e.g. ``clone_from_template:started``),
+    is journalled (``spec``, else ``AUTOSCALER_CRASH_AT``, e.g. ``clone_from_template:started``;
+    ``...@N``: at its N-th occurrence, so that earlier actions of that kind complete),
     or SIGSTOPs it there once (``freeze``, else ``AUTOSCALER_FREEZE_AT``: a leader frozen
     mid-action). Only when ``enabled`` (the controller file's ``testing.fault_hooks``): in
     production an environment variable must not be able to kill the controller mid-action;
@@ -168,12 +169,20 @@ def crash_hook(
         )
         return None
     frozen = threading.Event()
+    target, _, nth = target.partition("@")
+    kill_at = int(nth) if nth.isdigit() else 1
+    reached = [0]
+    lock = threading.Lock()
 
     def hook(action: BaseAction, step: str) -> None:
         point = f"{getattr(action, 'kind', '')}:{step}"
         if point == target:
-            sys.stdout.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            with lock:
+                reached[0] += 1
+                now = reached[0] == kill_at
+            if now:
+                sys.stdout.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
         elif point == stop_at and not frozen.is_set():
             # Once only: resumed, the process must show what it does next, not stop again.
             frozen.set()

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ import rados
 from ruamel.yaml import YAML
 
 from autoscaler.runtime.rados_journal import RadosJournal
+from autoscaler.runtime.rados_memory import RadosMemory
 from autoscaler.runtime.rados_state import FencedObject
-from autoscaler.runtime.wiring import FREEZE_ENV
+from autoscaler.runtime.wiring import CRASH_ENV, FREEZE_ENV
 from lab import lab as lab_mod
 from lab.lab import Lab
 from lab.layout import PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2
@@ -48,7 +50,7 @@ from tests.integration.test_faults_controller import (
     process_state,
 )
 from tests.integration.test_faults_crash import orphans
-from tests.integration.test_faults_hosts import placements
+from tests.integration.test_faults_hosts import metrics, placements
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
@@ -220,6 +222,176 @@ def test_a_deposed_leaders_journal_write_is_refused_by_rados_and_nothing_follows
         f" {2 * LEASE_S + DECIDE_S:.0f} s), claimed the state at generation {fence} and"
         f" settled the clone from the shared journal ({outcome}); resumed, the old leader's"
         " next journal write was refused by the OSD (StoreFenced) and it made nothing",
+        lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
+        takeover_s=round(takeover_s, 1),
+    )
+
+
+def one_clone_a_plan(folder: Path) -> None:
+    """web clones one instance per plan, one action at a time: a crash at the second clone
+    finds the first done and remembered (its time in the saved memory)."""
+    yaml = YAML(typ="safe", pure=True)
+    web_file = folder / "businesses" / "web.yaml"
+    web = yaml.load(web_file.read_text())
+    web["scaling"].setdefault("horizontal", {})["max_step_up"] = 1
+    with open(web_file, "w") as out:
+        yaml.dump(web, out)
+    config = folder / "controller.yaml"
+    doc = yaml.load(config.read_text())
+    doc.setdefault("executor", {})["max_concurrent_actions"] = 1
+    with open(config, "w") as out:
+        yaml.dump(doc, out)
+
+
+def settle(read: Callable[[], float], quiet_s: float, timeout: float = 120.0) -> float:
+    """``read()`` once it gives the same value ``quiet_s`` apart."""
+    deadline = time.monotonic() + timeout
+    last = read()
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    pytest.fail(f"still changing after {timeout:.0f} s: {last}")
+
+
+def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def paused_metric(port: int) -> float:
+    return metric_value(port, 'autoscaler_business_paused{business="web"}')
+
+
+def metric_value(port: int, series: str) -> float:
+    for line in metrics(port).splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+@pytest.mark.timeout(600)
+def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_controls(
+    lab: Lab,
+    tmp_path: Path,
+    restore_lab: None,
+    monkeypatch: pytest.MonkeyPatch,
+    shared_journal: tuple[str, Any],
+) -> None:
+    """The leader SIGKILLed in the middle of its second clone (``started``); a cordon was set
+    through its machine before, a pause is set through it (dead) after.
+
+    Expect: the other machine leads within 2 x lease + decide seconds, settles the clone from
+    the shared journal (the VM exactly once, or not at all with no leftover), carries the first
+    clone's time in its action cap, places nothing on the cordoned host and, paused through
+    the dead machine's file, acts on nothing more.
+    """
+    namespace, ioctx = shared_journal
+    configs = {n: machine_file(lab, tmp_path / n, namespace) for n in ("a", "b")}
+    for name in configs:
+        one_clone_a_plan(tmp_path / name)
+    ports = {
+        "a": lab.layout.port(PORT_CONTROLLER_METRICS),
+        "b": lab.layout.port(PORT_CONTROLLER_METRICS_2),
+    }
+    logs = {n: tmp_path / f"{n}.log" for n in ports}
+    reader = FencedObject(ioctx, writer=lambda: None)
+    journal = RadosJournal(reader)
+    cordoned = lab.state.hosts[0].name
+    assert cli(configs["a"], "cordon", cordoned).returncode == 0  # through machine a
+    assert orphans(lab) == {}
+    before = placements(lab)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        monkeypatch.setenv(CRASH_ENV, "clone_from_template:started@2")
+        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
+        monkeypatch.delenv(CRASH_ENV)
+        wait_for(
+            lambda: health(ports["a"]).get("role"),
+            lambda r: r == "leader",
+            timeout=60,
+            what="a leading",
+        )
+        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "standby",
+            timeout=60,
+            what="b on standby",
+        )
+        lab_mod.set_demand(lab, {"web": {"cores": 0.6}})  # two clones, one a plan
+        wait_for(procs["a"].poll, lambda rc: rc is not None, timeout=300, what="a killed")
+        killed_at, killed_wall = time.monotonic(), time.time()
+        assert procs["a"].returncode == -signal.SIGKILL, logs["a"].read_text()[-2000:]
+        left = [e.key for e in journal.unfinished()]
+        assert left, "a was killed with nothing unfinished in the shared journal"
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "leader",
+            timeout=2 * LEASE_S + DECIDE_S + 15,
+            what="b taking over",
+        )
+        takeover_s = time.monotonic() - killed_at
+        wait_for(
+            lambda: journal.unfinished(),
+            lambda rows: rows == [],
+            timeout=240,
+            what="b settling what a left",
+        )
+        settled = {k: journal.get(k) for k in left}
+        # The caps: a's first clone, remembered by a and saved in the pool, is now b's.
+        record_ = RadosMemory(reader, time.time).load()
+        assert record_ is not None
+        earlier = [t for t in record_.recent_actions.get("web", ()) if t < killed_wall - 1]
+        assert earlier, record_.recent_actions
+        wait_for(
+            lambda: cli(configs["a"], "pause", "web").returncode,
+            lambda rc: rc == 0,
+            timeout=30,
+            what="a pause through the dead machine's controller file",
+        )
+        wait_for(
+            lambda: paused_metric(ports["b"]),
+            lambda v: v == 1.0,
+            timeout=5 * DECIDE_S + 10,
+            what="b seeing the pause",
+        )
+        # An action already running when the pause was read ends first.
+        paused_done = settle(lambda: done_actions(ports["b"]), 2 * DECIDE_S + 10)
+        paused_vms = set(placements(lab))
+        lab_mod.set_demand(lab, {"web": {"cores": 1.2}})
+        time.sleep(6 * DECIDE_S)
+        assert done_actions(ports["b"]) == paused_done
+        assert set(placements(lab)) == paused_vms
+        assert health(ports["b"]).get("role") == "leader"
+    finally:
+        for name in ("a", "b"):
+            if name in procs and procs[name].poll() is None:
+                stop(procs[name])
+    assert procs["b"].returncode == 0, logs["b"].read_text()[-2000:]
+    after = placements(lab)
+    new_vms = {vm: hosts for vm, hosts in after.items() if vm not in before}
+    assert all(cordoned not in hosts for hosts in new_vms.values()), (cordoned, new_vms)
+    assert all(e is not None and e.phase.finished for e in settled.values()), settled
+    assert_nothing_lost(lab, before)
+    outcome = ", ".join(f"{k} {e.phase.value}" for k, e in settled.items() if e is not None)
+    record(
+        "fault",
+        "leader killed mid-clone, the other machine takes over (shared state)",
+        injected="two controllers sharing only Ceph and Prometheus; the leader SIGKILLed at its"
+        " second clone's 'started' step (AUTOSCALER_CRASH_AT ...@2); a cordon set through its"
+        " machine before, a pause through it after its death",
+        behaviour=f"the other machine led {takeover_s:.1f} s after the kill (bound"
+        f" {2 * LEASE_S + DECIDE_S:.0f} s), settled the shared journal ({outcome}), carried the"
+        f" first clone's time in its hourly cap ({len(earlier)} earlier action(s)), placed"
+        f" nothing on the cordoned {cordoned}, and once paused did nothing more under 2x load",
         lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
         takeover_s=round(takeover_s, 1),
     )
