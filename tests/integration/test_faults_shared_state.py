@@ -12,6 +12,7 @@ next journal write must be refused by RADOS, and the clone must never be made by
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -394,4 +395,99 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
         f" nothing on the cordoned {cordoned}, and once paused did nothing more under 2x load",
         lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
         takeover_s=round(takeover_s, 1),
+    )
+
+
+@pytest.mark.timeout(480)
+def test_the_pool_made_unwritable_stops_acting_says_why_and_recovers(
+    lab: Lab, tmp_path: Path, restore_lab: None, shared_journal: tuple[str, Any]
+) -> None:
+    """``ceph osd set pause``: the OSDs take no client I/O (Pacific pauses reads and writes
+    together) while the controller leads with its state in the pool; then ``unset``.
+
+    Expect: it stops leading and acting, /healthz is unhealthy and names the store that cannot
+    be written, no VM appears or goes under load meanwhile; once writes are back it leads again
+    by itself and acts on the load.
+    """
+    namespace, _ioctx = shared_journal
+    assert lab.parts is not None and lab.parts.ceph is not None
+    config = machine_file(lab, tmp_path / "a", namespace)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "a.log"
+    admin = rados.Rados(
+        conffile=str(lab.parts.ceph.conffile),
+        conf={"keyring": str(lab.parts.ceph.keyring), "rados_mon_op_timeout": "10"},
+    )
+    admin.connect(timeout=10)
+
+    def flag(action: str) -> None:
+        cmd = {"prefix": f"osd {action}", "key": "pause"}
+        code, _out, err = admin.mon_command(json.dumps(cmd), b"", timeout=10)
+        assert code == 0, err
+
+    assert orphans(lab) == {}
+    before = placements(lab)
+    process: subprocess.Popen[bytes] | None = None
+    paused = False
+    try:
+        process = start(config, port, "a", log)
+        wait_for(
+            lambda: health(port).get("role"),
+            lambda r: r == "leader",
+            timeout=60,
+            what="a leading",
+        )
+        settle(lambda: done_actions(port), 2 * DECIDE_S + 5)
+        flag("set")
+        paused, paused_at = True, time.monotonic()
+        during = wait_for(
+            lambda: health(port),
+            lambda h: h.get("role") == "standby" and bool(h.get("problem")),
+            timeout=2 * LEASE_S + 30,
+            what="a stepping down and saying why",
+        )
+        stopped_s = time.monotonic() - paused_at
+        acted = done_actions(port)
+        vms = set(placements(lab))
+        lab_mod.set_demand(lab, {"web": {"cores": 0.6}})  # it would scale out now
+        time.sleep(8 * DECIDE_S)
+        assert done_actions(port) == acted
+        assert set(placements(lab)) == vms
+        assert health(port).get("healthy") is False
+        flag("unset")
+        paused, resumed_at = False, time.monotonic()
+        wait_for(
+            lambda: health(port),
+            lambda h: h.get("role") == "leader" and h.get("problem") is None,
+            timeout=2 * LEASE_S + 60,
+            what="a leading again once the pool takes writes",
+        )
+        recovered_s = time.monotonic() - resumed_at
+        wait_for(
+            lambda: done_actions(port),
+            lambda n: n > acted,
+            timeout=200,
+            what="a acting on the load",
+        )
+    finally:
+        if paused:
+            flag("unset")
+        if process is not None and process.poll() is None:
+            stop(process)
+        admin.shutdown()
+    assert process is not None and process.returncode == 0, log.read_text()[-2000:]
+    assert_nothing_lost(lab, before)
+    problem = str(during.get("problem"))
+    record(
+        "fault",
+        "the state pool made unwritable (shared state)",
+        injected="`ceph osd set pause` (the OSDs take no client I/O: no write to the pool) while"
+        " the controller leads with state: rados, then web load to scale out; `unset` after",
+        behaviour=f"it stopped leading {stopped_s:.1f} s after the flag, /healthz unhealthy"
+        f" with '{problem[:160]}', no action and no VM change under load for"
+        f" {8 * DECIDE_S:.0f} s; led again {recovered_s:.1f} s after writes came back and"
+        " acted on the load",
+        lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
+        stopped_s=round(stopped_s, 1),
+        recovered_s=round(recovered_s, 1),
     )
