@@ -40,6 +40,7 @@ from tests.integration.test_controller import (
     LEASE_S,
     controller_file,
     done_actions,
+    guest_after_migration,
     restore_lab,
     start,
     stop,
@@ -490,4 +491,97 @@ def test_the_pool_made_unwritable_stops_acting_says_why_and_recovers(
         lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
         stopped_s=round(stopped_s, 1),
         recovered_s=round(recovered_s, 1),
+    )
+
+
+@pytest.mark.timeout(600)
+def test_the_leader_killed_mid_migration_is_settled_and_the_drain_finished_by_the_other(
+    lab: Lab,
+    tmp_path: Path,
+    restore_lab: set[str],
+    monkeypatch: pytest.MonkeyPatch,
+    shared_journal: tuple[str, Any],
+) -> None:
+    """An operator drains web-1's host through machine a; a, leading, is SIGKILLed at its
+    migration's ``migrating`` step (``AUTOSCALER_CRASH_AT``).
+
+    Expect: b leads within 2 x lease + decide seconds, settles the migration from the shared
+    journal, and finishes the drain a's machine was given: web-1 on exactly one host, off the
+    drained one; nothing orphaned.
+    """
+    namespace, ioctx = shared_journal
+    configs = {n: machine_file(lab, tmp_path / n, namespace) for n in ("a", "b")}
+    ports = {
+        "a": lab.layout.port(PORT_CONTROLLER_METRICS),
+        "b": lab.layout.port(PORT_CONTROLLER_METRICS_2),
+    }
+    logs = {n: tmp_path / f"{n}.log" for n in ports}
+    journal = RadosJournal(FencedObject(ioctx, writer=lambda: None))
+    assert orphans(lab) == {}
+    before = placements(lab)
+    source = before["web-1"][0]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        monkeypatch.setenv(CRASH_ENV, "live_migrate:migrating")
+        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
+        monkeypatch.delenv(CRASH_ENV)
+        wait_for(
+            lambda: health(ports["a"]).get("role"),
+            lambda r: r == "leader",
+            timeout=60,
+            what="a leading",
+        )
+        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "standby",
+            timeout=60,
+            what="b on standby",
+        )
+        assert cli(configs["a"], "drain", source).returncode == 0
+        wait_for(procs["a"].poll, lambda rc: rc is not None, timeout=240, what="a killed")
+        killed_at = time.monotonic()
+        assert procs["a"].returncode == -signal.SIGKILL, logs["a"].read_text()[-2000:]
+        left = [e.key for e in journal.unfinished() if e.action.kind == "live_migrate"]
+        assert left, "a was killed with no migration unfinished in the shared journal"
+        wait_for(
+            lambda: health(ports["b"]).get("role"),
+            lambda r: r == "leader",
+            timeout=2 * LEASE_S + DECIDE_S + 15,
+            what="b taking over",
+        )
+        takeover_s = time.monotonic() - killed_at
+        wait_for(
+            lambda: placements(lab).get("web-1", []),
+            lambda hosts: len(hosts) == 1 and hosts[0] != source,
+            timeout=240,
+            what="web-1 off the drained host, on one host",
+        )
+        wait_for(journal.unfinished, lambda rows: rows == [], timeout=120, what="all settled")
+        settled = {k: journal.get(k) for k in left}
+        assert health(ports["b"]).get("role") == "leader"
+    finally:
+        for name in ("a", "b"):
+            if name in procs and procs[name].poll() is None:
+                stop(procs[name])
+    assert procs["b"].returncode == 0, logs["b"].read_text()[-2000:]
+    assert all(e is not None and e.phase.finished for e in settled.values()), settled
+    reconciled = [e for e in events(logs["b"]) if e.get("event") == "reconciled"]
+    assert {str(e.get("key")) for e in reconciled} >= set(left), reconciled
+    after = placements(lab)
+    assert all(len(hosts) == 1 for hosts in after.values()), after
+    assert set(before) <= set(after)
+    assert orphans(lab) == {}
+    outcome = ", ".join(f"{k} {e.phase.value}" for k, e in settled.items() if e is not None)
+    record(
+        "fault",
+        "leader killed mid-migration, the other machine takes over (shared state)",
+        injected="two controllers sharing only Ceph and Prometheus; `autoscaler drain` of"
+        f" web-1's host {source} through machine a, which was SIGKILLed at its migration's"
+        " 'migrating' step (AUTOSCALER_CRASH_AT)",
+        behaviour=f"the other machine led {takeover_s:.1f} s after the kill (bound"
+        f" {2 * LEASE_S + DECIDE_S:.0f} s), settled the migration from the shared journal"
+        f" ({outcome}) and finished the drain: web-1 on {after['web-1'][0]}",
+        lost=guest_after_migration(lab, "web-1", logs["b"], restore_lab),
+        takeover_s=round(takeover_s, 1),
     )
