@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -51,6 +52,7 @@ from autoscaler.runtime.memory_file import MemoryFile, restore_memory
 from autoscaler.runtime.plans import PlanFolder
 from autoscaler.runtime.ports import ActionOutcome, ControlsReader
 from autoscaler.runtime.private_files import ensure_private_dir
+from autoscaler.runtime.rados_history import SharedHistory, warm_from_shared
 from autoscaler.runtime.shared_state import SharedState
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from autoscaler.runtime.snapshots import LatestSnapshot
@@ -61,6 +63,7 @@ from policies.state import DecideSettings, DecisionState
 
 log = logging.getLogger("autoscaler.controller")
 HEARTBEAT_KEY = "leader"
+SHARE_HISTORY_S = 60.0
 
 __all__ = ["ActionOutcome", "Actuation", "Controller", "LeaderLease"]
 
@@ -114,6 +117,10 @@ class _ReportedMemoryFile:
     def save(self, record: ControllerRecord) -> None:
         try:
             self.store.save(record)
+        except DeposedLeader as exc:
+            # Not a store failing: a newer leader has claimed the shared state (its next
+            # renewal tells this process so); nothing of ours is lost by not writing.
+            event(log, "memory not saved: deposed", logging.WARNING, reason=str(exc))
         except (OSError, AutoscalerError) as exc:
             self.controller._state_failed("memory", str(exc))
         else:
@@ -146,6 +153,8 @@ class Controller:
         self.clock = clock
         self._actuation = actuation
         self._shared = shared
+        self._shared_until: dict[str, float] = {}
+        """Per business: up to when its busy cores are in the pool (this process's copy)."""
         ensure_private_dir(config.state_dir)  # 0700: the journal, lease and controls
         # The runner passes the lease the controller file names (RADOS needs the cluster).
         self.lease: LeaderLease = lease or file_lease(config, holder)
@@ -417,6 +426,52 @@ class Controller:
         else:
             self._state_written("history")
 
+    # -- the shared history (state: rados) --------------------------------------------------
+    def _history_windows(self) -> dict[str, float]:
+        return {b: p.forecast.history_days * 86_400.0 for b, p in self.policies.items()}
+
+    def _shared_history(self) -> SharedHistory | None:
+        if self._shared is None:
+            return None
+        keep = max(self._history_windows().values(), default=14 * 86_400.0)
+        return self._shared.history(keep)
+
+    def _warm_history(self) -> None:
+        """Before the first refit (at start): the minutes of demand the pool holds and this
+        machine lacks (a new machine forecasts at once instead of after days)."""
+        shared = self._shared_history()
+        if shared is None:
+            return
+        try:
+            copied = warm_from_shared(self.history, shared, self._history_windows(), self.clock())
+        except (AutoscalerError, sqlite3.Error) as exc:
+            event(log, "shared history unreadable at start", logging.WARNING, error=str(exc))
+            return
+        event(log, "history warmed from the pool", minutes=copied)
+
+    def share_history_job(self) -> None:
+        """The leader copies the complete minutes of busy cores it recorded into the pool."""
+        shared = self._shared_history()
+        if shared is None or self._leader_generation is None:
+            return
+        now = self.clock()
+        until = math.floor(now / 60.0) * 60.0  # the current minute is still being averaged
+        windows = self._history_windows()
+        for business, window_s in windows.items():
+            since = self._shared_until.get(business, now - window_s)
+            points = self.history.busy_cores(business, start=since, end=until)
+            try:
+                shared.publish(
+                    business,
+                    zip(pd.DatetimeIndex(points.index).asi8 / 1e9, points.to_numpy(), strict=True),
+                    now,
+                )
+            except AutoscalerError as exc:
+                self._state_failed("shared history", str(exc))
+                return
+            self._shared_until[business] = until
+        self._state_written("shared history")
+
     # -- the cycle --------------------------------------------------------------------------
     def decision_state(self, now: float) -> DecisionState:
         """The DecisionState the cycle would decide on at ``now`` (for live views)."""
@@ -478,6 +533,17 @@ class Controller:
                 coalesce=True,
                 misfire_grace_time=None,
             )
+        if self._shared is not None:
+            self.scheduler.add_job(
+                self._guard("share history", self.share_history_job),
+                "interval",
+                seconds=SHARE_HISTORY_S,
+                id="share history",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+            self._warm_history()
         # The first collection can take seconds (every host, every source): do it before the
         # lease, or the lease taken first runs out before its first renewal and a controller
         # started alongside takes it over (leadership flapping at start).

@@ -7,8 +7,9 @@ recommended plans (``RadosPlans``) and the operator controls (``RadosControls``)
 objects are fenced by its lease generation (``autoscaler.runtime.rados_state``); the lease
 claims them as it is acquired.
 
-The demand history stays on each machine (the SQLite history of ``state_dir``): a standby
-collects and records its own, so its forecasts are warm when it takes over.
+The demand history is each machine's own (the SQLite history of ``state_dir``: a standby
+collects and records its own); the leader copies its busy cores into the pool as well
+(``SharedHistory``), for a machine that starts without them.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import rados
 
 from autoscaler.config import ControllerConfig
 from autoscaler.runtime.rados_controls import RadosControls
+from autoscaler.runtime.rados_history import SharedHistory
 from autoscaler.runtime.rados_journal import RadosJournal, Stamper
 from autoscaler.runtime.rados_memory import RadosMemory
 from autoscaler.runtime.rados_plans import RadosPlans
@@ -43,6 +45,9 @@ class SharedState:
 
     def plans(self, clock: Callable[[], float]) -> RadosPlans:
         return RadosPlans(self.fenced, clock)
+
+    def history(self, keep_s: float) -> SharedHistory:
+        return SharedHistory(self.ioctx, keep_s)
 
     def write_as(self, generation: Callable[[], int | None]) -> None:
         """Writes carry what ``generation`` gives: the lease's last generation (the lease is

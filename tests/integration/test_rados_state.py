@@ -29,9 +29,11 @@ from autoscaler.model import (
     Plan,
 )
 from autoscaler.runtime.controls import ControlFile
+from autoscaler.runtime.history import BUSY_CORES, HistoryStore, SeriesKind
 from autoscaler.runtime.journal import SqliteJournal
 from autoscaler.runtime.memory_file import MemoryFile
 from autoscaler.runtime.rados_controls import RadosControls
+from autoscaler.runtime.rados_history import SharedHistory, warm_from_shared
 from autoscaler.runtime.rados_journal import RadosJournal
 from autoscaler.runtime.rados_lease import RadosLease
 from autoscaler.runtime.rados_memory import RadosMemory
@@ -371,3 +373,39 @@ def test_a_plan_exported_on_one_machine_is_listed_approved_and_taken_once_from_a
     assert [p.id for p in plans_b.take_approved(frozenset({plan.id, "not-a-plan"}))] == [plan.id]
     assert plans_b.take_approved(frozenset({plan.id})) == []
     assert [s.taken for s in reader.list()] == [True]
+
+
+def test_a_new_machine_copies_the_demand_history_it_lacks_from_the_pool(
+    two_machines: tuple[Any, Any], tmp_path: Path
+) -> None:
+    io_a, io_b = two_machines
+    now = 1_700_000_040.0  # on a minute
+    day = 86_400.0
+    leader = HistoryStore(tmp_path / "a.sqlite")
+    newcomer = HistoryStore(tmp_path / "b.sqlite")
+    try:
+        # The leader's two days of busy cores, one a minute; the pool keeps one day of them.
+        points = [(now - day * 2 + 60.0 * i, 1.0 + (i % 60) / 60) for i in range(2 * 1440)]
+        leader.record(SeriesKind.BUSINESS, "web", BUSY_CORES, points)
+        shared = SharedHistory(io_a, keep_s=day)
+        stored = leader.busy_cores("web")
+        shared.publish("web", zip(stored.index.asi8 / 1e9, stored.to_numpy(), strict=True), now)
+        # The newcomer measured the last minutes itself: those it keeps as they are.
+        newcomer.record(SeriesKind.BUSINESS, "web", BUSY_CORES, [(now - 60.0, 9.0)])
+        copied = warm_from_shared(newcomer, SharedHistory(io_b, keep_s=day), {"web": day}, now)
+        got = newcomer.busy_cores("web", start=now - day)
+        assert copied == {"web": 1439}
+        assert len(got) == 1440 and got.iloc[-1] == 9.0
+        expected = leader.busy_cores("web", start=now - day, end=now - 60.0)
+        assert got.iloc[:-1].to_numpy().tolist() == expected.to_numpy().tolist()
+        # Again: nothing more to copy.
+        assert warm_from_shared(newcomer, SharedHistory(io_b, keep_s=day), {"web": day}, now) == {
+            "web": 0
+        }
+        # A business the pool never saw: nothing, no error.
+        assert warm_from_shared(newcomer, SharedHistory(io_b, keep_s=day), {"db": day}, now) == {
+            "db": 0
+        }
+    finally:
+        leader.close()
+        newcomer.close()
