@@ -321,6 +321,15 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
             timeout=60,
             what="a leading",
         )
+        # a's SLA ledger is in the pool before b exists: b cannot have measured these.
+        first_ledger = wait_for(
+            lambda: RadosMemory(reader, time.time).load(),
+            lambda r: r is not None and bool(r.ledgers.get("web", None)),
+            timeout=60,
+            what="a's ledger saved in the pool",
+        )
+        assert first_ledger is not None
+        a_alone_until = first_ledger.ledgers["web"].ends_s[-1]
         procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
         wait_for(
             lambda: health(ports["b"]).get("role"),
@@ -353,6 +362,18 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
         assert record_ is not None
         earlier = [t for t in record_.recent_actions.get("web", ()) if t < killed_wall - 1]
         assert earlier, record_.recent_actions
+        # And the ledger: the intervals a measured before b started are b's now. b saves its
+        # memory after each interval; wait for one saved after the takeover.
+        taken_over_wall = time.time()
+        saved = wait_for(
+            lambda: RadosMemory(reader, time.time).load(),
+            lambda r: r is not None and r.saved_at >= taken_over_wall,
+            timeout=30,
+            what="b saving its memory",
+        )
+        assert saved is not None
+        carried = [t for t in saved.ledgers["web"].ends_s if t <= a_alone_until]
+        assert carried, (a_alone_until, saved.ledgers["web"].ends_s[:5])
         wait_for(
             lambda: cli(configs["a"], "pause", "web").returncode,
             lambda rc: rc == 0,
@@ -392,7 +413,8 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
         " machine before, a pause through it after its death",
         behaviour=f"the other machine led {takeover_s:.1f} s after the kill (bound"
         f" {2 * LEASE_S + DECIDE_S:.0f} s), settled the shared journal ({outcome}), carried the"
-        f" first clone's time in its hourly cap ({len(earlier)} earlier action(s)), placed"
+        f" first clone's time in its hourly cap ({len(earlier)} earlier action(s)) and the"
+        f" {len(carried)} SLA interval(s) a measured before b started, placed"
         f" nothing on the cordoned {cordoned}, and once paused did nothing more under 2x load",
         lost="nothing: every VM on exactly one host, no orphaned overlay or definition",
         takeover_s=round(takeover_s, 1),
