@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,16 +27,17 @@ from autoscaler.runtime.private_files import (
 __all__ = ["ControlFile", "ControlsEditor"]
 
 
-class ControlsEditor:
+class ControlsEditor(ABC):
     """The operator's changes, each a function of the controls as they are when it is
     applied (so two operators' changes never lose one another), on whatever keeps them:
     ``read`` and ``update``."""
 
-    def read(self) -> Controls:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self) -> Controls: ...
 
+    @abstractmethod
     def update(self, edit: Callable[[Controls], Controls]) -> Controls:
-        raise NotImplementedError
+        """Apply ``edit`` to the controls as they are now, atomically; the result."""
 
     def change(self, **changes: frozenset[str]) -> Controls:
         return self.update(lambda c: c.model_copy(update=changes))

@@ -149,12 +149,18 @@ class SqliteJournal:
         self._stamp(self._require(key))
 
     def _stamp(self, entry: JournalEntry) -> None:
-        if self._stamper is None:
-            return
-        try:
-            self._stamper(entry)
-        except Exception as exc:  # the stamp is a copy; SQLite is the record
-            log.warning("journal stamp of %s failed: %s", entry.key, exc)
+        stamp_quietly(self._stamper, entry)
+
+
+def stamp_quietly(stamper: Stamper | None, entry: JournalEntry) -> None:
+    """Stamp ``entry`` into its domain if there is a stamper; a failure is logged, not raised:
+    the stamp is a copy, the journal is the record."""
+    if stamper is None:
+        return
+    try:
+        stamper(entry)
+    except Exception as exc:
+        log.warning("journal stamp of %s failed: %s", entry.key, exc)
 
 
 def _entry(row: tuple[str, str, str, str, str, str, float, float]) -> JournalEntry:

@@ -21,7 +21,7 @@ import rados
 
 from autoscaler.model.controls import Controls
 from autoscaler.runtime.controls import ControlsEditor, _with
-from autoscaler.runtime.rados_state import StoreUnavailable, padded
+from autoscaler.runtime.rados_state import StoreUnavailable, errno_of, padded, read_keys
 
 CONTROLS_OBJECT = "autoscaler.controls"
 CONTROLS_KEY = "controls"
@@ -35,15 +35,7 @@ class RadosControls(ControlsEditor):
         self.obj = obj
 
     def _read(self) -> tuple[Controls, bytes | None]:
-        try:
-            with rados.ReadOpCtx() as op:
-                it, _ = self.ioctx.get_omap_vals_by_keys(op, (CONTROLS_KEY, REVISION_KEY))
-                self.ioctx.operate_read_op(op, self.obj)
-                values = {k: bytes(v or b"") for k, v in it}
-        except rados.ObjectNotFound:
-            return Controls(), None
-        except rados.Error as exc:
-            raise StoreUnavailable(f"{self.obj}: read failed: {exc}", retry_after=2) from exc
+        values = read_keys(self.ioctx, self.obj, (CONTROLS_KEY, REVISION_KEY))
         body = values.get(CONTROLS_KEY)
         controls = Controls.model_validate_json(body) if body else Controls()
         return controls, values.get(REVISION_KEY)
@@ -71,8 +63,7 @@ class RadosControls(ControlsEditor):
                 except rados.ObjectExists:
                     continue  # created by another change meanwhile: apply ours on it
                 except rados.Error as exc:
-                    code = getattr(exc, "errno", None)
-                    if isinstance(code, int) and abs(code) in (errno.ECANCELED, errno.EEXIST):
+                    if errno_of(exc) in (errno.ECANCELED, errno.EEXIST):
                         continue  # another change came first: apply ours on it
                     raise StoreUnavailable(
                         f"{self.obj}: write failed: {exc}", retry_after=2

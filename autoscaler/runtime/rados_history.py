@@ -23,11 +23,10 @@ from typing import Any
 import rados
 
 from autoscaler.runtime.history import BUSY_CORES, MINUTE_S, HistoryStore, SeriesKind
-from autoscaler.runtime.rados_state import StoreUnavailable
+from autoscaler.runtime.rados_state import StoreUnavailable, scan_keys
 
 OBJECT_PREFIX = "autoscaler.history."
 MINUTE_DIGITS = 12
-PAGE = 1000
 
 
 def _key(minute: int) -> str:
@@ -62,24 +61,9 @@ class SharedHistory:
 
     def read(self, business: str, since: float) -> list[tuple[float, float]]:
         """The stored points of ``business`` from ``since`` on, oldest first."""
-        out: list[tuple[float, float]] = []
         after = _key(max(0, math.floor(since / MINUTE_S) - 1))
-        while True:
-            try:
-                with rados.ReadOpCtx() as op:
-                    it, _ = self.ioctx.get_omap_vals(op, after, "", PAGE)
-                    self.ioctx.operate_read_op(op, OBJECT_PREFIX + business)
-                    page = [(k, bytes(v or b"")) for k, v in it]
-            except rados.ObjectNotFound:
-                return out
-            except rados.Error as exc:
-                raise StoreUnavailable(
-                    f"{OBJECT_PREFIX}{business}: read failed: {exc}", retry_after=5
-                ) from exc
-            out += [(int(k) * MINUTE_S, float(v.decode())) for k, v in page if v]
-            if len(page) < PAGE:
-                return out
-            after = page[-1][0]
+        rows = scan_keys(self.ioctx, OBJECT_PREFIX + business, "", start_after=after)
+        return [(int(k) * MINUTE_S, float(v.decode())) for k, v in rows if v]
 
 
 def warm_from_shared(

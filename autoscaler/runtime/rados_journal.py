@@ -20,19 +20,15 @@ journal, it can stamp each change into the domain (``DomainStamper``).
 from __future__ import annotations
 
 import json
-import logging
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from autoscaler.model import Action, JournalEntry, Phase, action_adapter
+from autoscaler.runtime.journal import Stamper, stamp_quietly
 from autoscaler.runtime.rados_state import FencedObject
-
-log = logging.getLogger(__name__)
 
 SEQ_KEY = "jseq"
 SEQ_DIGITS = 20
-Stamper = Callable[[JournalEntry], None]
 
 
 def _seq(n: int) -> str:
@@ -67,25 +63,18 @@ class RadosJournal:
             started_at=now,
             updated_at=now,
         )
-        with self._lock:
-            last = self.store.read([SEQ_KEY]).get(SEQ_KEY, b"0")
-            seq = _seq(int(last.decode()) + 1)
-            self.store.write(
-                {
-                    f"j/{seq}": _dump(entry),
-                    f"k/{action.key}": seq.encode(),
-                    f"open/{seq}": b"",
-                    SEQ_KEY: seq.encode(),
-                }
-            )
+        self._append(entry)
         self._stamp(entry)
         return entry
 
     def import_entry(self, entry: JournalEntry) -> None:
         """Append ``entry`` as it is (``autoscaler state migrate``: oldest first)."""
+        self._append(entry)
+
+    def _append(self, entry: JournalEntry) -> None:
+        """A new row for ``entry``, its key's index, and the open mark while unfinished."""
         with self._lock:
-            last = self.store.read([SEQ_KEY]).get(SEQ_KEY, b"0")
-            seq = _seq(int(last.decode()) + 1)
+            seq = _seq(self.size() + 1)
             values = {
                 f"j/{seq}": _dump(entry),
                 f"k/{entry.key}": seq.encode(),
@@ -118,8 +107,7 @@ class RadosJournal:
 
     def history(self, limit: int = 100) -> list[JournalEntry]:
         """The newest ``limit`` entries, newest first (for reports)."""
-        last = int(self.store.read([SEQ_KEY]).get(SEQ_KEY, b"0").decode())
-        first = max(0, last - limit)
+        first = max(0, self.size() - limit)
         rows = self.store.scan("j/", start_after=f"j/{_seq(first)}", limit=limit)
         return [_load(v) for _, v in reversed(rows)]
 
@@ -152,12 +140,7 @@ class RadosJournal:
         self._stamp(entry)
 
     def _stamp(self, entry: JournalEntry) -> None:
-        if self._stamper is None:
-            return
-        try:
-            self._stamper(entry)
-        except Exception as exc:  # the stamp is a copy; RADOS is the record
-            log.warning("journal stamp of %s failed: %s", entry.key, exc)
+        stamp_quietly(self._stamper, entry)
 
 
 def _dump(entry: JournalEntry) -> bytes:

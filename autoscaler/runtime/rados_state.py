@@ -32,8 +32,8 @@ STATE_OBJECT = "autoscaler.state"
 FENCE_KEY = "fence"
 SCHEMA_KEY = "schema_version"
 STATE_SCHEMA_VERSION = 1
-CLAIM_ATTEMPTS = 10
 """The newest layout of the state objects this code reads and writes."""
+CLAIM_ATTEMPTS = 10
 GENERATION_DIGITS = 20
 LIST_PAGE = 1000
 
@@ -123,8 +123,8 @@ class FencedObject:
             except rados.TimedOut as exc:
                 self._settle_timed_out(values, remove, mine, exc)
             except rados.Error as exc:
-                if _errno(exc) == errno.ECANCELED:
-                    fence = self._fence()
+                if errno_of(exc) == errno.ECANCELED:
+                    fence = self.fence()
                     raise StoreFenced(
                         f"{self.obj}: written under lease generation {generation}, but"
                         f" generation {fence} has claimed it; the cluster refused the write"
@@ -165,62 +165,69 @@ class FencedObject:
             except rados.ObjectExists:
                 return
             except rados.Error as exc:
-                if _errno(exc) == errno.EEXIST:
+                if errno_of(exc) == errno.EEXIST:
                     return
                 raise StoreUnavailable(f"{self.obj}: cannot create: {exc}", retry_after=2) from exc
 
     # -- reads ----------------------------------------------------------------------------
     def read(self, keys: Iterable[str]) -> dict[str, bytes]:
         """The values of ``keys`` that exist (an empty dict when the object does not)."""
-        wanted = tuple(keys)
-        if not wanted:
-            return {}
-        try:
-            with rados.ReadOpCtx() as op:
-                it, _ = self.ioctx.get_omap_vals_by_keys(op, wanted)
-                self.ioctx.operate_read_op(op, self.obj)
-                return {k: bytes(v or b"") for k, v in it}
-        except rados.ObjectNotFound:
-            return {}
-        except rados.Error as exc:
-            raise StoreUnavailable(f"{self.obj}: read failed: {exc}", retry_after=2) from exc
+        return read_keys(self.ioctx, self.obj, keys)
 
     def scan(
         self, prefix: str, start_after: str = "", limit: int | None = None
     ) -> list[tuple[str, bytes]]:
         """Keys beginning with ``prefix`` after ``start_after``, in key order."""
-        out: list[tuple[str, bytes]] = []
-        after = start_after
-        while limit is None or len(out) < limit:
-            page = LIST_PAGE if limit is None else min(LIST_PAGE, limit - len(out))
-            try:
-                with rados.ReadOpCtx() as op:
-                    it, _ = self.ioctx.get_omap_vals(op, after, prefix, page)
-                    self.ioctx.operate_read_op(op, self.obj)
-                    got = [(k, bytes(v or b"")) for k, v in it]
-            except rados.ObjectNotFound:
-                return out
-            except rados.Error as exc:
-                raise StoreUnavailable(f"{self.obj}: read failed: {exc}", retry_after=2) from exc
-            out += got
-            if len(got) < page:
-                break
-            after = got[-1][0]
-        return out
-
-    def _fence(self) -> int:
-        value = self.read([FENCE_KEY]).get(FENCE_KEY, b"0")
-        try:
-            return int(value.decode())
-        except ValueError:
-            return -1
+        return scan_keys(self.ioctx, self.obj, prefix, start_after, limit)
 
     def fence(self) -> int:
         """The generation that last claimed or wrote the object (0: none yet)."""
-        return max(0, self._fence())
+        return max(0, _number(self.read([FENCE_KEY]).get(FENCE_KEY, b"0")))
 
 
-def _errno(exc: Exception) -> int | None:
+def read_keys(ioctx: Any, obj: str, keys: Iterable[str]) -> dict[str, bytes]:
+    """The omap values of ``keys`` of ``obj`` that exist (empty when the object does not)."""
+    wanted = tuple(keys)
+    if not wanted:
+        return {}
+    try:
+        with rados.ReadOpCtx() as op:
+            it, _ = ioctx.get_omap_vals_by_keys(op, wanted)
+            ioctx.operate_read_op(op, obj)
+            return {k: bytes(v or b"") for k, v in it}
+    except rados.ObjectNotFound:
+        return {}
+    except rados.Error as exc:
+        raise StoreUnavailable(f"{obj}: read failed: {exc}", retry_after=2) from exc
+
+
+def scan_keys(
+    ioctx: Any, obj: str, prefix: str, start_after: str = "", limit: int | None = None
+) -> list[tuple[str, bytes]]:
+    """The omap keys of ``obj`` beginning with ``prefix`` after ``start_after``, in key order
+    (at most ``limit``), read a page at a time."""
+    out: list[tuple[str, bytes]] = []
+    after = start_after
+    while limit is None or len(out) < limit:
+        page = LIST_PAGE if limit is None else min(LIST_PAGE, limit - len(out))
+        try:
+            with rados.ReadOpCtx() as op:
+                it, _ = ioctx.get_omap_vals(op, after, prefix, page)
+                ioctx.operate_read_op(op, obj)
+                got = [(k, bytes(v or b"")) for k, v in it]
+        except rados.ObjectNotFound:
+            return out
+        except rados.Error as exc:
+            raise StoreUnavailable(f"{obj}: read failed: {exc}", retry_after=2) from exc
+        out += got
+        if len(got) < page:
+            break
+        after = got[-1][0]
+    return out
+
+
+def errno_of(exc: Exception) -> int | None:
+    """The (positive) errno a rados error carries, if any."""
     code = getattr(exc, "errno", None)
     return abs(code) if isinstance(code, int) else None
 

@@ -21,9 +21,10 @@ from typing import Any
 import rados
 
 from autoscaler.config import ControllerConfig
+from autoscaler.runtime.journal import Stamper
 from autoscaler.runtime.rados_controls import RadosControls
 from autoscaler.runtime.rados_history import SharedHistory
-from autoscaler.runtime.rados_journal import RadosJournal, Stamper
+from autoscaler.runtime.rados_journal import RadosJournal
 from autoscaler.runtime.rados_memory import RadosMemory
 from autoscaler.runtime.rados_plans import RadosPlans
 from autoscaler.runtime.rados_state import FencedObject, StoreUnavailable

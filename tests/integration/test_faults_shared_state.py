@@ -73,6 +73,31 @@ def machine_file(lab: Lab, folder: Path, namespace: str, **testing: bool) -> Pat
     return path
 
 
+def started_as(
+    role: str,
+    config: Path,
+    port: int,
+    name: str,
+    log: Path,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+    env: tuple[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``autoscaler run`` as ``name`` (with ``env`` set for it alone), once /healthz says it is
+    ``role``."""
+    if env is not None and monkeypatch is not None:
+        monkeypatch.setenv(*env)
+    process = start(config, port, name, log)
+    if env is not None and monkeypatch is not None:
+        monkeypatch.delenv(env[0])
+    wait_for(
+        lambda: health(port).get("role"),
+        lambda r: r == role,
+        timeout=60,
+        what=f"{name} {'leading' if role == 'leader' else 'on ' + role}",
+    )
+    return process
+
+
 @pytest.fixture
 def shared_journal(lab: Lab) -> Iterator[tuple[str, Any]]:
     """A namespace for this test, and an I/O context in it (the test's own client)."""
@@ -123,22 +148,16 @@ def test_a_deposed_leaders_journal_write_is_refused_by_rados_and_nothing_follows
     procs: dict[str, subprocess.Popen[bytes]] = {}
     frozen = False
     try:
-        monkeypatch.setenv(FREEZE_ENV, "clone_from_template:intent")
-        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
-        monkeypatch.delenv(FREEZE_ENV)
-        wait_for(
-            lambda: health(ports["a"]).get("role"),
-            lambda r: r == "leader",
-            timeout=60,
-            what="a leading",
+        procs["a"] = started_as(
+            "leader",
+            configs["a"],
+            ports["a"],
+            "a",
+            logs["a"],
+            monkeypatch,
+            (FREEZE_ENV, "clone_from_template:intent"),
         )
-        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
-        wait_for(
-            lambda: health(ports["b"]).get("role"),
-            lambda r: r == "standby",
-            timeout=60,
-            what="b on standby",
-        )
+        procs["b"] = started_as("standby", configs["b"], ports["b"], "b", logs["b"])
         lab_mod.set_demand(lab, {"web": {"cores": 0.42}})  # a decides a clone, and freezes
         pid = procs["a"].pid
         wait_for(
@@ -312,14 +331,14 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
     before = placements(lab)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        monkeypatch.setenv(CRASH_ENV, "clone_from_template:started@2")
-        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
-        monkeypatch.delenv(CRASH_ENV)
-        wait_for(
-            lambda: health(ports["a"]).get("role"),
-            lambda r: r == "leader",
-            timeout=60,
-            what="a leading",
+        procs["a"] = started_as(
+            "leader",
+            configs["a"],
+            ports["a"],
+            "a",
+            logs["a"],
+            monkeypatch,
+            (CRASH_ENV, "clone_from_template:started@2"),
         )
         # a's SLA ledger is in the pool before b exists: b cannot have measured these.
         first_ledger = wait_for(
@@ -330,13 +349,7 @@ def test_the_leader_killed_mid_clone_is_settled_by_the_other_with_its_caps_and_c
         )
         assert first_ledger is not None
         a_alone_until = first_ledger.ledgers["web"].ends_s[-1]
-        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
-        wait_for(
-            lambda: health(ports["b"]).get("role"),
-            lambda r: r == "standby",
-            timeout=60,
-            what="b on standby",
-        )
+        procs["b"] = started_as("standby", configs["b"], ports["b"], "b", logs["b"])
         lab_mod.set_demand(lab, {"web": {"cores": 0.6}})  # two clones, one a plan
         wait_for(procs["a"].poll, lambda rc: rc is not None, timeout=300, what="a killed")
         killed_at, killed_wall = time.monotonic(), time.time()
@@ -453,13 +466,7 @@ def test_the_pool_made_unwritable_stops_acting_says_why_and_recovers(
     process: subprocess.Popen[bytes] | None = None
     paused = False
     try:
-        process = start(config, port, "a", log)
-        wait_for(
-            lambda: health(port).get("role"),
-            lambda r: r == "leader",
-            timeout=60,
-            what="a leading",
-        )
+        process = started_as("leader", config, port, "a", log)
         settle(lambda: done_actions(port), 2 * DECIDE_S + 5)
         flag("set")
         paused, paused_at = True, time.monotonic()
@@ -544,22 +551,16 @@ def test_the_leader_killed_mid_migration_is_settled_and_the_drain_finished_by_th
     source = before["web-1"][0]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        monkeypatch.setenv(CRASH_ENV, "live_migrate:migrating")
-        procs["a"] = start(configs["a"], ports["a"], "a", logs["a"])
-        monkeypatch.delenv(CRASH_ENV)
-        wait_for(
-            lambda: health(ports["a"]).get("role"),
-            lambda r: r == "leader",
-            timeout=60,
-            what="a leading",
+        procs["a"] = started_as(
+            "leader",
+            configs["a"],
+            ports["a"],
+            "a",
+            logs["a"],
+            monkeypatch,
+            (CRASH_ENV, "live_migrate:migrating"),
         )
-        procs["b"] = start(configs["b"], ports["b"], "b", logs["b"])
-        wait_for(
-            lambda: health(ports["b"]).get("role"),
-            lambda r: r == "standby",
-            timeout=60,
-            what="b on standby",
-        )
+        procs["b"] = started_as("standby", configs["b"], ports["b"], "b", logs["b"])
         assert cli(configs["a"], "drain", source).returncode == 0
         wait_for(procs["a"].poll, lambda rc: rc is not None, timeout=240, what="a killed")
         killed_at = time.monotonic()
