@@ -22,6 +22,7 @@ import libvirt
 from actuators.connections import LibvirtPool
 from actuators.domain_xml import METADATA_NS, GuestBoot, VmMetadata, parse_vm_metadata
 from actuators.guest_agent import GuestView, ReadinessProbe, SerialAgent
+from actuators.rbd_store import RbdStore
 from autoscaler.model import (
     BaseAction,
     Business,
@@ -84,6 +85,8 @@ class Fleet:
     keys: FleetKeys | None = field(default=None, compare=False, repr=False)
     """The fleet's ownership keys: clones are stamped with them, and nothing that changes or
     destroys a domain is done unless its stamp verifies (``require_owned``)."""
+    rbd: RbdStore | None = field(default=None, compare=False, repr=False)
+    """RBD on the process's Ceph handle, for businesses whose template has storage rbd."""
 
     def uri(self, host: str) -> str:
         check_name(host, what="host name")
@@ -91,6 +94,13 @@ class Fleet:
             return self.hosts[host]
         except KeyError:
             raise PermanentError(f"host {host!r} is not in the inventory") from None
+
+    def rbd_store(self) -> RbdStore:
+        if self.rbd is None:
+            raise PermanentError(
+                "a template has storage rbd but the controller file has no ceph section"
+            )
+        return self.rbd
 
     def business(self, name: str) -> Business:
         try:

@@ -1,9 +1,11 @@
 """Scale-out: a new instance as a linked clone of its business template, ready to serve.
 
 Where it sits: the actuator of ``CloneFromTemplate``, run by the executor (and resumed by the
-reconciler after a crash). Steps: a qcow2 overlay on the template through the host's storage
-pool; a domain defined from the template with the new name, a new UUID and MAC, the business
-configuration on its kernel command line (the journal stamps it once defined); start;
+reconciler after a crash). Steps: the disk (a qcow2 overlay on the template through the host's
+storage pool, or with storage rbd a copy-on-write RBD clone of the template version, stamped
+with the VM's ownership, and the host's libvirt secret for its cephx key); a domain defined
+from the template with the new name, a new UUID and MAC, the business configuration on its
+kernel command line (the journal stamps it once defined); start;
 wait until the guest reports ready (pluggable probe); then end the boot boost (CPU quota) and
 mark it ready, which is what the load balancer and the collectors look for. Every step checks
 whether it was already taken, so running it again after a crash finishes the job.
@@ -17,18 +19,22 @@ import xml.etree.ElementTree as ET
 import libvirt
 
 from actuators.base import ActionContext, find_domain, libvirt_call, require_owned, vm_attribute
+from actuators.ceph_secret import rbd_disk_source
 from actuators.domain_xml import (
     InstanceSpec,
     apply_cpu_quota,
     build_domain_xml,
     mark_ready,
+    rbd_disks,
 )
+from actuators.rbd_store import META_CREATED, META_OWNER, RbdDiskSource
 from actuators.snapshot import delete_snapshot_files
 from actuators.volumes import delete_overlay, ensure_overlay
 from autoscaler.model import (
     CloneFromTemplate,
     PermanentError,
     PreconditionFailed,
+    RbdStorage,
     TemporaryError,
 )
 
@@ -68,12 +74,18 @@ class CloneActuator:
                 # that name is not touched.
                 require_owned(dom, action.vm, action.business, ctx.fleet, "cloning")
 
-    def _spec(self, action: CloneFromTemplate, ctx: ActionContext, disk: str) -> InstanceSpec:
+    def _spec(
+        self,
+        action: CloneFromTemplate,
+        ctx: ActionContext,
+        disk: str,
+        created: str,
+        rbd: RbdDiskSource | None = None,
+    ) -> InstanceSpec:
         business = ctx.fleet.business(action.business)
         keys = ctx.fleet.keys
         if keys is None:
             raise PermanentError("no fleet key is configured: a clone could not be proven ours")
-        created = f"{time.time():.3f}"
         return InstanceSpec(
             name=action.vm,
             business=action.business,
@@ -86,6 +98,7 @@ class CloneActuator:
             serial_log=serial_log_path(action.vm),
             balloon_stats_period_s=ctx.fleet.balloon_stats_period_s,
             owner=keys.stamp(action.vm, action.business, created),
+            rbd=rbd,
         )
 
     def execute(self, action: CloneFromTemplate, ctx: ActionContext) -> None:
@@ -93,15 +106,22 @@ class CloneActuator:
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
             if dom is None:
-                ctx.step("creating-overlay")
-                disk = str(
-                    libvirt_call(
-                        "create overlay",
-                        lambda: ensure_overlay(conn, action.vm, business.template.image),
+                storage = business.template.storage
+                if isinstance(storage, RbdStorage):
+                    created = self._rbd_image(action, ctx, storage)
+                    rbd = rbd_disk_source(conn, ctx.fleet.rbd_store(), storage, action.vm)
+                    spec = self._spec(action, ctx, "", created, rbd)
+                else:
+                    ctx.step("creating-overlay")
+                    disk = str(
+                        libvirt_call(
+                            "create overlay",
+                            lambda: ensure_overlay(conn, action.vm, business.template.image),
+                        )
                     )
-                )
-                ctx.step("overlay-created")
-                xml = build_domain_xml(self._spec(action, ctx, disk))
+                    ctx.step("overlay-created")
+                    spec = self._spec(action, ctx, disk, f"{time.time():.3f}")
+                xml = build_domain_xml(spec)
                 libvirt_call("define", lambda: conn.defineXML(xml))
                 dom = conn.lookupByName(action.vm)
                 ctx.step("defined")
@@ -113,6 +133,38 @@ class CloneActuator:
                 apply_cpu_quota(dom, business.template.cpu_quota)
                 mark_ready(dom, time.time())
                 ctx.step("ready")
+
+    def _rbd_image(self, action: CloneFromTemplate, ctx: ActionContext, storage: RbdStorage) -> str:
+        """The VM's RBD clone, made or found; the creation time its stamps sign."""
+        store = ctx.fleet.rbd_store()
+        keys = ctx.fleet.keys
+        if keys is None:
+            raise PermanentError("no fleet key is configured: a clone could not be proven ours")
+        template = ctx.fleet.business(action.business).template
+        meta = store.metadata(storage.pool, action.vm)
+        created = (meta or {}).get(META_CREATED) or f"{time.time():.3f}"
+        stamp = keys.stamp(action.vm, action.business, created)
+        if meta is None:
+            ctx.step("creating-image")
+            store.clone(
+                storage.pool,
+                template.image,
+                str(template.version),
+                action.vm,
+                action.business,
+                created,
+                stamp,
+            )
+            ctx.step("image-created")
+        elif META_OWNER not in meta and not any(k.startswith("autoscaler.") for k in meta):
+            # Our clone, interrupted between its creation and its stamp (this step is only
+            # reached for a VM name the journal gave to this clone).
+            store.ensure_stamped(storage.pool, action.vm, action.business, created, stamp)
+        elif not store.owned(storage.pool, action.vm, action.business, keys):
+            raise PreconditionFailed(
+                f"rbd image {storage.pool}/{action.vm} exists and is not this clone's"
+            )
+        return created
 
     def _wait_ready(
         self,
@@ -148,17 +200,30 @@ class CloneActuator:
             return f"{action.vm} running and ready on {action.host}"
 
     def compensate(self, action: CloneFromTemplate, ctx: ActionContext) -> str:
-        """Remove the half-made clone: domain and overlay (nothing of it is serving yet)."""
-        return remove_instance(ctx, action.host, action.vm, action.business)
+        """Remove the half-made clone: domain and disk (nothing of it is serving yet)."""
+        return remove_instance(ctx, action.host, action.vm, action.business, half_made_clone=True)
 
 
-def remove_instance(ctx: ActionContext, host: str, vm: str, business: str) -> str:
-    """Destroy, undefine and delete the disk of ``vm`` on ``host``, if it is provably ours."""
+def remove_instance(
+    ctx: ActionContext, host: str, vm: str, business: str, *, half_made_clone: bool = False
+) -> str:
+    """Destroy, undefine and delete the disk of ``vm`` on ``host``, if it is provably ours.
+
+    An RBD disk (the domain's, or the one the business's template would give it) goes with its
+    snapshots, after the ownership check of the domain and of the image's own stamp; backups
+    live elsewhere and are never touched."""
     done = []
+    rbd_images: set[tuple[str, str]] = set()
+    storage = ctx.fleet.business(business).template.storage
+    if isinstance(storage, RbdStorage):
+        rbd_images.add((storage.pool, vm))
     with ctx.fleet.connection(host) as conn:
         dom = find_domain(conn, vm)
         if dom is not None:
             require_owned(dom, vm, business, ctx.fleet, "removing")
+            rbd_images.update(
+                (pool, image) for pool, image in rbd_disks(dom.XMLDesc(0)) if image == vm
+            )
             if dom.isActive():
                 libvirt_call("destroy", dom.destroy)
                 done.append("destroyed")
@@ -173,4 +238,10 @@ def remove_instance(ctx: ActionContext, host: str, vm: str, business: str) -> st
         removed = delete_snapshot_files(conn, vm)
         if removed:
             done.append(f"{removed} snapshot file(s) deleted")
+    for pool, image in sorted(rbd_images):
+        snaps = ctx.fleet.rbd_store().remove(
+            pool, image, business, ctx.fleet.keys, half_made_clone=half_made_clone
+        )
+        if snaps is not None:
+            done.append(f"rbd image {pool}/{image} removed with {snaps} snapshot(s)")
     return f"{vm} on {host}: " + (", ".join(done) or "nothing to remove")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
+from actuators.rbd_store import RbdDiskSource
 from autoscaler.model import FleetKeys, OwnershipStamp, Template, check_name
 
 METADATA_NS = "https://kvm-autoscaler.dev/ns/vm/1"
@@ -40,6 +41,7 @@ class InstanceSpec:
     business: str
     template: Template
     disk_path: str
+    """The qcow2 overlay's path (storage local); unused when ``rbd`` is set."""
     domain_type: str = "qemu"
     boot: GuestBoot = field(default_factory=GuestBoot)
     mac: str | None = None
@@ -53,6 +55,8 @@ class InstanceSpec:
     is decided on); 0: a balloon without statistics."""
     owner: OwnershipStamp | None = None
     """The ownership stamp (``FleetKeys.stamp`` of name, business and ``created_text``)."""
+    rbd: RbdDiskSource | None = None
+    """The disk is this RBD image (storage rbd) instead of the overlay file."""
     boot_boost: bool = True
     """Start without the CPU quota (it is applied once the guest is ready: see apply_cpu_quota).
     A throttled TCG guest boots four times slower; real clouds boost boot the same way."""
@@ -134,10 +138,13 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     _sub(dom, "on_crash", "destroy")
     dev = _sub(dom, "devices")
     _sub(dev, "emulator", "/usr/bin/qemu-system-x86_64")
-    disk = _sub(dev, "disk", type="file", device="disk")
-    _sub(disk, "driver", name="qemu", type="qcow2", cache="none")
-    _sub(disk, "source", file=spec.disk_path)
-    _sub(disk, "target", dev="vda", bus="virtio")
+    if spec.rbd is not None:
+        _rbd_disk(dev, spec.rbd)
+    else:
+        disk = _sub(dev, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type="qcow2", cache="none")
+        _sub(disk, "source", file=spec.disk_path)
+        _sub(disk, "target", dev="vda", bus="virtio")
     nic = _sub(dev, "interface", type="ethernet")
     _sub(nic, "mac", address=spec.mac or random_mac())
     _sub(nic, "model", type="virtio")
@@ -158,6 +165,37 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     if spec.balloon_stats_period_s > 0:
         _sub(balloon, "stats", period=str(spec.balloon_stats_period_s))
     return ET.tostring(dom, encoding="unicode")
+
+
+def _rbd_disk(devices: ET.Element, source: RbdDiskSource) -> None:
+    disk = _sub(devices, "disk", type="network", device="disk")
+    # writeback is what RBD's own cache is safe with; QEMU flushes it on the guest's flushes.
+    _sub(disk, "driver", name="qemu", type="raw", cache="writeback", discard="unmap")
+    if source.secret_uuid is not None:
+        auth = _sub(disk, "auth", username=source.user)
+        _sub(auth, "secret", type="ceph", uuid=source.secret_uuid)
+    src = _sub(disk, "source", protocol="rbd", name=f"{source.pool}/{source.image}")
+    for host, port in source.monitors:
+        _sub(src, "host", name=host, port=str(port))
+    _sub(disk, "target", dev="vda", bus="virtio")
+
+
+def rbd_disks(xml: str) -> list[tuple[str, str]]:
+    """(pool, image) of every RBD disk of a domain's XML."""
+    root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML
+    out = []
+    for source in root.findall("./devices/disk[@type='network']/source[@protocol='rbd']"):
+        pool, _, image = source.get("name", "").partition("/")
+        if pool and image:
+            out.append((pool, image))
+    return out
+
+
+def rbd_user(xml: str) -> str:
+    """The cephx user the domain's RBD disk authenticates as (admin without auth)."""
+    root = ET.fromstring(xml)  # noqa: S314 - libvirt's own XML
+    auth = root.find("./devices/disk[@type='network']/auth")
+    return check_name(auth.get("username", "admin") if auth is not None else "admin", what="user")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Live migration: move a running VM to another host, with block migration of its overlay.
+"""Live migration: move a running VM to another host, with block migration of a local overlay.
 
 Where it sits: the actuator of ``LiveMigrate`` (evacuations of failing racks, rebalancing), run
 by the executor under its per-host caps, and settled by the reconciler after a crash. Steps:
@@ -6,8 +6,10 @@ refuse what cannot move (SR-IOV NICs, libvirt snapshot metadata); merge our disk
 pre-create the destination overlay on the same template (``NON_SHARED_INC`` then copies only the
 overlay); ``migrateToURI3`` peer to peer, live, persistent on the destination and undefined on
 the source, with the policy's maximum downtime; the job's progress watched and the job aborted
-on timeout or stall; then the source overlay deleted. Afterwards the VM runs on exactly one
-host, and the guest answers there.
+on timeout or stall; then the source overlay deleted. A VM whose disk is on RBD moves without
+any of the disk steps: every host opens the same image (the destination gets the cephx secret
+first), so only memory crosses. Afterwards the VM runs on exactly one host, and the guest
+answers there.
 """
 
 from __future__ import annotations
@@ -27,33 +29,37 @@ from actuators.base import (
     libvirt_call,
     require_owned,
 )
+from actuators.ceph_secret import ensure_ceph_secret
+from actuators.domain_xml import rbd_disks, rbd_user
 from actuators.snapshot import DISK, merge_into_overlay, snapshot_tag_of
 from actuators.volumes import delete_overlay, ensure_overlay, overlay_exists
 from autoscaler.model import (
     LiveMigrate,
     PermanentError,
     PreconditionFailed,
+    RbdStorage,
     RefusedAction,
     TemporaryError,
 )
 
-FLAGS = (
+SHARED_STORAGE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
     | libvirt.VIR_MIGRATE_PEER2PEER
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-    | libvirt.VIR_MIGRATE_NON_SHARED_INC
 )
+FLAGS = SHARED_STORAGE_FLAGS | libvirt.VIR_MIGRATE_NON_SHARED_INC
 NOT_LIVE_MIGRATABLE_NICS = ("sr-iov",)
 
 
-def migration_flags(*uris: str) -> int:
+def migration_flags(*uris: str, shared_storage: bool = False) -> int:
     """The migration flags for hosts reached at ``uris`` (source, destination): the migration
     stream is encrypted (``VIR_MIGRATE_TLS``, with the hosts' libvirt TLS certificates) when
     any of them is reached over ``qemu+tls`` -- a fleet that protects its control channel
-    does not send guest memory in clear."""
+    does not send guest memory in clear. ``shared_storage``: the disk is on RBD, not copied."""
     tls = any(urlsplit(uri).scheme == "qemu+tls" for uri in uris)
-    return int(FLAGS | (libvirt.VIR_MIGRATE_TLS if tls else 0))
+    base = SHARED_STORAGE_FLAGS if shared_storage else FLAGS
+    return int(base | (libvirt.VIR_MIGRATE_TLS if tls else 0))
 
 
 @dataclass(frozen=True)
@@ -130,17 +136,21 @@ class MigrateActuator:
             if dom is None or not dom.isActive():
                 raise PreconditionFailed(f"{action.vm} is not running on {action.source}")
             meta = require_owned(dom, action.vm, action.business, ctx.fleet, "migrating")
-            if snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, "")) is not None:
-                ctx.step("merging-snapshot")
-                merge_into_overlay(src, dom, max(1.0, ctx.remaining()))
-            ctx.step("creating-destination-overlay")
-            libvirt_call("destination overlay", lambda: ensure_overlay(dst, action.vm, meta.image))
-            ctx.step("destination-overlay-created")
+            shared = self._shared_storage(action, ctx, dom, dst)
+            if not shared:
+                if snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, "")) is not None:
+                    ctx.step("merging-snapshot")
+                    merge_into_overlay(src, dom, max(1.0, ctx.remaining()))
+                ctx.step("creating-destination-overlay")
+                libvirt_call(
+                    "destination overlay", lambda: ensure_overlay(dst, action.vm, meta.image)
+                )
+                ctx.step("destination-overlay-created")
             libvirt_call(
                 "set max downtime", lambda: dom.migrateSetMaxDowntime(action.max_downtime_ms, 0)
             )
             started = time.monotonic()
-            self._migrate(action, ctx, dom)
+            self._migrate(action, ctx, dom, shared)
             ctx.figures["migration_total_s"] = time.monotonic() - started
             ctx.step("migrated")
             moved = find_domain(dst, action.vm)
@@ -149,15 +159,37 @@ class MigrateActuator:
                     stats = moved.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
                     if "downtime" in stats:
                         ctx.figures["migration_downtime_s"] = stats["downtime"] / 1000.0
-            libvirt_call("delete source overlay", lambda: delete_overlay(src, action.vm))
-            ctx.step("source-overlay-deleted")
+            if not shared:
+                libvirt_call("delete source overlay", lambda: delete_overlay(src, action.vm))
+                ctx.step("source-overlay-deleted")
 
-    def _migrate(self, action: LiveMigrate, ctx: ActionContext, dom: libvirt.virDomain) -> None:
-        params: dict[str, object] = {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: [DISK]}
+    def _shared_storage(
+        self,
+        action: LiveMigrate,
+        ctx: ActionContext,
+        dom: libvirt.virDomain,
+        dst: libvirt.virConnect,
+    ) -> bool:
+        """True when every disk of the VM is on RBD (then the destination gets the secret)."""
+        xml = dom.XMLDesc(0)
+        if not rbd_disks(xml) or disk_sources(dom):
+            return False
+        storage = ctx.fleet.business(action.business).template.storage
+        user = storage.user if isinstance(storage, RbdStorage) else rbd_user(xml)
+        ctx.step("destination-secret")
+        ensure_ceph_secret(dst, ctx.fleet.rbd_store(), user)
+        return True
+
+    def _migrate(
+        self, action: LiveMigrate, ctx: ActionContext, dom: libvirt.virDomain, shared: bool
+    ) -> None:
+        params: dict[str, object] = {}
+        if not shared:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [DISK]
         if self.bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
         dest_uri = ctx.fleet.uri(action.destination)
-        flags = migration_flags(ctx.fleet.uri(action.source), dest_uri)
+        flags = migration_flags(ctx.fleet.uri(action.source), dest_uri, shared_storage=shared)
         failure: list[BaseException] = []
 
         def run() -> None:

@@ -1,5 +1,8 @@
 """Live disk snapshots without libvirt snapshot metadata, and their merge back.
 
+A VM whose disk is on RBD gets an RBD snapshot instead (``actuators.rbd_snapshot``); the rest of
+this docstring is about local overlays.
+
 Where it sits: the actuators of ``SnapshotDisk`` and ``MergeSnapshot`` (before risky steps and
 for scheduled backups), and the merge the migration actuator runs first: libvirt refuses to
 migrate a domain with snapshot metadata, so snapshots are taken with ``NO_METADATA`` and the
@@ -16,6 +19,7 @@ import xml.etree.ElementTree as ET
 
 import libvirt
 
+from actuators import rbd_snapshot
 from actuators.base import ActionContext, disk_sources, find_domain, libvirt_call, require_owned
 from actuators.volumes import POOL_NAME
 from autoscaler.model import (
@@ -81,7 +85,13 @@ def _active_disk(ctx: ActionContext, conn: libvirt.virConnect, vm: str) -> libvi
     return dom
 
 
+def _rbd_snap_exists(ctx: ActionContext, disk: tuple[str, str], tag: str) -> bool:
+    return any(s.name == tag for s in ctx.fleet.rbd_store().snapshots(*disk))
+
+
 class SnapshotActuator:
+    """A VM on a local overlay gets an external qcow2 layer; a VM on RBD an RBD snapshot."""
+
     kind = "snapshot"
 
     def already_done(self, action: SnapshotDisk, ctx: ActionContext) -> bool:
@@ -89,6 +99,9 @@ class SnapshotActuator:
             dom = find_domain(conn, action.vm)
             if dom is None or not dom.isActive():
                 return False
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                return _rbd_snap_exists(ctx, rbd_disk, action.tag)
             source = disk_sources(dom).get(DISK, "")
             return snapshot_tag_of(action.vm, source) == action.tag
 
@@ -96,6 +109,8 @@ class SnapshotActuator:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
             require_owned(dom, action.vm, action.business, ctx.fleet, "snapshotting")
+            if rbd_snapshot.rbd_disk_of(dom, action.vm) is not None:
+                return
             current = snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, ""))
             if current is not None and current != action.tag:
                 raise PreconditionFailed(
@@ -105,6 +120,16 @@ class SnapshotActuator:
     def execute(self, action: SnapshotDisk, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                ctx.step("snapshotting")
+                started = time.monotonic()
+                _, consistency = rbd_snapshot.take(
+                    ctx.fleet.rbd_store(), dom, *rbd_disk, action.tag
+                )
+                ctx.figures["snapshot_s"] = time.monotonic() - started
+                ctx.step(f"snapshotted-{consistency}")
+                return
             path = f"{pool_dir(conn)}/{snapshot_file_name(action.vm, action.tag)}"
             ctx.step("snapshotting")
             started = time.monotonic()
@@ -122,6 +147,13 @@ class SnapshotActuator:
     def verify(self, action: SnapshotDisk, ctx: ActionContext) -> str:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                if not _rbd_snap_exists(ctx, rbd_disk, action.tag):
+                    raise TemporaryError(f"rbd snapshot {action.vm}@{action.tag} is not there")
+                store = ctx.fleet.rbd_store()
+                consistency = rbd_snapshot.consistency_of(store, *rbd_disk, action.tag)
+                return f"rbd snapshot {'/'.join(rbd_disk)}@{action.tag} ({consistency})"
             live = disk_sources(dom).get(DISK, "")
             persistent = disk_sources(dom, libvirt.VIR_DOMAIN_XML_INACTIVE).get(DISK, "")
             if snapshot_tag_of(action.vm, live) != action.tag:
@@ -135,6 +167,8 @@ class SnapshotActuator:
         # pointing at it is removed.
         with ctx.fleet.connection(action.host) as conn:
             dom = find_domain(conn, action.vm)
+            if dom is not None and rbd_snapshot.rbd_disk_of(dom, action.vm) is not None:
+                return "nothing to undo (an RBD snapshot is made whole or not at all)"
             current = disk_sources(dom).get(DISK, "") if dom is not None else ""
             if snapshot_tag_of(action.vm, current) is None:
                 return f"{delete_snapshot_files(conn, action.vm)} stray snapshot file(s) deleted"
@@ -187,12 +221,17 @@ class MergeSnapshotActuator:
             dom = find_domain(conn, action.vm)
             if dom is None or not dom.isActive():
                 return False
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                return not _rbd_snap_exists(ctx, rbd_disk, action.tag)
             return snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, "")) is None
 
     def precondition(self, action: MergeSnapshot, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
             require_owned(dom, action.vm, action.business, ctx.fleet, "merging a snapshot of")
+            if rbd_snapshot.rbd_disk_of(dom, action.vm) is not None:
+                return
             current = snapshot_tag_of(action.vm, disk_sources(dom).get(DISK, ""))
             if current not in (None, action.tag):
                 raise PreconditionFailed(
@@ -202,6 +241,12 @@ class MergeSnapshotActuator:
     def execute(self, action: MergeSnapshot, ctx: ActionContext) -> None:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                ctx.step("dropping-rbd-snapshot")
+                ctx.fleet.rbd_store().remove_snapshot(*rbd_disk, action.tag)
+                ctx.step("merged")
+                return
             ctx.step("committing")
             started = time.monotonic()
             merge_into_overlay(conn, dom, min(COMMIT_TIMEOUT_S, max(1.0, ctx.remaining())))
@@ -211,6 +256,11 @@ class MergeSnapshotActuator:
     def verify(self, action: MergeSnapshot, ctx: ActionContext) -> str:
         with ctx.fleet.connection(action.host) as conn:
             dom = _active_disk(ctx, conn, action.vm)
+            rbd_disk = rbd_snapshot.rbd_disk_of(dom, action.vm)
+            if rbd_disk is not None:
+                if _rbd_snap_exists(ctx, rbd_disk, action.tag):
+                    raise TemporaryError(f"rbd snapshot {action.vm}@{action.tag} is still there")
+                return f"{action.vm} has no snapshot {action.tag} (its disk is on RBD)"
             live = disk_sources(dom).get(DISK, "")
             persistent = disk_sources(dom, libvirt.VIR_DOMAIN_XML_INACTIVE).get(DISK, "")
             for where, path in (("live", live), ("persistent", persistent)):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import rados
+import rbd
 
 from autoscaler.model.names import check_name
 from lab.layout import (
@@ -44,6 +45,9 @@ from lab.supervision import (
 
 COMPONENT = "ceph"
 POOL = "lab"
+IMAGES_POOL = "images"
+BACKUPS_POOL = "backups"
+LOOPBACK = "127.0.0.1"
 CLIENT_TIMEOUT_S = 10
 MGR_DISABLED_MODULES = (
     "alerts,diskprediction_local,influx,insights,iostat,localpool,mirroring,nfs,osd_perf_query,"
@@ -80,8 +84,21 @@ def _description(layout: LabLayout) -> Path:
     return layout.ceph_dir / "cluster.json"
 
 
+def _bind_file(layout: LabLayout) -> Path:
+    return layout.ceph_dir / "bind-address"
+
+
+def bind_address(layout: LabLayout) -> str:
+    """The address every daemon binds: loopback, or the lab bridge's when guests on the lab's
+    hosts (in their own network namespaces) must reach the cluster for their RBD disks."""
+    try:
+        return _bind_file(layout).read_text().strip() or LOOPBACK
+    except FileNotFoundError:
+        return LOOPBACK
+
+
 def _mon_address(layout: LabLayout) -> str:
-    return f"127.0.0.1:{layout.port(PORT_CEPH_MON)}"
+    return f"{bind_address(layout)}:{layout.port(PORT_CEPH_MON)}"
 
 
 def render_conf(layout: LabLayout, fsid: str) -> str:
@@ -90,8 +107,8 @@ def render_conf(layout: LabLayout, fsid: str) -> str:
     return f"""[global]
 fsid = {fsid}
 mon host = [v2:{_mon_address(layout)}]
-public addr = 127.0.0.1
-cluster addr = 127.0.0.1
+public addr = {bind_address(layout)}
+cluster addr = {bind_address(layout)}
 ms bind ipv6 = false
 ms bind msgr1 = false
 ms bind port min = {layout.port(PORT_CEPH_MESSENGER_FIRST)}
@@ -217,17 +234,35 @@ def _bootstrap_keys(layout: LabLayout) -> None:
 
 
 def start(
-    layout: LabLayout, racks: Sequence[str], *, osds_per_rack: int = 2, timeout: float = 90.0
+    layout: LabLayout,
+    racks: Sequence[str],
+    *,
+    osds_per_rack: int = 2,
+    timeout: float = 90.0,
+    bind: str = LOOPBACK,
 ) -> CephCluster:
-    """Start (or keep, if running with the same racks) the lab cluster; HEALTH_OK on return."""
+    """Start (or keep, if running with the same racks) the lab cluster; HEALTH_OK on return.
+
+    ``bind`` is the address the daemons listen on (the lab bridge's, so that QEMU in a host's
+    namespace reaches its RBD disks). Besides the state pool, the cluster has an ``images``
+    pool for VM disks (by rack, like the state) and a ``backups`` pool on a CRUSH rule of its
+    own, so a backup need not share the failure domain rule of what it protects.
+    """
     names = tuple(check_name(r, what="rack") for r in racks)
     if not names or osds_per_rack < 1:
         raise ValueError("need at least one rack and one OSD per rack")
     current = status(layout)
     existing = _load(layout)
-    if current.running and existing is not None and _same_shape(existing, names, osds_per_rack):
+    if (
+        current.running
+        and existing is not None
+        and _same_shape(existing, names, osds_per_rack)
+        and bind_address(layout) == bind
+    ):
         return existing
-    return start_clean(layout, stop, lambda: _start_fresh(layout, names, osds_per_rack, timeout))
+    return start_clean(
+        layout, stop, lambda: _start_fresh(layout, names, osds_per_rack, timeout, bind)
+    )
 
 
 def _same_shape(cluster: CephCluster, racks: tuple[str, ...], osds_per_rack: int) -> bool:
@@ -237,11 +272,12 @@ def _same_shape(cluster: CephCluster, racks: tuple[str, ...], osds_per_rack: int
 
 
 def _start_fresh(
-    layout: LabLayout, racks: tuple[str, ...], osds_per_rack: int, timeout: float
+    layout: LabLayout, racks: tuple[str, ...], osds_per_rack: int, timeout: float, bind: str
 ) -> CephCluster:
     base = layout.ceph_dir
     for sub in ("run", "log", "crash", "mon.a", "mgr.x"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    _bind_file(layout).write_text(bind + "\n")
     fsid = str(uuid.uuid4())
     conf = _conf(layout)
     conf.write_text(render_conf(layout, fsid))
@@ -386,15 +422,49 @@ def _create_pool(client: Any) -> None:
             "rule": "by-rack",
         },
     )
-    for var, val in (("size", "2"), ("min_size", "1")):
-        _mon_command(client, {"prefix": "osd pool set", "pool": POOL, "var": var, "val": val})
-    _mon_command(client, {"prefix": "osd pool application enable", "pool": POOL, "app": "rados"})
+    _mon_command(
+        client,
+        {
+            "prefix": "osd crush rule create-replicated",
+            "name": "backups-by-osd",
+            "root": "default",
+            "type": "osd",
+        },
+    )
+    for pool, rule, app in (
+        (POOL, "by-rack", "rados"),
+        (IMAGES_POOL, "by-rack", "rbd"),
+        (BACKUPS_POOL, "backups-by-osd", "rbd"),
+    ):
+        if pool != POOL:
+            _mon_command(
+                client,
+                {
+                    "prefix": "osd pool create",
+                    "pool": pool,
+                    "pg_num": 8,
+                    "pgp_num": 8,
+                    "pool_type": "replicated",
+                    "rule": rule,
+                },
+            )
+        for var, val in (("size", "2"), ("min_size", "1")):
+            _mon_command(client, {"prefix": "osd pool set", "pool": pool, "var": var, "val": val})
+        _mon_command(client, {"prefix": "osd pool application enable", "pool": pool, "app": app})
+        if app == "rbd":
+            with client.open_ioctx(pool) as ioctx:
+                rbd.RBD().pool_init(ioctx, False)
 
 
 def _pgs_clean(client: Any) -> bool:
     summary = _mon_command(client, {"prefix": "pg stat", "format": "json"})["pg_summary"]
     clean = sum(s["num"] for s in summary["num_pg_by_state"] if s["name"] == "active+clean")
     return bool(summary["num_pgs"] > 0 and clean == summary["num_pgs"])
+
+
+def described(layout: LabLayout) -> CephCluster | None:
+    """The lab cluster as ``start`` described it, None when there is none."""
+    return _load(layout)
 
 
 def _load(layout: LabLayout) -> CephCluster | None:

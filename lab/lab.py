@@ -25,6 +25,8 @@ from typing import Any
 import libvirt
 from ruamel.yaml import YAML
 
+from actuators.base import vm_metadata
+from actuators.ceph_secret import rbd_disk_source
 from actuators.domain_xml import (
     AGENT_CHANNEL,
     GuestBoot,
@@ -32,17 +34,20 @@ from actuators.domain_xml import (
     apply_cpu_quota,
     build_domain_xml,
     mark_ready,
+    rbd_disks,
 )
 from actuators.guest_agent import SerialAgentReadiness
 from actuators.libvirt_events import ensure_event_loop
+from actuators.rbd_store import RbdStore
 from actuators.volumes import delete_overlay, ensure_overlay
+from autoscaler.model import RbdStorage
 from autoscaler.runtime.fleet_key import load_fleet_keys
-from lab import ceph, dpdk, hosts, net, ovs, prometheus, slots, supervision, temperature
+from lab import ceph, dpdk, hosts, net, ovs, prometheus, rbd, slots, supervision, temperature
 from lab.layout import PORT_NODE_EXPORTER, LabLayout
 from lab.loadchannel import LOAD_CHANNEL
 from lab.spec import LabSpec
 from lab.state import HostRecord, LabState
-from policies.loader import load_policy_dir
+from policies.loader import load_policy, load_policy_dir
 from policies.schema import BusinessPolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +162,15 @@ def up(
         list(pool.map(bring_up, state.hosts))
     parts = start_components(lab, components)
     lab = replace(lab, parts=parts)
+    if parts.ceph is not None:
+        rbd.push_templates(
+            rbd.store(parts.ceph),
+            {name: images / p.template.image for name, p in every.items()},
+        )
+    if spec.storage == "rbd":
+        if parts.ceph is None:
+            raise ValueError("a lab with storage rbd needs the ceph component")
+        policies = {n: on_rbd(lab_businesses / f"{n}.yaml") for n in policies}
     write_controller_file(lab, spec, lab_businesses, images, parts)
     state.up = True
     state.save(layout.state_file)
@@ -164,6 +178,17 @@ def up(
         start_initial_vms(lab, spec, policies)
     start_load_driver(lab)
     return lab
+
+
+def on_rbd(policy_file: Path) -> BusinessPolicy:
+    """Rewrite a lab policy file so its business clones from its template on RBD."""
+    yaml = YAML()
+    doc = yaml.load(policy_file.read_text())
+    doc["template"].update(rbd.rbd_template(doc["business"]))
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    policy_file.write_text(out.getvalue())
+    return load_policy(policy_file)
 
 
 def run_dir(lab: Lab) -> Path:
@@ -225,7 +250,9 @@ def start_components(lab: Lab, wanted: Collection[str]) -> Components:
         if "prometheus" in wanted
         else None,
         temperature=temperature.start(layout, racks) if "temperature" in wanted else None,
-        ceph=ceph.start(layout, tuple(racks)) if "ceph" in wanted else None,
+        ceph=ceph.start(layout, tuple(racks), bind=str(layout.bridge_address))
+        if "ceph" in wanted
+        else None,
         dpdk=dpdk.start(layout) if "dpdk" in wanted else None,
         ovs=ovs.start(layout, hosts_in_order) if "ovs" in wanted else None,
     )
@@ -379,8 +406,25 @@ def start_vm(
         if vm in {d.name() for d in conn.listAllDomains(0)}:
             dom = conn.lookupByName(vm)
         else:
-            disk = ensure_overlay(conn, vm, policy.template.image)
-            dom = conn.defineXML(build_domain_xml(instance_spec(lab, policy, vm, host, disk)))
+            spec = instance_spec(lab, policy, vm, host, "")
+            storage = policy.template.storage
+            if isinstance(storage, RbdStorage):
+                store = lab_rbd(lab)
+                created = spec.created_text
+                keys = load_fleet_keys(lab_key_file(lab), create=True)
+                store.clone(
+                    storage.pool,
+                    policy.template.image,
+                    str(policy.template.version),
+                    vm,
+                    policy.business,
+                    created,
+                    keys.stamp(vm, policy.business, created),
+                )
+                spec = replace(spec, rbd=rbd_disk_source(conn, store, storage, vm))
+            else:
+                spec = replace(spec, disk_path=ensure_overlay(conn, vm, policy.template.image))
+            dom = conn.defineXML(build_domain_xml(spec))
         if not dom.isActive():
             dom.create()
         if not SerialAgentReadiness().wait_ready(conn, dom, ready_timeout_s):
@@ -392,7 +436,9 @@ def start_vm(
 
 
 def remove_vm(lab: Lab, vm: str, host: str) -> None:
-    """Destroy, undefine and delete the overlay of one lab instance (the lab's own cleanup)."""
+    """Destroy, undefine and delete the disk of one lab instance (the lab's own cleanup): its
+    overlay, or its RBD image (after the image's ownership check)."""
+    images: list[tuple[str, str, str]] = []
     conn = lab.connect(host)
     try:
         try:
@@ -400,12 +446,27 @@ def remove_vm(lab: Lab, vm: str, host: str) -> None:
         except libvirt.libvirtError:
             dom = None
         if dom is not None:
+            meta = vm_metadata(dom)
+            if meta is not None:
+                images = [(p, i, meta.business) for p, i in rbd_disks(dom.XMLDesc(0)) if i == vm]
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
         delete_overlay(conn, vm)
     finally:
         conn.close()
+    if images:
+        store, keys = lab_rbd(lab), load_fleet_keys(lab_key_file(lab), create=True)
+        for pool, image, business in images:
+            store.remove(pool, image, business, keys)
+
+
+def lab_rbd(lab: Lab) -> RbdStore:
+    """RBD on the lab's Ceph (a new handle: the lab's own setup and cleanup only)."""
+    described = ceph.described(lab.layout)
+    if described is None:
+        raise RuntimeError("the lab has no Ceph")
+    return rbd.store(described)
 
 
 @dataclass(frozen=True)

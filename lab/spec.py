@@ -7,6 +7,7 @@ two regions, three datacenters with two racks each, one host per rack.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +31,11 @@ class LabSpec(BaseModel):
     domain_type: str = Field(default="qemu", pattern="^(qemu|kvm)$")
     initial_vms: dict[Name, int] = Field(
         default={"web": 2, "api": 2, "cache": 1}, description="business -> instances at start"
+    )
+    storage: Literal["local", "rbd"] = Field(
+        default="local",
+        description="where the lab's businesses keep their VM disks: qcow2 overlays on each"
+        " host, or RBD clones in the lab Ceph's images pool (needs the ceph component)",
     )
 
     def racks(self) -> list[tuple[str, str, str]]:

@@ -17,10 +17,11 @@ from policies.yaml_source import line_of, read_yaml, validate_file
 
 
 def load_policy(path: Path, *, images: Collection[str] | None = None) -> BusinessPolicy:
-    """Load one policy file. ``images``: names present in the image folder (None: not checked)."""
+    """Load one policy file. ``images``: names present in the image folder (None: not checked;
+    a template on RBD is checked by the clone, against the pool)."""
     data = read_yaml(path)
     policy = validate_file(BusinessPolicy, path, data)
-    if images is not None and policy.template.image not in images:
+    if images is not None and not policy.template.on_rbd and policy.template.image not in images:
         raise ConfigError(
             str(path),
             [

@@ -14,7 +14,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from autoscaler.model import Business, Name, NicModel, Template
+from autoscaler.model import (
+    Business,
+    LocalStorage,
+    Name,
+    NicModel,
+    RbdStorage,
+    Storage,
+    Template,
+)
 
 API_VERSION = "autoscaler/v1"
 
@@ -35,7 +43,20 @@ class NowMax(Strict):
 
 
 class TemplateSpec(Strict):
-    image: str = Field(description="template disk: a file name in the image folder")
+    image: str = Field(
+        description="the template disk: with storage local, a file name in the image folder;"
+        " with storage rbd, the template's RBD image in the pool (autoscaler images push)"
+    )
+    storage: Storage = Field(
+        default=LocalStorage(),
+        description="where clones' disks live: {kind: local} (a qcow2 overlay on the host) or"
+        " {kind: rbd, pool: POOL, user: USER} (an RBD clone; migration copies no disk)",
+    )
+    version: Name | None = Field(
+        default=None,
+        description="the template version clones use: with rbd, the snapshot of the template"
+        " image made by `autoscaler images push` (required with rbd)",
+    )
     vcpus: NowMax
     memory_mib: NowMax
     dimm_mib: int = Field(default=128, ge=128, description="memory added per hot-plugged DIMM")
@@ -62,9 +83,30 @@ class TemplateSpec(Strict):
             raise ValueError("memory_mib.now must be at least 64")
         return self
 
+    @model_validator(mode="after")
+    def _rbd_names_its_image_and_version(self) -> TemplateSpec:
+        if isinstance(self.storage, RbdStorage):
+            if self.version is None:
+                raise ValueError(
+                    "storage rbd needs template.version: the snapshot of the template image"
+                    " that clones are made from (autoscaler images push prints it)"
+                )
+            if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", self.image):
+                raise ValueError(
+                    f"with storage rbd, image {self.image!r} names an RBD image: use lowercase"
+                    " letters, digits and '-' (e.g. the business name)"
+                )
+        return self
+
+    @property
+    def on_rbd(self) -> bool:
+        return isinstance(self.storage, RbdStorage)
+
     def to_template(self) -> Template:
         return Template(
             image=self.image,
+            storage=self.storage,
+            version=self.version,
             vcpus=self.vcpus.now,
             max_vcpus=self.vcpus.max,
             memory_mib=self.memory_mib.now,

@@ -3,7 +3,8 @@
 # Debian packages first (only when one is missing), then the project's virtualenv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils python3-rados
+PKGS="libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils qemu-block-extra python3-rados
+  python3-rbd e2fsprogs
   iproute2 util-linux busybox-static pkg-config ceph-mon ceph-osd ceph-mgr ceph-common
   dpdk dpdk-dev librte-net-null23 openvswitch-switch prometheus prometheus-alertmanager
   prometheus-node-exporter"
@@ -33,10 +34,11 @@ if [ ! -f "$stamp" ]; then
   fi
   rm -f .venv/.deps-*; touch "$stamp"
 fi
-# python3-rados is built for CPython 3.11 only and has no PyPI wheel: expose just that module.
+# python3-rados and python3-rbd are built for CPython 3.11 only and have no PyPI wheel: expose
+# just those modules.
 site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 mkdir -p .venv/debian-rados
-for f in /usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so; do
+for f in /usr/lib/python3/dist-packages/{rados,rbd}.cpython-311-x86_64-linux-gnu.so; do
   [ -e "$f" ] && ln -sf "$f" .venv/debian-rados/
 done
 echo "$(pwd)/.venv/debian-rados" > "$site/debian_rados.pth"

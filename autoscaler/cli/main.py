@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoscaler.cli import apply, simulate, state
+from autoscaler.cli import apply, images, simulate, state
 from autoscaler.model import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     apply.add_parser(sub)
     state.add_parser(sub)
+    images.add_parser(sub)
     return parser
 
 

@@ -8,6 +8,7 @@ snapshot file with a typo fails loudly instead of being half-read.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,10 +80,38 @@ class Host(Frozen):
     libvirt_latency_s: float | None = Field(default=None, ge=0)
 
 
+class LocalStorage(Frozen):
+    """A clone's disk is a qcow2 overlay in its host's ``images`` pool (the template is a file
+    in every host's pool); live migration copies it (block migration)."""
+
+    kind: Literal["local"] = "local"
+
+
+class RbdStorage(Frozen):
+    """A clone's disk is a copy-on-write RBD clone of the template version's protected
+    snapshot, in ``pool``; every host reaches it, so live migration copies no disk."""
+
+    kind: Literal["rbd"] = "rbd"
+    pool: Name = Field(description="the Ceph pool of the template image and of its clones")
+    user: Name = Field(
+        default="admin", description="the cephx user QEMU opens the disks as (client.USER)"
+    )
+
+
+Storage = Annotated[LocalStorage | RbdStorage, Field(discriminator="kind")]
+
+
 class Template(Frozen):
     """What every instance of a business is cloned from."""
 
-    image: str = Field(min_length=1, description="file name in the image folder")
+    image: str = Field(
+        min_length=1,
+        description="local: the file name in the image folder; rbd: the template's RBD image",
+    )
+    storage: Storage = LocalStorage()
+    version: Name | None = Field(
+        default=None, description="the template version clones use (rbd: the image's snapshot)"
+    )
     vcpus: int = Field(ge=1)
     max_vcpus: int = Field(ge=1)
     memory_mib: int = Field(ge=64)
@@ -101,6 +130,12 @@ class Template(Frozen):
             raise ValueError(
                 f"max_memory_mib ({self.max_memory_mib}) is below memory_mib ({self.memory_mib})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _rbd_names_a_version(self) -> Template:
+        if isinstance(self.storage, RbdStorage) and self.version is None:
+            raise ValueError("an rbd template needs a version (the image snapshot clones use)")
         return self
 
     @property

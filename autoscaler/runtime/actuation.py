@@ -28,6 +28,7 @@ from autoscaler.runtime.wiring import (
     executor_lease,
     executor_limits,
     open_journal,
+    rbd_store,
 )
 from policies.schema import BusinessPolicy
 
@@ -80,11 +81,12 @@ class ExecutorActuation:
         self.on_step = crash_hook(config.testing.fault_hooks)
         # One connection per host for the controller's lifetime, checked before each reuse.
         self.pool = LibvirtPool()
+        self.rbd = rbd_store(config)
         self.journal = open_journal(config.state_dir, self.fleet(), shared)
         self._pending: dict[str, str] = {}
 
     def fleet(self) -> Fleet:
-        return build_fleet(self.config, self.policies(), pool=self.pool)
+        return build_fleet(self.config, self.policies(), pool=self.pool, rbd=self.rbd)
 
     def _unreachable_hosts(self) -> set[str]:
         by_uri = {h.uri: h.name for *_, h in self.config.inventory.hosts()}

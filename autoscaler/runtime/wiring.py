@@ -24,6 +24,7 @@ from actuators.connections import LibvirtPool
 from actuators.domain_xml import AGENT_CHANNEL, QEMU_GA_CHANNEL, GuestBoot
 from actuators.executor import ExecutorLimits, Registry, default_registry
 from actuators.guest_agent import readiness_probe
+from actuators.rbd_store import RbdStore
 from autoscaler.config import ControllerConfig
 from autoscaler.model import BaseAction, Lease, LeaseState, TemporaryError
 from autoscaler.runtime.fleet_key import load_fleet_keys
@@ -49,10 +50,12 @@ def build_fleet(
     readiness: str | None = None,
     *,
     pool: LibvirtPool | None = None,
+    rbd: RbdStore | None = None,
 ) -> Fleet:
     """The actuators' handles: host URIs, businesses, how guests boot and how they report.
     ``pool``: the libvirt connections to keep across calls (the live loop keeps one for its
-    lifetime); a new one without."""
+    lifetime); a new one without. ``rbd``: the RBD store to keep across calls, for templates on
+    RBD (``rbd_store``); a new one without."""
     serial = config.guest_agent == "serial"
     agent_channel = AGENT_CHANNEL if serial else QEMU_GA_CHANNEL
     return Fleet(
@@ -66,7 +69,18 @@ def build_fleet(
         balloon_stats_period_s=config.balloon_stats_period_s,
         pool=pool if pool is not None else LibvirtPool(),
         keys=load_fleet_keys(config.key_file, create=config.ownership.key_file is None),
+        rbd=rbd if rbd is not None else rbd_store(config),
     )
+
+
+def rbd_store(config: ControllerConfig) -> RbdStore | None:
+    """RBD through a rados handle of its own, connected at first use (a business on RBD acts)
+    so a Ceph that is down costs nothing until then; None without a ceph section."""
+    if config.ceph is None:
+        return None
+    from autoscaler.runtime.collection import connect_ceph
+
+    return RbdStore(lambda: connect_ceph(config))
 
 
 def executor_limits(config: ControllerConfig) -> ExecutorLimits:

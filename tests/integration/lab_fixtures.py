@@ -8,6 +8,7 @@ and is taken down at the end of the session.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from lab.lab import Lab
 from lab.spec import LabSpec
 
 T = TypeVar("T")
+REUSE_ENV = "AUTOSCALER_TEST_LAB"
+"""A lab root: the tests use that lab (already up) instead of starting their own."""
 
 
 def wait_for(
@@ -38,6 +41,13 @@ def wait_for(
 
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    reuse = os.environ.get(REUSE_ENV)
+    if reuse:  # the inner loop of one test file: a lab left up, neither started nor removed
+        found = lab_mod.open_lab(Path(reuse))
+        if found is None:
+            pytest.fail(f"{REUSE_ENV}={reuse}: no lab there")
+        yield found
+        return
     root = tmp_path_factory.mktemp("lab")
     try:
         yield lab_mod.up(root, LabSpec())

@@ -1,0 +1,41 @@
+"""The lab's businesses on RBD: their templates pushed into the lab Ceph's ``images`` pool.
+
+Where it sits: called by ``lab up`` once Ceph runs. Every business's template is pushed as the
+RBD image named after the business, version ``v1``, exactly as ``autoscaler images push`` does
+(same store, same writer), so the controller's clones on RBD find it. ``rbd_template`` is what
+a lab policy says to clone from it; a lab started with ``storage: rbd`` writes it into the
+policies it copies, and its first VMs boot from RBD clones.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from actuators.rbd_store import RbdStore
+from actuators.template_import import raw_copy, write_raw
+from collectors.ceph import connect
+from lab.ceph import IMAGES_POOL, CephCluster
+
+VERSION = "v1"
+
+
+def store(cluster: CephCluster) -> RbdStore:
+    return RbdStore(lambda: connect(cluster.conffile, cluster.keyring, timeout_s=10))
+
+
+def push_templates(rbd: RbdStore, templates: Mapping[str, Path]) -> None:
+    """business -> template file: each pushed as ``images/BUSINESS@v1`` unless it is there."""
+    for business, source in sorted(templates.items()):
+        if any(v.name == VERSION for v in rbd.template_versions(IMAGES_POOL, business)):
+            continue
+        with tempfile.TemporaryDirectory(prefix="lab-push-") as tmp:
+            raw, size = raw_copy(source, Path(tmp))
+            rbd.push_template(IMAGES_POOL, business, VERSION, size, write_raw(raw))
+
+
+def rbd_template(business: str) -> dict[str, Any]:
+    """The template fields a lab policy carries to clone from ``images/BUSINESS@v1``."""
+    return {"image": business, "storage": {"kind": "rbd", "pool": IMAGES_POOL}, "version": VERSION}
