@@ -9,8 +9,8 @@ in proportion to their capacity, so every ready instance runs at the same utilis
 above capacity is capped: that is what an SLA breach looks like here. A business's entry may also
 name memory to hold in given instances (``"hold_mib": {"web-1": 110}``): the guest keeps that
 much in use, as an application's working set would; and data to write to their disks
-(``"fill_mib": {"web-1": 64}``), as an application's own data would. It writes what it did to
-a status file so tests and the demo can see the split.
+(``"fill_mib": {"web-1": 64}``; 0 deletes it), as an application's own data would. It
+writes what it did to a status file so tests and the demo can see the split.
 """
 
 from __future__ import annotations
@@ -253,9 +253,11 @@ class LoadDriver:
                     if hold != self._held.get(key, 0):
                         channel.hold(hold)
                         self._held[key] = hold
-                    # Likewise a fill (the guest answers once the data is on its disk).
-                    fill = fills.get(inst.vm, 0)
-                    if fill != self._filled.get(key, 0):
+                    # A fill only where the entry names one (dropping it deletes nothing: the
+                    # data is the guest's), once per channel (the guest keeps a fill of that
+                    # size as it is, so one resent after a reboot rewrites nothing).
+                    fill = fills.get(inst.vm)
+                    if fill is not None and fill != self._filled.get(key):
                         channel.fill(fill)
                         self._filled[key] = fill
                 except (libvirt.libvirtError, OSError, Exception):

@@ -9,8 +9,9 @@
 #                  less 24 MiB, so the guest never runs out; "hold 0" frees it)
 #                  guest -> host: "HELD vm=.. mib=N" (what is held now)
 #                  host -> guest: "fill N" (write N MiB of random data to the disk, in
-#                  /data/vms/$VM/fill, replacing what an earlier fill wrote; at most 512 and
-#                  what the filesystem has free less 8 MiB; "fill 0" removes it)
+#                  /data/vms/$VM/fill, replacing what an earlier fill wrote unless that was
+#                  N MiB already; at most 512 and what the filesystem has free less 8 MiB;
+#                  "fill 0" removes it)
 #                  guest -> host: "FILLED vm=.. mib=N" (what the fill file holds now, synced)
 #   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
 #                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=..
@@ -102,6 +103,7 @@ mount_disk
 fill_disk() {   # rare: forks (stat, dd, sync) are fine here
   case "$1" in [0-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;; *) return;; esac
   [ "$MOUNTED" = 1 ] || { echo "FILL refused: no disk mounted"; return; }
+  read have < /run/data_mib; [ "$1" = "$have" ] && return   # there already (say, since a reboot)
   rm -f $OWN/fill; want=$1; [ $want -gt 512 ] && want=512
   set -- $(stat -f -c "%a %S" /data); free=$(($1 * $2 / 1048576))   # free blocks * block size
   [ $want -gt $((free - 8)) ] && want=$((free - 8))
