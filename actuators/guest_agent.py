@@ -28,7 +28,13 @@ _STATE_RE = re.compile(r"STATE ((?:[a-z_]+=\S*\s*)+)")
 
 @dataclass(frozen=True)
 class GuestView:
-    """One STATE report of the serial agent."""
+    """One STATE report of the serial agent.
+
+    The disk fields come from guests that mount their disk (an older guest sends none: the
+    defaults say "no disk"): the disk's device name, whether it is mounted, the first 16 hex
+    digits of the checksum of the business content found on it, the MiB of data the guest
+    wrote there on request, and how many boots the disk has recorded.
+    """
 
     seq: int
     ready: bool
@@ -38,6 +44,11 @@ class GuestView:
     mem_kib: int
     duty: int
     received_at: float
+    disk: str = ""
+    mounted: bool = False
+    content: str = ""
+    data_mib: int = 0
+    boots: int = 0
 
     @classmethod
     def parse(cls, line: str, received_at: float) -> GuestView | None:
@@ -55,9 +66,19 @@ class GuestView:
                 mem_kib=int(fields.get("mem_kib", "0") or 0),
                 duty=int(fields.get("duty", "0") or 0),
                 received_at=received_at,
+                disk=_present(fields.get("disk", "")),
+                mounted=fields.get("mounted") == "1",
+                content=_present(fields.get("content", "")),
+                data_mib=int(fields.get("data_mib", "0") or 0),
+                boots=int(fields.get("boots", "0") or 0),
             )
         except ValueError:
             return None
+
+
+def _present(value: str) -> str:
+    """The guest says ``none`` for a field it has no value for."""
+    return "" if value == "none" else value
 
 
 class GuestChannel:

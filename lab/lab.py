@@ -43,6 +43,7 @@ from actuators.volumes import delete_overlay, ensure_overlay
 from autoscaler.model import RbdStorage
 from autoscaler.runtime.fleet_key import load_fleet_keys
 from lab import ceph, dpdk, hosts, net, ovs, prometheus, rbd, slots, supervision, temperature
+from lab.images import build_lab_templates
 from lab.layout import PORT_NODE_EXPORTER, LabLayout
 from lab.loadchannel import LOAD_CHANNEL
 from lab.spec import LabSpec
@@ -104,7 +105,7 @@ def up(
     cache: Path = DEFAULT_CACHE,
     slot: int | None = None,
     businesses: Path = EXAMPLES / "businesses",
-    images: Path = EXAMPLES / "images",
+    images: Path | None = None,
     start_vms: bool = True,
     components: Collection[str] = COMPONENTS,
 ) -> Lab:
@@ -121,6 +122,9 @@ def up(
     layout = LabLayout(slot=state.slot, root=root)
     lab = Lab(layout=layout, state=state, cache=cache)
     build_guest(cache)
+    # Template disks with each business's content (lab/images.py; cached), unless the caller
+    # brings its own folder (examples/images holds empty placeholders of the same names).
+    images = images or build_lab_templates(businesses, cache)
 
     if not state.hosts:
         for index, (region, dc, rack, name) in enumerate(spec.host_names()):

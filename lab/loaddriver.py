@@ -8,8 +8,9 @@ demand over the instances that passed the health check (the guest acknowledged i
 in proportion to their capacity, so every ready instance runs at the same utilisation. Demand
 above capacity is capped: that is what an SLA breach looks like here. A business's entry may also
 name memory to hold in given instances (``"hold_mib": {"web-1": 110}``): the guest keeps that
-much in use, as an application's working set would. It writes what it did to a status file so
-tests and the demo can see the split.
+much in use, as an application's working set would; and data to write to their disks
+(``"fill_mib": {"web-1": 64}``; 0 deletes it), as an application's own data would. It
+writes what it did to a status file so tests and the demo can see the split.
 """
 
 from __future__ import annotations
@@ -112,15 +113,16 @@ def read_demand_file(path: Path, elapsed_s: float, base: Path) -> dict[str, floa
     return out
 
 
-def read_holds(path: Path) -> dict[str, int]:
-    """``{"web": {"cores": 0.1, "hold_mib": {"web-1": 110}}}`` -> MiB to hold per instance."""
+def read_holds(path: Path, key: str = "hold_mib") -> dict[str, int]:
+    """``{"web": {"cores": 0.1, "hold_mib": {"web-1": 110}}}`` -> MiB to hold per instance
+    (``key="fill_mib"``: MiB to write to each instance's disk)."""
     try:
         spec = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     out: dict[str, int] = {}
     for entry in spec.values():
-        holds = entry.get("hold_mib", {}) if isinstance(entry, dict) else {}
+        holds = entry.get(key, {}) if isinstance(entry, dict) else {}
         for vm, mib in holds.items() if isinstance(holds, dict) else ():
             out[str(vm)] = max(0, int(mib))
     return out
@@ -141,6 +143,7 @@ class LoadDriver:
     _closing: list[tuple[float, LoadChannel]] = field(default_factory=list)
     _sent: dict[str, tuple[int, float]] = field(default_factory=dict)
     _held: dict[str, int] = field(default_factory=dict)
+    _filled: dict[str, int] = field(default_factory=dict)
 
     def _let_go(self, key: str) -> None:
         """Forget a channel whose domain went away, closing its stream only later: libvirt
@@ -150,6 +153,7 @@ class LoadDriver:
         self._healthy.discard(key)
         self._sent.pop(key, None)
         self._held.pop(key, None)
+        self._filled.pop(key, None)
 
     def _close_due(self) -> None:
         now = time.monotonic()
@@ -220,6 +224,7 @@ class LoadDriver:
         elapsed = time.monotonic() - self.started
         demand = read_demand_file(self.demand_file, elapsed, self.base)
         holds = read_holds(self.demand_file)
+        fills = read_holds(self.demand_file, "fill_mib")
         instances = self.instances()
         live_keys = {f"{i.host}/{i.vm}" for insts in instances.values() for i in insts}
         self._close_due()
@@ -248,6 +253,13 @@ class LoadDriver:
                     if hold != self._held.get(key, 0):
                         channel.hold(hold)
                         self._held[key] = hold
+                    # A fill only where the entry names one (dropping it deletes nothing: the
+                    # data is the guest's), once per channel (the guest keeps a fill of that
+                    # size as it is, so one resent after a reboot rewrites nothing).
+                    fill = fills.get(inst.vm)
+                    if fill is not None and fill != self._filled.get(key):
+                        channel.fill(fill)
+                        self._filled[key] = fill
                 except (libvirt.libvirtError, OSError, Exception):
                     self._let_go(key)
             status["businesses"][business] = {  # type: ignore[index]
@@ -260,6 +272,12 @@ class LoadDriver:
                     for i in insts
                     if (ch := self._channels.get(f"{i.host}/{i.vm}")) is not None
                     and (held := ch.held_mib) is not None
+                },
+                "filled_mib": {
+                    i.vm: filled
+                    for i in insts
+                    if (ch := self._channels.get(f"{i.host}/{i.vm}")) is not None
+                    and (filled := ch.filled_mib) is not None
                 },
             }
         tmp = self.status_file.with_suffix(".tmp")

@@ -20,7 +20,11 @@ for f in "${KPKG}"_*.deb busybox-static_*.deb; do dpkg-deb -x "$f" "$X"; done
 KVER=${KPKG#linux-image-}
 R=$CACHE/initramfs; rm -rf "$R"; mkdir -p "$R"/{bin,proc,sys,dev,run,etc,lib/modules}
 cp "$X/bin/busybox" "$R/bin/"
-MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_console virtio_balloon button evdev"
+# In dependency order (the deb has no modules.dep: `modinfo -F depends` on each .ko). The disk
+# needs only virtio_blk (depends: virtio, virtio_ring): ext4, jbd2, mbcache, crc16 and crc32c
+# are built into the cloud kernel (CONFIG_EXT4_FS=y, CONFIG_JBD2=y, CONFIG_FS_MBCACHE=y,
+# CONFIG_CRC16=y, CONFIG_CRYPTO_CRC32C=y).
+MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console virtio_balloon button evdev"
 for m in $MODS; do cp "$(find "$X/lib/modules/$KVER" -name "$m.ko")" "$R/lib/modules/"; done
 sed "s/@MODS@/$MODS/" "$HERE/init.sh" > "$R/init"
 chmod +x "$R/init"

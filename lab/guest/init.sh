@@ -8,8 +8,20 @@
 #                  kernel can neither reclaim nor count as available; at most what is available
 #                  less 24 MiB, so the guest never runs out; "hold 0" frees it)
 #                  guest -> host: "HELD vm=.. mib=N" (what is held now)
+#                  host -> guest: "fill N" (write N MiB of random data to the disk, in
+#                  /data/vms/$VM/fill, replacing what an earlier fill wrote unless that was
+#                  N MiB already; at most 512 and what the filesystem has free less 8 MiB;
+#                  "fill 0" removes it)
+#                  guest -> host: "FILLED vm=.. mib=N" (what the fill file holds now, synced)
 #   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
-#                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=.."
+#                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=..
+#                   held_mib=.. disk=vda mounted=1 content=<16 hex> data_mib=N boots=N"
+# The disk (vda: the business's template, an ext4 filesystem with its content in content/) is
+# mounted at /data before the guest says ready; the guest keeps its own data in /data/vms/$VM
+# (a line per boot in "boots", and the fill file). content= is the first 16 hex digits of
+# sha256 of `sha256sum` over the sorted content files (lab/images.py computes the same on the
+# host), computed at boot and after a fill only (forks are dear under TCG). Without a disk, or
+# when it does not mount: disk=none or mounted=0 content=none, and the reason on the console.
 # A STATE line goes out within ~50 ms of a change (online CPUs, MemTotal, duty, readiness) and
 # every 5 s as a heartbeat. Hot-added CPUs are onlined here (no udev); DIMMs are onlined by the
 # kernel (memhp_default_state=online). An ACPI power-button press powers the guest off. The
@@ -29,7 +41,7 @@ done
 echo "GUEST-UP vm=$VM business=$BUSINESS uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # ACPI power button -> clean power-off (busybox acpid runs /etc/acpi/PWRF/00000080).
-printf '#!/bin/sh\necho ACPI-POWEROFF\nsync\npoweroff -f\n' > /etc/acpi/PWRF/00000080
+printf '#!/bin/sh\necho ACPI-POWEROFF\nsync\numount /data 2>/dev/null\npoweroff -f\n' > /etc/acpi/PWRF/00000080
 chmod +x /etc/acpi/PWRF/00000080
 acpid -c /etc/acpi -l /run/acpid.log
 
@@ -55,6 +67,51 @@ exec 5<>/run/never 6<>/run/notify 7<>/run/wake
 nap() { read -t "$1" _ <&5; }
 printf '#!/bin/sh\necho > /run/wake\n' > /bin/on-uevent; chmod +x /bin/on-uevent
 uevent /bin/on-uevent &
+
+# The disk, once, before the agent says ready (forks are fine here: this runs once).
+DISK=none; MOUNTED=0; BOOTS=0; OWN=/data/vms/$VM
+echo none > /run/content; echo 0 > /run/data_mib
+content_sum() {   # what the content checksum is now, into /run/content
+  c=none
+  if [ -d /data/content ]; then
+    list=$(cd /data/content && find . -type f | sort)
+    [ -n "$list" ] && c=$(cd /data/content && sha256sum $list | sha256sum) && c=${c:0:16}
+  fi
+  echo "$c" > /run/content
+}
+data_size() {   # MiB in the fill file now, into /run/data_mib
+  b=0; [ -f $OWN/fill ] && b=$(stat -c %s $OWN/fill)
+  echo $((b / 1048576)) > /run/data_mib
+}
+mount_disk() {
+  i=0   # the driver names the disk as it probes; give devtmpfs a moment if it is not there yet
+  while [ ! -b /dev/vda ] && [ -e /sys/block/vda ] && [ $i -lt 20 ]; do nap 0.05; i=$((i + 1)); done
+  if [ ! -b /dev/vda ]; then echo "DISK none: no /dev/vda"; return; fi
+  DISK=vda; mkdir -p /data
+  if ! err=$(mount -t ext4 -o noatime /dev/vda /data 2>&1); then
+    echo "DISK vda not mounted: ${err:-mount failed}"; return
+  fi
+  MOUNTED=1; mkdir -p $OWN
+  BOOTS=1; [ -f $OWN/boots ] && while read -r _; do BOOTS=$((BOOTS + 1)); done < $OWN/boots
+  read up _ < /proc/uptime
+  echo "boot=$BOOTS vm=$VM uptime=$up" >> $OWN/boots; sync
+  content_sum; data_size
+  read c < /run/content; read d < /run/data_mib
+  echo "DISK vda mounted on /data: content=$c data_mib=$d boots=$BOOTS"
+}
+mount_disk
+fill_disk() {   # rare: forks (stat, dd, sync) are fine here
+  case "$1" in [0-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;; *) return;; esac
+  [ "$MOUNTED" = 1 ] || { echo "FILL refused: no disk mounted"; return; }
+  read have < /run/data_mib; [ "$1" = "$have" ] && return   # there already (say, since a reboot)
+  rm -f $OWN/fill; want=$1; [ $want -gt 512 ] && want=512
+  set -- $(stat -f -c "%a %S" /data); free=$(($1 * $2 / 1048576))   # free blocks * block size
+  [ $want -gt $((free - 8)) ] && want=$((free - 8))
+  [ $want -gt 0 ] || want=0
+  # Random, not zeros: neither the filesystem, qcow2 nor a block copy may skip it.
+  [ $want -gt 0 ] && dd if=/dev/urandom of=$OWN/fill bs=1048576 count=$want iflag=fullblock 2>/dev/null
+  sync; data_size; content_sum; echo >&7
+}
 set_duty() {
   case "$1" in [0-9]|[1-9][0-9]|100) echo "$1" > /run/duty; echo >&7;; esac
 }
@@ -74,6 +131,7 @@ load_reader() {   # read() gives EOF while no host is connected: retry
       case "$cmd" in
         duty) set_duty "$arg"; read d < /run/duty; echo "ACK vm=$VM duty=$d" >&3;;
         hold) hold_mem "$arg"; read h < /run/held; echo "HELD vm=$VM mib=$h" >&3;;
+        fill) fill_disk "$arg"; read f < /run/data_mib; echo "FILLED vm=$VM mib=$f" >&3;;
       esac
     done
     nap 0.2
@@ -131,8 +189,9 @@ while :; do   # monitor: online new CPUs, keep one burner per online CPU, publis
     ncpus=$n
   fi
   read k mem_kib unit < /proc/meminfo
-  read duty < /run/duty; read held < /run/held
+  read duty < /run/duty; read held < /run/held; read content < /run/content; read data < /run/data_mib
   cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty held_mib=$held"
+  cur="$cur disk=$DISK mounted=$MOUNTED content=$content data_mib=$data boots=$BOOTS"
   if [ "$cur" != "$last" ]; then
     last=$cur; seq=$((seq + 1))
     echo "seq=$seq $cur" > /run/state; echo >&6

@@ -27,6 +27,7 @@ from autoscaler.model import (
 from autoscaler.runtime.journal import SqliteJournal, read_stamp
 from autoscaler.runtime.wiring import open_journal
 from lab import lab as lab_mod
+from lab.images import expected_content_checksum
 from lab.lab import Lab
 from policies.loader import load_policy_dir
 from tests.integration.actuator_helpers import (
@@ -80,6 +81,7 @@ def test_a_clone_boots_reports_ready_and_runs_under_its_quota(lab: Lab, clone: C
         with SerialAgent(conn, dom) as agent:
             view = agent.wait_for(lambda v: v.ready, 10)
         assert view is not None and (view.vm, view.business) == (VM, "web")
+        assert view.mounted and view.content == expected_content_checksum("web")  # its template
         assert vm_attribute(dom, "ready") is not None and vm_attribute(dom, "business") == "web"
         xml = domain_xml(dom)
         assert xml.findtext("./cputune/quota") == "25000"  # the boot boost ended
