@@ -11,8 +11,8 @@ the reason is said:
   recommendations made from the same view cannot both run (the second would double a clone);
 - on the fresh snapshot, every action still applies: the VM it acts on is still on the named
   host, a clone's name is still free, its host or destination is not cordoned;
-- its businesses are known, not paused, not in a maintenance window (for migrations and
-  retires), and the plan fits what is left of each business's hourly action cap.
+- its businesses are known, not paused, not in a maintenance window (for migrations, retires
+  and backups), and the plan fits what is left of each business's hourly action cap.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from autoscaler.model import (
 from policies.schema import BusinessPolicy
 from policies.state import DecisionState
 
-DISRUPTIVE = frozenset({"live_migrate", "retire"})
+DISRUPTIVE = frozenset({"live_migrate", "retire", "backup"})
+"""Kinds never run in their business's maintenance window (a backup freezes and snapshots the
+disk, and loads the storage)."""
 
 
 @dataclass(frozen=True)

@@ -177,11 +177,14 @@ FREEZE_HOLDS = frozenset({"retire", "live_migrate"})
 def importance(action: Action) -> int:
     """Lower first: moving VMs (off failing racks, off drained hosts) protects capacity that
     is about to be lost; scale-up protects the SLA against demand; scale-down only saves
-    money and loses nothing by waiting a minute."""
+    money and loses nothing by waiting a minute; a scheduled backup is due for a whole slot
+    (hours) and loses least of all by waiting."""
     if action.kind == "live_migrate":
         return 0
     if action.kind == "retire":
         return 2
+    if action.kind == "backup":
+        return 3
     return 1
 
 

@@ -10,8 +10,12 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
 4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
    forecast, retires when every scale-down rule allows (``policies.scaling``);
 5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``);
-6. brakes (``policies.brakes``): no retire and no live migration while the fleet's metrics look
-   broken (a freeze, decided before 3.), and the fleet-wide cap on actions per minute.
+6. back up the VMs whose backup slot has come (``policies.backups``), after everything above
+   (scaling has priority: a backup takes only what is left of the hourly cap), one per
+   business per cycle, never in a maintenance window, never on an unknown catalogue;
+7. brakes (``policies.brakes``): no retire and no live migration while the fleet's metrics look
+   broken (a freeze, decided before 3.), and the fleet-wide cap on actions per minute
+   (backups are the first to wait).
 The operator's controls are an input: cordoned hosts take no VM, a paused business gets no
 action (it is still assessed, so its forecast and SLA are in the Decision). Every placement is
 decided on a ``PlacementView`` that already holds the earlier actions. The Plan is built once;
@@ -25,6 +29,7 @@ from collections.abc import Mapping
 
 from autoscaler.model import VM, Action, Controls, Health, LiveMigrate, Plan, Scope, Snapshot
 from policies.assess import BusinessView, assess
+from policies.backups import plan_backups
 from policies.brakes import actions_in_last_minute, fleet_cap, fleet_freeze
 from policies.decision import Decision
 from policies.drain import drain_actions
@@ -108,6 +113,19 @@ def decide(
         stays += [f"drain of {h} waits: frozen: {freeze}" for h in sorted(controls.draining)]
     drains = [d for d in drains if not controls.is_paused(d.business)]
     actions += drains
+    busy = {a.vm for a in actions}
+    for view in acting:
+        backups, waits = plan_backups(
+            snapshot,
+            view.policy,
+            budgets[view.name],
+            now,
+            busy=busy,
+            draining_hosts=controls.draining,
+            last_acted_at=max(state.recent_actions.get(view.name, ()), default=None),
+        )
+        actions += backups
+        reasons[view.name] += waits
     actions, foreign = without_unowned(actions, snapshot)
     stays += foreign
     if freeze is not None:

@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Literal
+from pathlib import PurePosixPath
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from autoscaler.model import (
     Business,
@@ -233,6 +242,12 @@ class Forecast(Strict):
     min_history_hours: float = Field(default=24, gt=0, description="below this: reactive only")
 
 
+def _check_hh_mm(value: str, what: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value):
+        raise ValueError(f"{what} {value!r} must be HH:MM (24 h, UTC)")
+    return value
+
+
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -246,10 +261,7 @@ class MaintenanceWindow(Strict):
     @field_validator("start")
     @classmethod
     def _hh_mm(cls, value: str) -> str:
-        match = re.fullmatch(r"([01]\d|2[0-3]):([0-5]\d)", value)
-        if not match:
-            raise ValueError(f"start {value!r} must be HH:MM (24 h, UTC)")
-        return value
+        return _check_hh_mm(value, "start")
 
     def contains(self, epoch_s: float) -> bool:
         """True if the instant ``epoch_s`` falls inside this window (pure arithmetic)."""
@@ -264,6 +276,108 @@ class MaintenanceWindow(Strict):
             if offset < length:
                 return True
         return False
+
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION_RE = re.compile(r"(?:\d+[smhd])+")
+
+
+def parse_duration(value: Any) -> Any:
+    """``"1d"``, ``"90m"``, ``"1h30m"`` (s, m, h, d) or a bare number of seconds -> seconds.
+    Anything else is handed on unchanged for pydantic to refuse as a number."""
+    if isinstance(value, str):
+        text = value.strip()
+        if _DURATION_RE.fullmatch(text):
+            return float(sum(int(n) * _UNIT_S[u] for n, u in re.findall(r"(\d+)([smhd])", text)))
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a duration: use a number with s, m, h or d (e.g. 30m, 1d)"
+            ) from None
+    return value
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+[smhd])+$"},
+                {"type": "number", "description": "seconds"},
+            ]
+        }
+    ),
+]
+"""Seconds, written as ``30s``, ``15m``, ``6h``, ``1d`` (or combined: ``1h30m``) or a number."""
+
+
+class PoolTarget(Strict):
+    """Backups as RBD images in a Ceph pool (put it on a CRUSH rule of its own, so that a
+    backup does not share the failure domain of the disks it protects)."""
+
+    kind: Literal["pool"]
+    pool: Name = Field(description="Ceph pool the backup images are written to")
+
+
+class FolderTarget(Strict):
+    """Backups as files in a folder outside Ceph (a mounted file system)."""
+
+    kind: Literal["folder"]
+    path: str = Field(description="absolute path of the folder on the controller machines")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or ".." in PurePosixPath(value).parts:
+            raise ValueError(f"path {value!r} must be absolute, without '..'")
+        if not value.isprintable() or len(value) > 4096:
+            raise ValueError("path must be printable and at most 4096 characters")
+        return value
+
+
+BackupTarget = Annotated[PoolTarget | FolderTarget, Field(discriminator="kind")]
+
+MIN_BACKUP_EVERY_S = 3600.0
+
+
+class Backup(Strict):
+    """Scheduled backups of every running VM of the business (``policies.backups``).
+
+    The schedule's slots are ``at + k * every`` counted from 1970-01-01 00:00 UTC: with
+    ``every: 1d, at: "03:00"`` every day at 03:00 UTC, with ``every: 6h, at: "03:00"`` at 03:00,
+    09:00, 15:00 and 21:00. A VM is due once the latest slot is later than its last successful
+    backup. Backups are never taken in a maintenance window and count against
+    ``scaling.max_actions_per_hour``.
+    """
+
+    every: Duration = Field(description="time between two backups of a VM (30m, 6h, 1d...)")
+    keep: int = Field(ge=1, description="backups kept per VM; older ones are removed")
+    at: str | None = Field(
+        default=None, description="HH:MM (UTC): the phase of the schedule; none: midnight UTC"
+    )
+    target: BackupTarget
+
+    @field_validator("every")
+    @classmethod
+    def _at_least_an_hour(cls, value: float) -> float:
+        if value < MIN_BACKUP_EVERY_S:
+            raise ValueError(f"every must be at least 1h (got {value:g} s)")
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _phase(cls, value: str | None) -> str | None:
+        return None if value is None else _check_hh_mm(value, "at")
+
+    @property
+    def phase_s(self) -> float:
+        """Seconds after midnight UTC of the schedule's phase (``at``)."""
+        if self.at is None:
+            return 0.0
+        hh, mm = (int(x) for x in self.at.split(":"))
+        return float(hh * 3600 + mm * 60)
 
 
 class Mode(StrEnum):
@@ -287,6 +401,9 @@ class BusinessPolicy(Strict):
     scaling: Scaling = Scaling()
     forecast: Forecast = Forecast()
     maintenance: tuple[MaintenanceWindow, ...] = ()
+    backup: Backup | None = Field(
+        default=None, description="scheduled backups of the business's VMs; none: no backups"
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 

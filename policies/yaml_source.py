@@ -112,10 +112,34 @@ def _plain(value: Any, budget: list[int] | None = None) -> Any:
     return value
 
 
+def _without_tags(data: Any, loc: Sequence[int | str]) -> list[int | str]:
+    """``loc`` less the tags pydantic inserts for a discriminated union (``target.folder.path``
+    is ``target.path`` in the file: ``folder`` is the value of its ``kind``)."""
+    out: list[int | str] = []
+    node = data
+    for i, part in enumerate(loc):
+        # A tag is the mapping's own ``kind`` with a field still to come (``pool.pool``: the
+        # tag, then the pool target's ``pool`` field).
+        if isinstance(node, dict) and node.get("kind") == part and i < len(loc) - 1:
+            continue
+        node = _child(node, part)
+        out.append(part)
+    return out
+
+
+def _child(node: Any, part: int | str) -> Any:
+    """``node[part]`` when the file has it, else None."""
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
+
+
 def problems_from(exc: ValidationError, data: Any) -> list[ConfigProblem]:
     problems = []
     for error in exc.errors(include_url=False):
-        loc = [p for p in error["loc"] if isinstance(p, int | str)]
+        loc = _without_tags(data, [p for p in error["loc"] if isinstance(p, int | str)])
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown field (check the spelling; see `autoscaler schema`)"

@@ -10,6 +10,7 @@ from autoscaler.model.actions import (
     ACTION_KINDS,
     Action,
     Adopt,
+    BackupInstance,
     BaseAction,
     CloneFromTemplate,
     HotAddMemory,
@@ -21,6 +22,7 @@ from autoscaler.model.actions import (
     SnapshotDisk,
     action_adapter,
 )
+from autoscaler.model.backups import BackupCatalogue, BackupRecord
 from autoscaler.model.collection import Collection, Collector
 from autoscaler.model.controls import Controls
 from autoscaler.model.errors import (
@@ -73,6 +75,9 @@ __all__ = [
     "Action",
     "Adopt",
     "AutoscalerError",
+    "BackupCatalogue",
+    "BackupInstance",
+    "BackupRecord",
     "BaseAction",
     "Business",
     "CloneFromTemplate",

@@ -174,6 +174,27 @@ class MergeSnapshot(BaseAction):
         return (self.host,)
 
 
+class BackupInstance(BaseAction):
+    """Take a snapshot of ``vm``'s disk and copy it to its business's backup target
+    (incrementally where the storage allows), then keep the newest ``keep`` there.
+
+    ``backup_id`` names the schedule slot the backup is for (``b20261201t0300``: the slot
+    01 Dec 2026 03:00 UTC, ``policies.backups.backup_id``), so deciding the same slot again
+    gives the same key: a backup already taken for its slot is a no-op."""
+
+    kind: Literal["backup"] = "backup"
+    host: Name
+    backup_id: Name
+
+    @property
+    def key(self) -> str:
+        return f"backup/{self.vm}/{self.backup_id}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,)
+
+
 Action = Annotated[
     HotAddVcpu
     | HotAddMemory
@@ -182,7 +203,8 @@ Action = Annotated[
     | LiveMigrate
     | SnapshotDisk
     | MergeSnapshot
-    | Adopt,
+    | Adopt
+    | BackupInstance,
     Field(discriminator="kind"),
 ]
 ACTION_KINDS: tuple[str, ...] = (
@@ -194,6 +216,7 @@ ACTION_KINDS: tuple[str, ...] = (
     "snapshot",
     "merge_snapshot",
     "adopt",
+    "backup",
 )
 action_adapter: TypeAdapter[Action] = TypeAdapter(Action)
 

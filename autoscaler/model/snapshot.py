@@ -15,10 +15,15 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from autoscaler.model.backups import BackupCatalogue
 from autoscaler.model.signals import Scope, Signal, Stale
 from autoscaler.model.topology import VM, Business, Datacenter, Frozen, Host, Rack, Region
 
 SNAPSHOT_FORMAT: Literal["autoscaler.snapshot/v1"] = "autoscaler.snapshot/v1"
+
+
+def _name_of(item: Region | Datacenter | Rack | Host | VM | Business | BackupCatalogue) -> str:
+    return item.business if isinstance(item, BackupCatalogue) else item.name
 
 
 def _duplicates(names: list[str]) -> list[str]:
@@ -36,6 +41,11 @@ class Snapshot(Frozen):
     businesses: tuple[Business, ...] = ()
     signals: tuple[Signal, ...] = ()
     stale: tuple[Stale, ...] = ()
+    backups: tuple[BackupCatalogue, ...] = Field(
+        default=(),
+        description="per business, the backups its target holds; a business without one was"
+        " not listed (unknown: no backup is planned for it)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Snapshot:
@@ -47,8 +57,9 @@ class Snapshot(Frozen):
             ("host", self.hosts),
             ("vm", self.vms),
             ("business", self.businesses),
+            ("backup catalogue", self.backups),
         ):
-            for dup in _duplicates([i.name for i in items]):
+            for dup in _duplicates([_name_of(i) for i in items]):
                 problems.append(f"{kind} {dup!r} appears twice")
         regions = {r.name for r in self.regions}
         dcs = {d.name for d in self.datacenters}
@@ -143,6 +154,10 @@ class Snapshot(Frozen):
         for entry in self.stale:
             out[(entry.scope, entry.target)].append(entry)
         return dict(out)
+
+    @cached_property
+    def backups_by_business(self) -> dict[str, BackupCatalogue]:
+        return {c.business: c for c in self.backups}
 
     def rack_of(self, host: str) -> Rack:
         return self.rack_by_name[self.host_by_name[host].rack]

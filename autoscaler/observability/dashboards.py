@@ -339,6 +339,28 @@ def controller() -> dict[str, Any]:
                 ],
                 unit="s",
             ),
+            _panel(
+                7,
+                "Age of each VM's last backup (s)",
+                [
+                    (
+                        "time() - max by (business, vm)"
+                        " (autoscaler_backup_last_success_timestamp_seconds)",
+                        "{{business}} {{vm}}",
+                    ),
+                ],
+                unit="s",
+            ),
+            _panel(
+                8,
+                "Failed backups per business (per 6h)",
+                [
+                    (
+                        "sum by (business) (increase(autoscaler_backup_failures_total[6h]))",
+                        "{{business}}",
+                    ),
+                ],
+            ),
         ],
     )
 

@@ -73,6 +73,13 @@ class ControllerMetrics:
             buckets=ACTION_BUCKETS,
             registry=r,
         )
+        self.backup_failures = Counter(
+            "autoscaler_backup_failures",
+            "Scheduled backups (actions of kind backup) that failed, per business; each"
+            " business with a backup policy starts at 0 so that its first failure counts.",
+            ["business"],
+            registry=r,
+        )
         self.plans = Counter("autoscaler_plans", "Plans decided, by mode.", ["mode"], registry=r)
         self.approvals_refused = Counter(
             "autoscaler_approvals_refused",

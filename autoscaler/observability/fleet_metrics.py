@@ -3,7 +3,8 @@
 Where it sits: "reports", beside ``ControllerMetrics``. Instead of gauges the loop sets (and
 has to clear, or a removed rack's series would stay forever), a prometheus-client custom
 collector asks the controller for a ``FleetView`` at each scrape: what the last collection saw
-(instances, demand, capacity, signals, stale scopes), what the last Decision saw (rack health,
+(instances, demand, capacity, signals, stale scopes, the last backup of each VM), what the
+last Decision saw (rack health,
 forecasts, the instances the plan aims for) and the SLA memory (error budget left). A series
 exists exactly while its subject does. Metric names and labels are those the dashboards and
 rules in ``grafana/`` use.
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from autoscaler.model import Health, Signal
+from autoscaler.model import Health, Signal, Snapshot
 from autoscaler.runtime.figures import BusinessFigures
 from policies.decision import Decision
 
@@ -34,6 +35,23 @@ class FleetView:
     budget_left: Mapping[str, float] = field(default_factory=dict)
     objectives: Mapping[str, float] = field(default_factory=dict)
     paused: Mapping[str, bool] = field(default_factory=dict)
+    last_backups: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    """(business, vm) -> when its last backup succeeded (``last_backups``)."""
+
+
+def last_backups(snapshot: Snapshot | None) -> dict[tuple[str, str], float]:
+    """(business, vm) -> last successful backup, for the VMs the snapshot has now: a retired
+    VM's backups stay at the target, but its series goes with it (else the overdue alert
+    would fire for it forever). A VM without a backup has no series."""
+    if snapshot is None:
+        return {}
+    out: dict[tuple[str, str], float] = {}
+    for catalogue in snapshot.backups:
+        live = {vm.name for vm in snapshot.vms_by_business.get(catalogue.business, [])}
+        for record in catalogue.records:
+            if record.vm in live and record.last_success_at is not None:
+                out[(catalogue.business, record.vm)] = record.last_success_at
+    return out
 
 
 def _families() -> dict[str, GaugeMetricFamily]:
@@ -73,6 +91,12 @@ def _families() -> dict[str, GaugeMetricFamily]:
         ),
         ("autoscaler_rack_state", "1 for the rack's current health state.", ["rack", "state"]),
         (
+            "autoscaler_backup_last_success_timestamp_seconds",
+            "When the newest complete backup of a VM was taken (from the last listing of its"
+            " business's backup target).",
+            ["business", "vm"],
+        ),
+        (
             "autoscaler_collector_stale",
             "1 while a source cannot observe a scope.",
             ["source", "scope", "target"],
@@ -110,6 +134,8 @@ class FleetCollector(Collector):
         signals = {(s.scope.value, s.target, s.name): s.value for s in view.signals}
         for labels, value in sorted(signals.items()):
             f["autoscaler_signal_value"].add_metric(list(labels), value)
+        for (business, vm), at in sorted(view.last_backups.items()):
+            f["autoscaler_backup_last_success_timestamp_seconds"].add_metric([business, vm], at)
         for source, scope, target in sorted(set(view.stale)):
             f["autoscaler_collector_stale"].add_metric([source, scope, target], 1.0)
         decision = view.decision

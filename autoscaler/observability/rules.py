@@ -4,7 +4,8 @@ Where it sits: beside the exporter. ``autoscaler grafana generate`` writes
 ``grafana/rules/autoscaler.rules.yml`` from the policies (as Sloth does): recording rules for the
 SLI error ratio over every window the SRE workbook's multi-window multi-burn-rate alerts need,
 computed from the controller's SLI counters; one page and one ticket alert per business with
-its own objective; and the controller-down, stale-cycle, stale-collector and freeze alerts. The
+its own objective; the controller-down, stale-cycle, stale-collector and freeze alerts; and the
+backup alerts (failing backups, and per business with a ``backup:`` policy, an overdue VM). The
 rules are checked by ``promtool check rules`` and unit-tested by ``promtool test rules`` in
 ``make test``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from policies.backups import RETRY_AFTER_S, duration_text
 from policies.schema import BusinessPolicy
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -122,6 +124,65 @@ def controller_alerts(decide_interval_s: float = 10) -> list[dict[str, Any]]:
     ]
 
 
+BACKUP_FAILURES_WINDOW = "6h"
+BACKUP_FAILURES_MORE_THAN = 2
+"""Three failed backups in six hours: a failed backup is tried again (``policies.backups``
+waits ``RETRY_AFTER_S`` after a failure), so one or two are a blip a retry mends; three is a
+target or a VM that keeps failing."""
+
+
+def backup_alerts(policies: Mapping[str, BusinessPolicy]) -> list[dict[str, Any]]:
+    """``AutoscalerBackupFailing`` (any business) and one ``AutoscalerBackupOverdue`` per
+    business with a ``backup:`` policy (its own ``every``)."""
+    failing: dict[str, Any] = {
+        "alert": "AutoscalerBackupFailing",
+        "expr": (
+            "sum by (business) (increase(autoscaler_backup_failures_total"
+            f"[{BACKUP_FAILURES_WINDOW}])) > {BACKUP_FAILURES_MORE_THAN}"
+        ),
+        "for": "1m",
+        "labels": {"severity": "ticket"},
+        "annotations": {
+            "summary": "Backups of {{ $labels.business }} keep failing",
+            "description": f"More than {BACKUP_FAILURES_MORE_THAN} backups of the business"
+            f" failed in the last {BACKUP_FAILURES_WINDOW}. Each failed backup is tried again"
+            f" {duration_text(RETRY_AFTER_S)} later, so one or two failures are mended by a"
+            " retry; this many are a backup target or a VM that keeps failing. The"
+            " controller's log has the reason (events 'action' of kind backup).",
+        },
+    }
+    overdue = []
+    for name, policy in sorted(policies.items()):
+        if policy.backup is None:
+            continue
+        every = policy.backup.every
+        overdue.append(
+            {
+                "alert": "AutoscalerBackupOverdue",
+                # max by (business, vm): every controller (leader and standbys) exports it.
+                "expr": (
+                    "time() - max by (business, vm) ("
+                    f'autoscaler_backup_last_success_timestamp_seconds{{business="{name}"}})'
+                    f" > {2 * every:g}"
+                ),
+                "for": "10m",
+                "labels": {"severity": "ticket", "business": name},
+                "annotations": {
+                    "summary": "{{ $labels.vm }} of " + name + " has no backup newer than"
+                    f" twice its schedule ({duration_text(2 * every)})",
+                    "description": f"{name} is backed up every {duration_text(every)}: a VM whose"
+                    " newest backup is older than twice that missed a whole slot (one late"
+                    " backup, queued behind the others of its business, stays below it). Look"
+                    " for failures (AutoscalerBackupFailing), a maintenance window or an hourly"
+                    " cap that leaves no room (the plan's reasons say which), or a VM that is not"
+                    " running. A VM never backed up has no series here; an unlisted backup"
+                    " target shows as a stale collector.",
+                },
+            }
+        )
+    return [failing, *overdue]
+
+
 def rule_file(
     policies: Mapping[str, BusinessPolicy], decide_interval_s: float = 10
 ) -> dict[str, Any]:
@@ -133,5 +194,6 @@ def rule_file(
                 "rules": [a for _, p in sorted(policies.items()) for a in business_alerts(p)],
             },
             {"name": "autoscaler-controller", "rules": controller_alerts(decide_interval_s)},
+            {"name": "autoscaler-backups", "rules": backup_alerts(policies)},
         ]
     }

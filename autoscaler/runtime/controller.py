@@ -40,7 +40,7 @@ from autoscaler.model import (
     TemporaryError,
 )
 from autoscaler.observability.exporter import ControllerMetrics, HealthState
-from autoscaler.observability.fleet_metrics import FleetView
+from autoscaler.observability.fleet_metrics import FleetView, last_backups
 from autoscaler.runtime.collection import CollectionStage
 from autoscaler.runtime.controls import ControlFile
 from autoscaler.runtime.cycle import Cycle, CycleSettings
@@ -255,6 +255,7 @@ class Controller:
             budget_left=dict(self.memory.budget_left),
             objectives={b: p.sla.objective / 100.0 for b, p in policies.items()},
             paused={b: controls.is_paused(b) for b in policies} if controls is not None else {},
+            last_backups=last_backups(snapshot),
         )
 
     # -- policies ---------------------------------------------------------------------------

@@ -177,6 +177,10 @@ class Cycle:
             return CycleResult()
         started = time.monotonic()
         policies = self.policies()
+        for name, policy in policies.items():
+            if policy.backup is not None:
+                # The series exists from 0: increase() misses a counter's first sample.
+                self.metrics.backup_failures.labels(name)
         controls = self.controls.read()
         self.last_controls = controls
         state = self.memory.decision_state(self.demand(now), self.settings.decide)
@@ -338,6 +342,8 @@ class Cycle:
             self._tell(f"{out.result} {out.key} in {out.duration_s:.1f}s: {out.reason}")
             self.metrics.actions.labels(out.kind, out.result).inc()
             self.metrics.action_seconds.labels(out.kind).observe(out.duration_s)
+            if out.kind == "backup" and out.result == "failed":
+                self.metrics.backup_failures.labels(out.business).inc()
             event(
                 self.log,
                 "action",

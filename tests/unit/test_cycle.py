@@ -16,10 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client import generate_latest
 
-from autoscaler.model import Controls
+from autoscaler.model import BackupInstance, Controls, Plan
 from autoscaler.observability.exporter import ControllerMetrics
 from autoscaler.runtime.cycle import Cycle, CycleResult, CycleSettings
+from autoscaler.runtime.ports import ActionOutcome
 from autoscaler.simulation.fleet import (
     FixedControls,
     MemoryPlans,
@@ -304,3 +306,50 @@ def test_the_cycle_after_acting_waits_for_a_view_taken_after_the_actions() -> No
     assert again.decision is None and again.executed is None
     run.step(1)  # the next collection: decided on again
     assert run.results[-1].decision is not None
+
+
+class FailingBackups:
+    """Hands on which every backup fails (a target that refuses): the Actuation protocol."""
+
+    def execute(self, plan: Plan) -> list[ActionOutcome]:
+        return [
+            ActionOutcome(a.key, a.kind, a.business, "failed", "target refused", 1.0)
+            for a in plan.actions
+        ]
+
+    def reconcile(self) -> int:
+        return 0
+
+    def unfinished(self) -> int:
+        return 0
+
+    def waiting(self) -> dict[str, str]:
+        return {}
+
+
+def _backed_up_web() -> BusinessPolicy:
+    every_day = {"every": "1d", "keep": 7, "target": {"kind": "pool", "pool": "backups"}}
+    return web().model_copy(update={"backup": policy("web", backup=every_day).backup})
+
+
+def test_an_unlisted_backup_target_backs_nothing_up_and_its_failures_count_from_zero() -> None:
+    run = Run(_backed_up_web(), trace(np.full(5, 0.2)), instances=2).step()
+    # The simulated fleet lists no backup target: unknown, so no backup (never a storm).
+    assert run.done("backup") == []
+    text = generate_latest(run.cycle.metrics.registry).decode()
+    assert 'autoscaler_backup_failures_total{business="web"} 0.0' in text
+
+
+def test_a_failed_backup_counts_for_its_business_and_not_against_the_hourly_cap() -> None:
+    run = Run(_backed_up_web(), trace(np.full(2, 0.2)), instances=2).step()
+    host = run.fleet.latest().vms[0].host  # type: ignore[union-attr]
+    backup = BackupInstance(
+        business="web", vm="web-1", host=host, backup_id="b20240306t0300", reason="slot"
+    )
+    run.cycle.actuation = FailingBackups()
+    before = len(run.cycle.memory.recent_actions["web"])
+    run.cycle.execute(Plan.build([backup], NOW), NOW)
+    text = generate_latest(run.cycle.metrics.registry).decode()
+    assert 'autoscaler_backup_failures_total{business="web"} 1.0' in text
+    assert 'autoscaler_actions_total{kind="backup",result="failed"} 1.0' in text
+    assert len(run.cycle.memory.recent_actions["web"]) == before

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from autoscaler.model import Controls, Scope, SignalName
+from autoscaler.model import BackupCatalogue, BackupRecord, Controls, Scope, SignalName
 from autoscaler.observability.exporter import ControllerMetrics
-from autoscaler.observability.fleet_metrics import FleetView
+from autoscaler.observability.fleet_metrics import FleetView, last_backups
 from autoscaler.runtime.figures import BusinessFigures
 from policies.decide import decide
 from policies.decision import Decision
@@ -67,3 +67,33 @@ def test_business_figures_budget_signals_and_stale_scopes_are_served_once_each()
     assert stale == ['autoscaler_collector_stale{scope="host",source="libvirt:h1",target="h1"} 1.0']
     # No decision yet (a standby): no rack or forecast series, and nothing wanted.
     assert not [ln for ln in lines if ln.startswith(("autoscaler_rack_", "autoscaler_business_f"))]
+
+
+def test_last_backup_gauge_has_a_series_per_live_vm_with_a_backup() -> None:
+    fleet = Fleet()
+    fleet.add_vms("web", 2)
+    fleet.backups.append(
+        BackupCatalogue(
+            business="web",
+            listed_at=NOW,
+            records=(
+                BackupRecord(vm="web-000", last_success_at=NOW - 3600, count=3),
+                BackupRecord(vm="web-001", last_success_at=None, last_failure_at=NOW - 60),
+                BackupRecord(vm="web-gone", last_success_at=NOW - 7200, count=7),  # retired
+            ),
+        )
+    )
+    snapshot = fleet.snapshot(policy("web"))
+    assert last_backups(snapshot) == {("web", "web-000"): NOW - 3600}
+    assert last_backups(None) == {}
+    metrics = ControllerMetrics()
+    metrics.watch(lambda: FleetView(last_backups=last_backups(snapshot)))
+    lines = [
+        ln
+        for ln in _scrape(metrics).splitlines()
+        if ln.startswith("autoscaler_backup_last_success_timestamp_seconds{")
+    ]
+    assert len(lines) == 1
+    series, value = lines[0].rsplit(" ", 1)
+    assert series == 'autoscaler_backup_last_success_timestamp_seconds{business="web",vm="web-000"}'
+    assert float(value) == NOW - 3600

@@ -32,7 +32,10 @@ def test_promtool_accepts_the_rules() -> None:
         check=False,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert f"{7 + 2 * len(POLICIES) + 4} rules found" in out.stdout
+    backed_up = sum(1 for p in POLICIES.values() if p.backup is not None)
+    # recording rules, a page and a ticket per business, the controller's four, the backup
+    # failures and an overdue alert per business with backups
+    assert f"{7 + 2 * len(POLICIES) + 4 + 1 + backed_up} rules found" in out.stdout
 
 
 def test_promtool_unit_tests_of_the_rules_pass() -> None:

@@ -10,7 +10,7 @@ from autoscaler.cli.main import main
 from autoscaler.config import load_controller_config
 from autoscaler.model import ConfigError
 from policies.loader import load_policy, load_policy_dir
-from policies.schema import BusinessPolicy, MaintenanceWindow
+from policies.schema import Backup, BusinessPolicy, MaintenanceWindow
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "businesses"
@@ -89,6 +89,54 @@ def test_bad_business_file_names_file_line_and_field(
     first_new_line = new.splitlines()[-1].strip().split(":")[0]
     assert f"{path}:{line_of(text, first_new_line)}: field '{field}'" in message
     assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        ("every: 1d", "every: 30m", "backup.every", "every must be at least 1h (got 1800 s)"),
+        ("every: 1d", "every: daily", "backup.every", "'daily' is not a duration"),
+        ("keep: 7", "keep: 0", "backup.keep", "greater than or equal to 1"),
+        ('at: "03:00"', 'at: "3am"', "backup.at", "at '3am' must be HH:MM"),
+        (
+            "target: {kind: pool, pool: backups}",
+            "target: {kind: folder, path: mnt/backup}",
+            "backup.target.path",
+            "path 'mnt/backup' must be absolute",
+        ),
+        (
+            "target: {kind: pool, pool: backups}",
+            "target: {kind: pool, pool: Backups_1}",
+            "backup.target.pool",
+            "not a safe name",
+        ),
+        ("target: {kind: pool, pool: backups}", "target: {kind: tape}", "backup.target", "tape"),
+        ("keep: 7", "keep: 7\n  kept: 3", "backup.kept", "unknown field"),
+    ],
+)
+def test_bad_backup_section_names_file_line_and_field(
+    tmp_path: Path, old: str, new: str, field: str, expected: str
+) -> None:
+    assert old in WEB
+    text = WEB.replace(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path, images=IMAGES)
+    message = str(caught.value)
+    key = new.splitlines()[-1].strip().split(":")[0]
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if t.startswith(f"  {key}:"))
+    assert f"{path}:{line}: field '{field}'" in message
+    assert expected in message
+
+
+def test_backup_durations_take_units_and_a_folder_target_an_absolute_path() -> None:
+    backup = load_policy(EXAMPLES / "web.yaml").backup
+    assert backup is not None and backup.every == 86400 and backup.phase_s == 3 * 3600
+    folder = Backup.model_validate(
+        {"every": "1h30m", "keep": 1, "target": {"kind": "folder", "path": "/mnt/backup"}}
+    )
+    assert folder.every == 5400 and folder.at is None and folder.phase_s == 0
+    assert Backup.model_validate({**folder.model_dump(), "every": 7200}).every == 7200
 
 
 def test_missing_required_field_is_named(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ from pydantic import ValidationError
 
 from autoscaler.model import (
     VM,
+    BackupCatalogue,
+    BackupInstance,
+    BackupRecord,
     Business,
     CloneFromTemplate,
     Datacenter,
@@ -179,6 +182,31 @@ def test_snapshot_rejects_duplicate_vms() -> None:
         Snapshot.model_validate(raw)
 
 
+def test_backup_catalogues_round_trip_and_tell_unknown_from_none() -> None:
+    listed = BackupCatalogue(
+        business="web",
+        listed_at=1.0,
+        records=(BackupRecord(vm="web-1", last_success_at=0.5, count=2, last_failure_at=None),),
+    )
+    snapshot = small_snapshot().model_copy(update={"backups": (listed,)})
+    again = Snapshot.from_json(snapshot.to_json())
+    assert again == snapshot
+    assert again.backups_by_business["web"].record("web-1") == listed.records[0]
+    assert again.backups_by_business["web"].record("web-2") is None  # listed: none
+    assert "db" not in again.backups_by_business  # not listed: unknown
+    assert small_snapshot().backups == ()
+
+
+def test_backup_catalogues_reject_a_business_or_a_vm_twice() -> None:
+    raw = json.loads(small_snapshot().to_json())
+    raw["backups"] = [{"business": "web", "listed_at": 1.0}] * 2
+    with pytest.raises(ValidationError, match="backup catalogue 'web' appears twice"):
+        Snapshot.model_validate(raw)
+    raw["backups"] = [{"business": "web", "listed_at": 1.0, "records": [{"vm": "a"}, {"vm": "a"}]}]
+    with pytest.raises(ValidationError, match="vm 'a' twice"):
+        Snapshot.model_validate(raw)
+
+
 def test_snapshot_staleness_of_a_host_includes_its_rack() -> None:
     snapshot = small_snapshot()
     assert snapshot.is_stale(Scope.HOST, "h2")
@@ -205,6 +233,14 @@ def test_action_keys_identify_the_intended_end_state() -> None:
     move = LiveMigrate(business="web", vm="web-1", source="h1", destination="h2", reason="rack")
     assert move.key == "live_migrate/web-1/h1->h2"
     assert move.hosts == ("h1", "h2")
+    backup = BackupInstance(
+        business="web", vm="web-1", host="h1", backup_id="b20261201t0300", reason="slot"
+    )
+    assert backup.key == "backup/web-1/b20261201t0300"
+    assert backup.hosts == ("h1",)
+    assert Plan.from_json(Plan.build([backup], created_at=1.0).to_json()).actions == (backup,)
+    with pytest.raises(ValidationError, match="not a safe name"):
+        BackupInstance(business="web", vm="web-1", host="h1", backup_id="B/1", reason="x")
 
 
 def test_live_migration_to_the_same_host_is_rejected() -> None:

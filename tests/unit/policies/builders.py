@@ -10,6 +10,7 @@ import pandas as pd
 
 from autoscaler.model import (
     VM,
+    BackupCatalogue,
     Datacenter,
     Host,
     NicModel,
@@ -70,6 +71,8 @@ class Fleet:
     stale: list[Stale] = field(default_factory=list)
     unreachable: set[str] = field(default_factory=set)
     cordoned: set[str] = field(default_factory=set)
+    backups: list[BackupCatalogue] = field(default_factory=list)
+    """Listed backup catalogues, one per business (none: the business's backups unknown)."""
 
     @property
     def rack_names(self) -> list[str]:
@@ -150,4 +153,5 @@ class Fleet:
             businesses=tuple(p.to_business() for p in policies),
             signals=tuple(self.signals),
             stale=tuple(self.stale),
+            backups=tuple(self.backups),
         )

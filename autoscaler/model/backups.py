@@ -1,0 +1,55 @@
+"""What the backup target holds: per business, when each VM was last backed up.
+
+Where it sits: a part of the Snapshot (``Snapshot.backups``), filled by the collector that lists
+the backup targets; read by ``policies.backups`` to decide which VMs are due, and by the
+metrics (``autoscaler_backup_last_success_timestamp_seconds``).
+
+Known and unknown are kept apart on purpose. A business with a ``BackupCatalogue`` in the
+snapshot was listed: a VM without a record there has no backup at all and is due. A business
+without a catalogue was not listed (no collector, or its listing failed): nothing is known, and
+no backup is planned for it, so that a broken listing never looks like a fleet without
+backups (which would snapshot every VM at once).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from autoscaler.model.names import Name
+from autoscaler.model.topology import Frozen
+
+
+class BackupRecord(Frozen):
+    """The backups of one VM at its business's target (also of a VM retired since: backups
+    outlive their VM)."""
+
+    vm: Name
+    last_success_at: float | None = Field(
+        default=None, description="when its newest complete backup was taken; None: none"
+    )
+    count: int = Field(default=0, ge=0, description="complete backups kept at the target")
+    last_failure_at: float | None = Field(
+        default=None,
+        description="when its last backup attempt failed (None: none known); a failure newer"
+        " than the last success holds the next attempt back for a while",
+    )
+
+
+class BackupCatalogue(Frozen):
+    """One business's backups as listed at ``listed_at``: a VM without a record has none."""
+
+    business: Name
+    listed_at: float = Field(description="when the target was listed (seconds since the epoch)")
+    records: tuple[BackupRecord, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_record_per_vm(self) -> BackupCatalogue:
+        seen: set[str] = set()
+        for record in self.records:
+            if record.vm in seen:
+                raise ValueError(f"backup catalogue of {self.business!r}: vm {record.vm!r} twice")
+            seen.add(record.vm)
+        return self
+
+    def record(self, vm: str) -> BackupRecord | None:
+        return next((r for r in self.records if r.vm == vm), None)
