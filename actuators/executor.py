@@ -33,6 +33,7 @@ from tenacity import (
 )
 
 from actuators.adopt import AdoptActuator
+from actuators.backup import BackupActuator
 from actuators.base import ActionContext, Actuator, Fleet, StepHook
 from actuators.clone import CloneActuator
 from actuators.hotadd import HotAddMemoryActuator, HotAddVcpuActuator
@@ -111,12 +112,7 @@ def default_registry(
         "snapshot": SnapshotActuator(),
         "merge_snapshot": MergeSnapshotActuator(),
         "adopt": AdoptActuator(),
-        # TODO(issue 14, storage half): "backup": the BackupInstance actuator (RBD snapshot,
-        # then export-diff/import-diff to the business's target, keeping ``keep``). Until it
-        # is registered here, a plan holding a backup fails before anything runs
-        # (``execute_plan``); decide() plans none while no collector lists the backup
-        # targets (an unknown catalogue). tests/unit/test_executor.py
-        # ``test_every_action_kind_but_backup_has_an_actuator`` names the gap.
+        "backup": BackupActuator(),
     }
 
 

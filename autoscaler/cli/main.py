@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoscaler.cli import apply, images, simulate, state
+from autoscaler.cli import apply, backups, images, simulate, state
 from autoscaler.model import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -310,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.add_parser(sub)
     state.add_parser(sub)
     images.add_parser(sub)
+    backups.add_parser(sub)
     return parser
 
 

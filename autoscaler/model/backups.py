@@ -53,3 +53,24 @@ class BackupCatalogue(Frozen):
 
     def record(self, vm: str) -> BackupRecord | None:
         return next((r for r in self.records if r.vm == vm), None)
+
+
+# ---- where backups are kept (written by the backup actuator, read by its collector) -------
+
+BACKUP_ID_PATTERN = r"b\d{8}t\d{4}"
+"""A backup's id: ``b`` and its schedule slot in UTC (``b20261201t0300``); ids sort by time."""
+FAILURES_OBJECT = "autoscaler.backup-failures"
+"""In a pool target: the RADOS object whose omap maps a VM to its last failed attempt."""
+FAILURES_FILE = "failures.json"
+"""In a folder target, per business: ``{vm: last failed attempt}``."""
+META_PREFIX = "autoscaler.backup."
+"""Image metadata of a backup image in a pool target: ``vm``, ``business``, ``lineage``; and per
+backup ``ID.taken_at``, ``ID.consistency``, ``ID.parent`` (the backup it is a diff from)."""
+MANIFEST_SUFFIX = ".json"
+DIFF_SUFFIX = ".rbd-diff"
+
+
+def backup_image(vm: str, lineage: str) -> str:
+    """A VM's backup image (pool target) or folder (folder target): its name and the first
+    hex digits of its domain's UUID, so a later VM of the same name never shares a chain."""
+    return f"{vm}.{lineage}"

@@ -10,7 +10,7 @@ becomes stale scopes, never an exception in the loop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.logs import event
 from collectors.base import LastGood, guarded
 from collectors.libvirt_vms import DomainStatsParser, LibvirtHostCollector
+from policies.schema import BusinessPolicy
 
 log = logging.getLogger("autoscaler.collection")
 
@@ -62,6 +63,35 @@ def connect_ceph(config: ControllerConfig) -> Any:
         timeout_s=config.ceph.timeout_s,
         name=config.ceph.client_name,
     )
+
+
+def backup_targets(policies: Mapping[str, BusinessPolicy]) -> dict[str, tuple[str, str]]:
+    """business -> (target kind, pool or folder) of every policy with scheduled backups."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, policy in policies.items():
+        if policy.backup is None:
+            continue
+        target = policy.backup.target
+        out[name] = (target.kind, target.pool if target.kind == "pool" else target.path)
+    return out
+
+
+def backup_catalogue(
+    config: ControllerConfig,
+    policies: Callable[[], Mapping[str, BusinessPolicy]],
+    ceph: Any | None,
+) -> Collector:
+    """The collector of the backup targets the policies in force name."""
+    from collectors.backups import BackupCatalogueCollector
+
+    handle: list[Any] = [ceph] if ceph is not None else []
+
+    def cluster() -> Any:
+        if not handle:
+            handle.append(connect_ceph(config))
+        return handle[0]
+
+    return BackupCatalogueCollector(targets=lambda: backup_targets(policies()), cluster=cluster)
 
 
 def build_collectors(
@@ -137,6 +167,11 @@ class CollectionStage:
             )
             self.latest[_key(collector)] = Collection(source=collector.name, stale=(stale,))
         return list(self.latest.values())
+
+    def add(self, collector: Collector) -> None:
+        """A collector that needs what exists only once the controller does (its policies)."""
+        self.collectors.append(collector)
+        self._last_good[_key(collector)] = LastGood()
 
     def stale_scopes(self) -> list[tuple[str, Scope, str]]:
         return [(s.source, s.scope, s.target) for c in self.latest.values() for s in c.stale]

@@ -22,7 +22,12 @@ from autoscaler.observability.exporter import ControllerMetrics, HealthState, Me
 from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
-from autoscaler.runtime.collection import CollectionStage, build_collectors, connect_ceph
+from autoscaler.runtime.collection import (
+    CollectionStage,
+    backup_catalogue,
+    build_collectors,
+    connect_ceph,
+)
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.shared_state import open_shared_state
@@ -79,6 +84,7 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
         lease=lease,
         shared=shared,
     )
+    collection.add(backup_catalogue(config, lambda: controller.policies, cluster))
     controller.actuation = ExecutorActuation(
         config, controller.lease, lambda: controller.policies, shared
     )

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from autoscaler.config import ControllerConfig
 from autoscaler.model import (
     VM,
+    BackupCatalogue,
+    BackupRecord,
     Collection,
     Host,
     NicModel,
@@ -169,4 +171,44 @@ def build_snapshot(
         businesses=tuple(p.to_business() for _, p in sorted(policies.items())),
         signals=tuple(signals),
         stale=tuple(stale),
+        backups=backup_catalogues(samples),
     )
+
+
+def _safe_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def backup_catalogues(samples: Iterable[Sample]) -> tuple[BackupCatalogue, ...]:
+    """The backup catalogue collector's samples as catalogues: one per business it listed
+    (a business it could not list has none: unknown, so nothing is planned for it)."""
+    listed: dict[str, float] = {}
+    per_vm: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for s in samples:
+        business = s.label("business")
+        if not business or not s.metric.startswith("backup_"):
+            continue
+        if s.metric == "backup_catalogue_listed":
+            listed[business] = s.timestamp
+        elif (vm := s.label("vm")) is not None:
+            per_vm[(business, vm)][s.metric] = s.value
+    out = []
+    for business, listed_at in sorted(listed.items()):
+        records = []
+        for (b, vm), figures in sorted(per_vm.items()):
+            if b != business or not _safe_name(vm):
+                continue
+            records.append(
+                BackupRecord(
+                    vm=vm,
+                    last_success_at=figures.get("backup_last_success_timestamp"),
+                    count=int(figures.get("backup_count", 0)),
+                    last_failure_at=figures.get("backup_last_failure_timestamp"),
+                )
+            )
+        out.append(BackupCatalogue(business=business, listed_at=listed_at, records=tuple(records)))
+    return tuple(out)

@@ -5,16 +5,25 @@ live migration moves no disk, and a retire removes the image with its snapshots.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import rbd
+from ruamel.yaml import YAML
 
+from actuators.backup import folder_backups, lineage_of, pool_backups
 from actuators.base import Fleet
+from actuators.guest_agent import GuestView, SerialAgent
 from actuators.rbd_snapshot import CONSISTENCY_KEY, CRASH
 from actuators.rbd_store import META_BUSINESS, META_OWNER, RbdStore
 from autoscaler.model import (
+    BackupInstance,
     CloneFromTemplate,
     LiveMigrate,
     MergeSnapshot,
@@ -24,7 +33,8 @@ from autoscaler.model import (
 )
 from autoscaler.runtime.journal import SqliteJournal
 from lab import lab as lab_mod
-from lab.ceph import IMAGES_POOL
+from lab.ceph import BACKUPS_POOL, IMAGES_POOL
+from lab.images import expected_content_checksum
 from lab.lab import Lab
 from lab.rbd import VERSION
 from tests.integration.actuator_helpers import (
@@ -39,6 +49,7 @@ from tests.integration.actuator_helpers import (
 pytestmark = pytest.mark.lab
 
 WHY = {"business": "web", "reason": "rbd test"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def on_rbd(fleet: Fleet) -> Fleet:
@@ -70,6 +81,14 @@ def cleanup(lab: Lab, store: RbdStore) -> Iterator[list[str]]:
         remove_everywhere(lab, vm)
         if store.exists(IMAGES_POOL, vm):
             store.remove(IMAGES_POOL, vm, "web", fleet_of(lab).keys, half_made_clone=True)
+        # The test's backups too (the product never removes a backup with its VM).
+        with store.ioctx(BACKUPS_POOL) as ioctx:
+            for image in rbd.RBD().list(ioctx):
+                if image.startswith(f"{vm}."):
+                    with rbd.Image(ioctx, image) as img:
+                        for snap in list(img.list_snaps()):
+                            img.remove_snap(snap["name"])
+                    rbd.RBD().remove(ioctx, image)
 
 
 def rbd_source(lab: Lab, host: str, vm: str) -> ET.Element | None:
@@ -125,3 +144,145 @@ def test_a_clone_on_rbd_boots_from_a_stamped_cow_clone_and_moves_without_its_dis
     assert not store.exists(IMAGES_POOL, vm)
     assert store.exists(IMAGES_POOL, "web")  # the template and its version are untouched
     assert [v.name for v in store.template_versions(IMAGES_POOL, "web")] == [VERSION]
+
+
+def view_of(
+    lab: Lab, host: str, vm: str, accept: Callable[[GuestView], bool], timeout_s: float
+) -> GuestView:
+    conn = lab.connect(host)
+    try:
+        with SerialAgent(conn, conn.lookupByName(vm)) as agent:
+            view = agent.wait_for(accept, timeout_s)
+            assert view is not None, f"{vm}: no such report within {timeout_s} s: {agent.latest}"
+            return view
+    finally:
+        conn.close()
+
+
+def fill(lab: Lab, host: str, vm: str, mib: int) -> GuestView:
+    """Have the guest write ``mib`` MiB to its disk (through the load driver, which holds the
+    load port) and wait until it reports them written and synced."""
+    demand_file = Path(lab.state.root) / "demand.json"
+    before = json.loads(demand_file.read_text())
+    demand = json.loads(json.dumps(before))
+    demand["web"] = {**demand.get("web", {}), "fill_mib": {vm: mib}}
+    lab_mod.set_demand(lab, demand)
+    try:
+        return view_of(lab, host, vm, lambda v: v.data_mib == mib, 180)
+    finally:
+        lab_mod.set_demand(lab, before)
+
+
+def backup(vm: str, host: str, backup_id: str, kind: str, where: str) -> BackupInstance:
+    facts: dict[str, str | int | float | bool] = {
+        "target_kind": kind,
+        "target": where,
+        "keep": 2,
+    }
+    return BackupInstance(vm=vm, host=host, backup_id=backup_id, facts=facts, **WHY)
+
+
+def restore_config(lab: Lab, folder: Path, backup_folder: Path | None = None) -> Path:
+    """The lab's controller file with a policy folder where web clones from RBD and keeps its
+    backups in the backups pool (the example's own backup section), or in ``backup_folder``."""
+    businesses = folder / "businesses"
+    businesses.mkdir(parents=True, exist_ok=True)
+    policy = businesses / "web.yaml"
+    shutil.copy(lab_mod.EXAMPLES / "businesses" / "web.yaml", policy)
+    lab_mod.on_rbd(policy)
+    if backup_folder is not None:
+        text = policy.read_text()
+        pool = f"{{kind: pool, pool: {BACKUPS_POOL}}}"
+        assert pool in text
+        policy.write_text(text.replace(pool, f"{{kind: folder, path: {backup_folder}}}"))
+    yaml = YAML(typ="safe", pure=True)
+    doc = yaml.load(lab.controller_file.read_text())
+    doc["policy_dir"] = str(businesses)
+    doc["state_dir"] = str(folder / "state")
+    config = folder / "controller.yaml"
+    with config.open("w") as out:
+        yaml.dump(doc, out)
+    return config
+
+
+def restore(config: Path, vm: str, backup_id: str, host: str, *extra: str) -> None:
+    args = ["restore", vm, "--backup", backup_id, "--host", host, "--config", str(config)]
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", *args, *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_backups_of_a_vm_on_rbd_are_incremental_pruned_and_restore_as_a_guest_with_its_data(
+    lab: Lab, rbd_fleet: Fleet, store: RbdStore, tmp_path: Path, cleanup: list[str]
+) -> None:
+    vm, restored = "web-rbd-b", "web-rbd-f"
+    host = empty_host(lab)
+    cleanup.extend([vm, restored])
+    journal = SqliteJournal(tmp_path / "journal.sqlite")
+    (clone,) = run_plan(rbd_fleet, journal, [CloneFromTemplate(vm=vm, host=host, **WHY)])
+    assert clone.status == "done", clone
+    first = view_of(lab, host, vm, lambda v: v.ready, 30)
+    assert (first.mounted, first.boots) == (True, 1), first
+    fill(lab, host, vm, 8)
+
+    ids = ["b20261201t0300", "b20261201t0400", "b20261201t0500"]
+    (full,) = run_plan(rbd_fleet, journal, [backup(vm, host, ids[0], "pool", BACKUPS_POOL)])
+    assert full.status == "done", full
+    assert full.figures["backup_incremental"] == 0 and full.figures["backup_mib"] >= 8
+    fill(lab, host, vm, 16)
+    (incremental,) = run_plan(rbd_fleet, journal, [backup(vm, host, ids[1], "pool", BACKUPS_POOL)])
+    assert incremental.status == "done", incremental
+    # Only what changed since the first backup crossed: the new fill, not the template.
+    assert incremental.figures["backup_incremental"] == 1
+    assert incremental.figures["backup_mib"] < full.figures["backup_mib"] + 16
+    (third,) = run_plan(rbd_fleet, journal, [backup(vm, host, ids[2], "pool", BACKUPS_POOL)])
+    assert third.status == "done", third
+    conn = lab.connect(host)
+    try:
+        lineage = lineage_of(conn.lookupByName(vm))
+    finally:
+        conn.close()
+
+    def held() -> list[str]:
+        return [
+            b.backup_id
+            for b in pool_backups(store, BACKUPS_POOL, "web")
+            if (b.vm, b.lineage) == (vm, lineage)
+        ]
+
+    assert held() == ids[1:]  # keep: 2
+    # The source keeps only the newest backup snapshot, the base of the next copy.
+    assert [s.name for s in store.snapshots(IMAGES_POOL, vm)] == [ids[2]]
+    folder = tmp_path / "backup-folder"
+    (to_folder,) = run_plan(
+        rbd_fleet, journal, [backup(vm, host, "b20261201t0600", "folder", str(folder))]
+    )
+    assert to_folder.status == "done", to_folder
+    (in_folder,) = folder_backups(folder, "web")
+    assert Path(in_folder.location).read_bytes().startswith(b"rbd diff v1\n")
+
+    # The VM is lost; its backups are not.
+    (retire,) = run_plan(rbd_fleet, journal, [Retire(vm=vm, host=host, **WHY)])
+    assert retire.status == "done", retire
+    assert not store.exists(IMAGES_POOL, vm)
+    assert held() == ids[1:]
+
+    config = restore_config(lab, tmp_path / "restore")
+    restore(config, vm, ids[1], host)
+    again = view_of(lab, host, vm, lambda v: v.ready, 120)
+    # What it had written before that backup, and its boot record: a second boot, same disk.
+    assert (again.mounted, again.data_mib, again.boots) == (True, 16, 2), again
+    assert again.content == first.content == expected_content_checksum("web")
+    other = next(h for h in lab_mod.status(lab).domains if h != host)
+    restore(
+        restore_config(lab, tmp_path / "r2", folder), vm, "b20261201t0600", other, "--as", restored
+    )
+    from_folder = view_of(lab, other, restored, lambda v: v.ready, 120)
+    assert (from_folder.mounted, from_folder.content) == (True, first.content), from_folder
+    assert store.owned(IMAGES_POOL, restored, "web", rbd_fleet.keys)

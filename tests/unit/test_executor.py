@@ -292,11 +292,8 @@ def test_an_unknown_kind_fails_before_anything_runs(journal: SqliteJournal) -> N
     assert adds.log == []
 
 
-def test_every_action_kind_but_backup_has_an_actuator() -> None:
-    # "backup" (issue 14) gets its actuator from the storage half: drop it from the expected
-    # gap when BackupActuator joins ``default_registry``.
-    assert set(ACTION_KINDS) - set(default_registry()) == {"backup"}
-    assert set(default_registry()) <= set(ACTION_KINDS)
+def test_every_action_kind_has_an_actuator() -> None:
+    assert set(default_registry()) == set(ACTION_KINDS)
 
 
 def test_every_step_reaches_the_journal_before_the_hook(journal: SqliteJournal) -> None:
