@@ -162,6 +162,12 @@ class RbdStore:
                     f"template {pool}/{template}@{version} does not exist"
                     " (autoscaler images push makes it)"
                 ) from exc
+            except rbd.Timeout as exc:
+                raise TemporaryError(
+                    f"rbd clone {pool}/{vm} timed out: pool {pool} takes no writes (full, over"
+                    f" its quota, or the cluster paused): {exc}",
+                    retry_after=5,
+                ) from exc
             except rbd.Error as exc:
                 raise TemporaryError(f"rbd clone {pool}/{vm}: {exc}", retry_after=2) from exc
             # The stamp goes on before anything can use the image; a crash in between leaves an

@@ -60,26 +60,33 @@ def fault_hooks_file(lab: Lab) -> Path:
     return path
 
 
-def apply_args(lab: Lab, plan: Path, state: Path) -> list[str]:
+def apply_args(lab: Lab, plan: Path, state: Path, config: Path | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
         "autoscaler.cli.apply",
         str(plan),
         "--config",
-        str(fault_hooks_file(lab)),
+        str(config or fault_hooks_file(lab)),
         "--state-dir",
         str(state),
     ]
 
 
 def apply(
-    lab: Lab, plan: Path, state: Path, crash_at: str | None = None
+    lab: Lab,
+    plan: Path,
+    state: Path,
+    crash_at: str | None = None,
+    *,
+    config: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
+    """``autoscaler apply`` of ``plan`` (with the lab's controller file and fault hooks, or
+    ``config``), killed at ``crash_at`` if given."""
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     if crash_at:
         env[CRASH_ENV] = crash_at
-    args = apply_args(lab, plan, state)
+    args = apply_args(lab, plan, state, config)
     return subprocess.run(
         args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, check=False
     )
