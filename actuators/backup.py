@@ -39,7 +39,7 @@ import rbd
 from actuators import rbd_snapshot
 from actuators.base import ActionContext, find_domain, require_owned
 from actuators.rbd_diff import apply_diff, copy_changes, write_diff
-from actuators.rbd_store import RbdStore
+from actuators.rbd_store import META_RESTORED_FROM, RbdStore, read_metadata
 from autoscaler.model import (
     BackupInstance,
     PermanentError,
@@ -49,12 +49,14 @@ from autoscaler.model import (
 )
 from autoscaler.model.backups import (
     BACKUP_ID_PATTERN,
+    BACKUP_IMAGE_KEYS,
     DIFF_SUFFIX,
     FAILURES_FILE,
     FAILURES_OBJECT,
     MANIFEST_SUFFIX,
     META_PREFIX,
     backup_image,
+    backup_image_keys,
 )
 
 _BACKUP_ID = re.compile(rf"\A{BACKUP_ID_PATTERN}\Z")
@@ -122,13 +124,13 @@ def pool_backups(store: RbdStore, pool: str, business: str | None = None) -> lis
         for name in rbd.RBD().list(ioctx):
             try:
                 with rbd.Image(ioctx, name, read_only=True) as img:
-                    meta = {str(k): str(v) for k, v in img.metadata_list()}
+                    sids = [str(s["name"]) for s in img.list_snaps()]
+                    meta = read_metadata(img, backup_image_keys(sids))
                     if META_PREFIX + "vm" not in meta:
                         continue
                     if business is not None and meta.get(META_PREFIX + "business") != business:
                         continue
-                    for snap in img.list_snaps():
-                        sid = str(snap["name"])
+                    for sid in sids:
                         if not is_backup_id(sid):
                             continue
                         out.append(
@@ -193,8 +195,8 @@ def _prune_pool(store: RbdStore, pool: str, image: str, keep: int) -> list[str]:
         dropped = ids[: max(0, len(ids) - keep)]
         for sid in dropped:
             img.remove_snap(sid)
-            for key, _ in list(img.metadata_list()):
-                if str(key).startswith(f"{META_PREFIX}{sid}."):
+            for key in backup_image_keys([sid])[len(BACKUP_IMAGE_KEYS) :]:
+                with contextlib.suppress(KeyError, rbd.ObjectNotFound):
                     img.metadata_remove(key)
         return dropped
 
@@ -429,7 +431,7 @@ def restore_image(
     check_name(new_vm, what="vm name")
     meta = store.metadata(pool, new_vm)
     if meta is not None:
-        if meta.get("autoscaler.restored-from") == backup.location:
+        if meta.get(META_RESTORED_FROM) == backup.location:
             return
         raise PreconditionFailed(f"rbd image {pool}/{new_vm} exists: restore never overwrites")
     with store.ioctx(pool) as ioctx:
@@ -448,7 +450,7 @@ def restore_image(
                 with rbd.Image(ioctx, new_vm) as dst, open(backup.location, "rb") as stream:
                     apply_diff(stream, dst)
             with rbd.Image(ioctx, new_vm) as dst:
-                dst.metadata_set("autoscaler.restored-from", backup.location)
+                dst.metadata_set(META_RESTORED_FROM, backup.location)
         except rbd.ImageExists as exc:
             raise PreconditionFailed(f"rbd image {pool}/{new_vm} appeared meanwhile") from exc
         except rbd.Error as exc:

@@ -27,7 +27,7 @@ from actuators.domain_xml import (
     mark_ready,
     rbd_disks,
 )
-from actuators.rbd_store import META_CREATED, META_OWNER, RbdDiskSource
+from actuators.rbd_store import META_CREATED, RbdDiskSource
 from actuators.snapshot import delete_snapshot_files
 from actuators.volumes import delete_overlay, ensure_overlay
 from autoscaler.model import (
@@ -156,7 +156,7 @@ class CloneActuator:
                 stamp,
             )
             ctx.step("image-created")
-        elif META_OWNER not in meta and not any(k.startswith("autoscaler.") for k in meta):
+        elif not meta:
             # Our clone, interrupted between its creation and its stamp (this step is only
             # reached for a VM name the journal gave to this clone).
             store.ensure_stamped(storage.pool, action.vm, action.business, created, stamp)

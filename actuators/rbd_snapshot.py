@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import libvirt
 
 from actuators.domain_xml import QEMU_GA_CHANNEL, rbd_disks
-from actuators.rbd_store import RbdStore
+from actuators.rbd_store import RbdStore, snapshot_key
 
 CONSISTENCY_KEY = "consistency"
 FROZEN = "filesystem-frozen"
@@ -63,4 +63,4 @@ def take(
 
 def consistency_of(store: RbdStore, pool: str, image: str, snap: str) -> str:
     meta = store.metadata(pool, image) or {}
-    return meta.get(f"autoscaler.snap.{snap}.{CONSISTENCY_KEY}", CRASH)
+    return meta.get(snapshot_key(snap, CONSISTENCY_KEY), CRASH)

@@ -16,7 +16,7 @@ import contextlib
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +36,9 @@ META_VM = "autoscaler.vm"
 META_BUSINESS = "autoscaler.business"
 META_CREATED = "autoscaler.created"
 META_OWNER = "autoscaler.owner"
+META_RESTORED_FROM = "autoscaler.restored-from"
 SNAP_META_PREFIX = "autoscaler.snap."
+STAMP_KEYS = (META_VM, META_BUSINESS, META_CREATED, META_OWNER)
 OBJECT_ORDER = 22  # 4 MiB objects, RBD's default
 _MON_ADDR = re.compile(r"(?:v[12]:)?(\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})")
 
@@ -131,7 +133,7 @@ class RbdStore:
         with self.ioctx(pool) as ioctx:
             try:
                 with rbd.Image(ioctx, image, read_only=True) as img:
-                    return {str(k): str(v) for k, v in img.metadata_list()}
+                    return read_metadata(img, vm_image_keys(img))
             except rbd.ImageNotFound:
                 return None
             except rbd.Error as exc:
@@ -228,7 +230,7 @@ class RbdStore:
         meta = self.metadata(pool, vm)
         if meta is None:
             return None
-        unstamped = not any(k.startswith("autoscaler.") for k in meta)
+        unstamped = not meta
         if not image_owned(meta, vm, business, keys) and not (half_made_clone and unstamped):
             raise NotOwned(f"rbd image {pool}/{vm} does not carry this fleet's stamp for {vm}")
         with self.ioctx(pool) as ioctx:
@@ -286,7 +288,7 @@ class RbdStore:
             try:
                 with rbd.Image(ioctx, image) as img:
                     for key, value in (note or {}).items():
-                        img.metadata_set(f"{SNAP_META_PREFIX}{snap}.{key}", value)
+                        img.metadata_set(snapshot_key(snap, key), value)
                     try:
                         img.create_snap(snap)
                     except rbd.ImageExists:
@@ -304,9 +306,8 @@ class RbdStore:
                     if img.is_protected_snap(snap):
                         img.unprotect_snap(snap)
                     img.remove_snap(snap)
-                    for key, _ in list(img.metadata_list()):
-                        if str(key).startswith(f"{SNAP_META_PREFIX}{snap}."):
-                            img.metadata_remove(key)
+                    with contextlib.suppress(KeyError, rbd.ObjectNotFound):
+                        img.metadata_remove(snapshot_key(snap, "consistency"))
                     return True
             except rbd.ImageNotFound:
                 return False
@@ -339,6 +340,30 @@ class RbdStore:
                 img.flush()
                 img.create_snap(version)
                 img.protect_snap(version)
+
+
+def read_metadata(image: Any, keys: Iterable[str]) -> dict[str, str]:
+    """The image's metadata under ``keys`` (those it has). Each is read by its key: python-rbd
+    16.2's ``metadata_list`` is not to be trusted (seen in the lab with nine keys: one missing
+    and every value paired with the wrong key), so the caller names what it looks for."""
+    out: dict[str, str] = {}
+    for key in keys:
+        try:
+            out[key] = str(image.metadata_get(key))
+        except (KeyError, rbd.ObjectNotFound):
+            continue
+    return out
+
+
+def vm_image_keys(image: Any) -> list[str]:
+    """Every metadata key this fleet writes on a VM's image (its stamp, a restore's source,
+    and per snapshot its consistency)."""
+    snaps = [str(s["name"]) for s in image.list_snaps()]
+    return [*STAMP_KEYS, META_RESTORED_FROM, *(snapshot_key(s, "consistency") for s in snaps)]
+
+
+def snapshot_key(snap: str, what: str) -> str:
+    return f"{SNAP_META_PREFIX}{snap}.{what}"
 
 
 def image_owned(meta: dict[str, str], vm: str, business: str, keys: FleetKeys | None) -> bool:

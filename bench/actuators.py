@@ -4,8 +4,10 @@ Where it sits: beside the tests, measuring what the issue's targets name, end to
 the executor and journal (each figure is an action's own duration: precondition, execute and
 verification inside the guest): vCPU and memory hot-add until the guest sees them, clone until
 the guest reports ready, live migration (wall time and the downtime QEMU reports on the
-destination), disk snapshot, and a rack evacuation of four VMs under the per-host cap. It
-brings up its own lab in a temporary folder and always takes it down.
+destination), disk snapshot, and a rack evacuation of four VMs under the per-host cap; then
+the same guests on local overlays and on Ceph RBD side by side (``storage``: clone, migration
+after the guest wrote 64 MiB, backups and restore on RBD). It brings up its own lab in a
+temporary folder and always takes it down.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from actuators.backup import pool_backups, restore_image
 from actuators.base import Fleet
 from actuators.executor import ActionResult, ExecutorLimits, execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from autoscaler.config import load_controller_config
 from autoscaler.model import (
     Action,
+    BackupInstance,
     CloneFromTemplate,
     HotAddMemory,
     HotAddVcpu,
@@ -43,10 +47,21 @@ from autoscaler.model import (
 from autoscaler.runtime.lease import Renewing, taken_file_lease
 from autoscaler.runtime.wiring import build_fleet, open_journal, quiet_libvirt
 from lab import lab as lab_mod
+from lab.ceph import BACKUPS_POOL, IMAGES_POOL
+from lab.lab import Lab
+from lab.rbd import fleet_on_rbd
 from lab.spec import LabSpec
 from policies.loader import load_policy_dir
 
 VMS = ("bench-1", "bench-2", "bench-3", "bench-4")
+STORAGE_FIGURES = (
+    "clone_to_guest_ready",
+    "migration_total",
+    "migration_downtime",
+    "backup_full",
+    "backup_incremental",
+    "restore",
+)
 WHY = {"business": "web", "reason": "benchmark"}
 
 
@@ -155,6 +170,69 @@ def measure(bench: Bench, hosts: list[str]) -> None:
     bench.run(*(Retire(vm=vm, host=[e, f][i % 2], **WHY) for i, vm in enumerate(VMS[:2])))
 
 
+STORAGE_VMS = {"local": ("stor-local-1", "stor-local-2"), "rbd": ("stor-rbd-1", "stor-rbd-2")}
+FILL_MIB = 64
+BACKUP_POOL_TARGET: dict[str, str | int | float | bool] = {
+    "target_kind": "pool",
+    "target": BACKUPS_POOL,
+    "keep": 2,
+}
+
+
+def measure_storage(lab: Lab, benches: dict[str, Bench], hosts: list[str]) -> None:
+    """The same guests on local overlays and on RBD, in the same lab: clone until the guest
+    is ready; live migration of a guest that has written 64 MiB to its disk (a block migration
+    copies them, a migration on RBD does not); on RBD, a full and an incremental backup into
+    the backups pool and a restore as a new VM (image written, then cloned until ready)."""
+    a, b = hosts[0], hosts[1]
+    for storage, bench in benches.items():
+        for vm in STORAGE_VMS[storage]:
+            bench.timed(f"{storage}:clone_to_guest_ready", CloneFromTemplate(vm=vm, host=a, **WHY))
+            lab_mod.fill_disk(lab, "web", a, vm, FILL_MIB)
+        for source, destination in ((a, b), (b, a)):
+            for vm in STORAGE_VMS[storage]:
+                move = LiveMigrate(vm=vm, source=source, destination=destination, **WHY)
+                (result,) = bench.run(move)
+                bench.add(f"{storage}:migration_total", result.figures["migration_total_s"])
+                if "migration_downtime_s" in result.figures:
+                    bench.add(
+                        f"{storage}:migration_downtime", result.figures["migration_downtime_s"]
+                    )
+    bench = benches["rbd"]
+    store = bench.fleet.rbd_store()
+    for vm in STORAGE_VMS["rbd"]:
+        for backup_id, more in (("b20261201t0300", 0), ("b20261201t0400", 16)):
+            if more:
+                lab_mod.fill_disk(lab, "web", a, vm, FILL_MIB + more)
+            action = BackupInstance(
+                vm=vm, host=a, backup_id=backup_id, facts=BACKUP_POOL_TARGET, **WHY
+            )
+            (result,) = bench.run(action)
+            kind = "incremental" if result.figures["backup_incremental"] else "full"
+            bench.add(f"rbd:backup_{kind}", result.duration_s)
+        started = time.monotonic()
+        (found,) = [
+            x
+            for x in pool_backups(store, BACKUPS_POOL, "web")
+            if x.vm == vm and x.backup_id == "b20261201t0400"
+        ]
+        restored, created = f"{vm}-r", f"{time.time():.3f}"
+        keys = bench.fleet.keys
+        if keys is None:
+            raise RuntimeError("the lab's fleet has no key")
+        restore_image(
+            store,
+            found,
+            "pool",
+            IMAGES_POOL,
+            restored,
+            created,
+            keys.stamp(restored, "web", created),
+        )
+        bench.run(CloneFromTemplate(vm=restored, host=b, **WHY))
+        bench.add("rbd:restore", time.monotonic() - started)
+
+
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Keep stdout for the JSON alone: the lab's scripts print progress at the fd level."""
@@ -190,11 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                     open_journal(Path(tmp) / "state", fleet) as journal,
                 ):
                     bench = Bench(fleet, journal, limits, lease)
-                    measure(bench, [h.name for h in lab.state.hosts])
+                    hosts = [h.name for h in lab.state.hosts]
+                    measure(bench, hosts)
+                    on_rbd = Bench(fleet_on_rbd(fleet, "web"), journal, limits, lease)
+                    on_rbd.samples = bench.samples
+                    measure_storage(lab, {"local": bench, "rbd": on_rbd}, hosts[2:])
                 domain_type = config.domain_type
             finally:
                 lab_mod.down(root)
-    report = {
+    report: dict[str, Any] = {
         "machine": machine(),
         "domain_type": domain_type,
         "metrics": {
@@ -210,6 +292,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
     }
+    storage: dict[str, dict[str, dict[str, float | int]]] = {
+        kind: {
+            name: summary(bench.samples[f"{kind}:{name}"])
+            for name in STORAGE_FIGURES
+            if f"{kind}:{name}" in bench.samples
+        }
+        for kind in ("rbd", "local")
+    }
+    report["storage"] = storage
+    rbd, local = storage["rbd"], storage["local"]
+    if "migration_total" in rbd and "migration_total" in local:
+        report["rbd_migration_speedup_p50"] = round(
+            float(local["migration_total"]["p50_s"]) / float(rbd["migration_total"]["p50_s"]), 2
+        )
     for name, values in sorted(bench.samples.items()):  # the raw figures, for the curious
         print(f"{name}: {[round(v, 3) for v in values]}", file=sys.stderr)
     if args.json:

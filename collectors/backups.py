@@ -30,6 +30,7 @@ from autoscaler.model.backups import (
     FAILURES_OBJECT,
     MANIFEST_SUFFIX,
     META_PREFIX,
+    backup_image_keys,
 )
 
 _BACKUP_ID = re.compile(rf"\A{BACKUP_ID_PATTERN}\Z")
@@ -38,6 +39,17 @@ LAST_SUCCESS = "backup_last_success_timestamp"
 COUNT = "backup_count"
 LAST_FAILURE = "backup_last_failure_timestamp"
 MAX_FAILURES_READ = 10_000
+
+
+def _read_metadata(image: Any, keys: list[str]) -> dict[str, str]:
+    # Value by key: python-rbd 16.2's metadata_list loses keys and mispairs values.
+    out: dict[str, str] = {}
+    for key in keys:
+        try:
+            out[key] = str(image.metadata_get(key))
+        except (KeyError, rbd.ObjectNotFound):
+            continue
+    return out
 
 
 @dataclass
@@ -106,13 +118,13 @@ class BackupCatalogueCollector:
             for name in rbd.RBD().list(ioctx):
                 try:
                     with rbd.Image(ioctx, name, read_only=True) as img:
-                        meta = {str(k): str(v) for k, v in img.metadata_list()}
+                        sids = [str(s["name"]) for s in img.list_snaps()]
+                        meta = _read_metadata(img, backup_image_keys(sids))
                         if meta.get(META_PREFIX + "business") != business:
                             continue
                         vm = meta.get(META_PREFIX + "vm", "")
                         entry = seen.setdefault(vm, _Seen())
-                        for snap in img.list_snaps():
-                            sid = str(snap["name"])
+                        for sid in sids:
                             if _BACKUP_ID.match(sid):
                                 taken = float(meta.get(f"{META_PREFIX}{sid}.taken_at", "0"))
                                 entry.count += 1

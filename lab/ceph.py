@@ -164,7 +164,7 @@ keyring = {d}/osd$id/keyring
 osd objectstore = memstore
 ; a SIGTERM really unmounts the store, so memstore data survives an OSD restart
 osd fast shutdown = false
-memstore device bytes = 268435456
+memstore device bytes = 536870912
 osd memory target = 939524096
 osd op num shards = 1
 osd op num threads per shard = 2

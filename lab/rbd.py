@@ -9,13 +9,16 @@ policies it copies, and its first VMs boot from RBD clones.
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from actuators.base import Fleet
 from actuators.rbd_store import RbdStore
 from actuators.template_import import raw_copy, write_raw
+from autoscaler.model import RbdStorage
 from collectors.ceph import connect
 from lab.ceph import IMAGES_POOL, CephCluster
 
@@ -34,6 +37,21 @@ def push_templates(rbd: RbdStore, templates: Mapping[str, Path]) -> None:
         with tempfile.TemporaryDirectory(prefix="lab-push-") as tmp:
             raw, size = raw_copy(source, Path(tmp))
             rbd.push_template(IMAGES_POOL, business, VERSION, size, write_raw(raw))
+
+
+def fleet_on_rbd(fleet: Fleet, business: str, *, min_instances: int | None = None) -> Fleet:
+    """``fleet`` with ``business`` cloning from its template on RBD (``images/BUSINESS@v1``,
+    pushed by ``lab up``); ``min_instances`` to lower its floor (tests and benchmarks retire
+    what they make whatever else serves it)."""
+    current = fleet.businesses[business]
+    template = current.template.model_copy(
+        update={"image": business, "version": VERSION, "storage": RbdStorage(pool=IMAGES_POOL)}
+    )
+    update: dict[str, Any] = {"template": template}
+    if min_instances is not None:
+        update["min_instances"] = min_instances
+    changed = current.model_copy(update=update)
+    return dataclasses.replace(fleet, businesses={**fleet.businesses, business: changed})
 
 
 def rbd_template(business: str) -> dict[str, Any]:

@@ -70,6 +70,17 @@ MANIFEST_SUFFIX = ".json"
 DIFF_SUFFIX = ".rbd-diff"
 
 
+BACKUP_IMAGE_KEYS = tuple(f"{META_PREFIX}{k}" for k in ("vm", "business", "lineage"))
+BACKUP_KEYS = ("taken_at", "consistency", "parent")
+
+
+def backup_image_keys(backup_ids: list[str]) -> list[str]:
+    """Every metadata key a backup image holding ``backup_ids`` may carry (read by key: the
+    metadata listing of python-rbd 16.2 is not to be trusted)."""
+    per_backup = [f"{META_PREFIX}{i}.{k}" for i in backup_ids for k in BACKUP_KEYS]
+    return [*BACKUP_IMAGE_KEYS, *per_backup]
+
+
 def backup_image(vm: str, lineage: str) -> str:
     """A VM's backup image (pool target) or folder (folder target): its name and the first
     hex digits of its domain's UUID, so a later VM of the same name never shares a chain."""

@@ -4,8 +4,6 @@ live migration moves no disk, and a retire removes the image with its snapshots.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import shutil
 import subprocess
 import sys
@@ -27,7 +25,6 @@ from autoscaler.model import (
     CloneFromTemplate,
     LiveMigrate,
     MergeSnapshot,
-    RbdStorage,
     Retire,
     SnapshotDisk,
 )
@@ -36,7 +33,7 @@ from lab import lab as lab_mod
 from lab.ceph import BACKUPS_POOL, IMAGES_POOL
 from lab.images import expected_content_checksum
 from lab.lab import Lab
-from lab.rbd import VERSION
+from lab.rbd import VERSION, fleet_on_rbd
 from tests.integration.actuator_helpers import (
     domain_xml,
     empty_host,
@@ -53,14 +50,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def on_rbd(fleet: Fleet) -> Fleet:
-    """The lab's fleet with business web cloning from its template on RBD (``images/web@v1``,
-    pushed by ``lab up``)."""
-    web = fleet.businesses["web"]
-    template = web.template.model_copy(
-        update={"image": "web", "version": VERSION, "storage": RbdStorage(pool=IMAGES_POOL)}
-    )
-    business = web.model_copy(update={"template": template, "min_instances": 0})
-    return dataclasses.replace(fleet, businesses={**fleet.businesses, "web": business})
+    """The lab's fleet with business web cloning from its template on RBD."""
+    return fleet_on_rbd(fleet, "web", min_instances=0)
 
 
 @pytest.fixture
@@ -159,20 +150,6 @@ def view_of(
         conn.close()
 
 
-def fill(lab: Lab, host: str, vm: str, mib: int) -> GuestView:
-    """Have the guest write ``mib`` MiB to its disk (through the load driver, which holds the
-    load port) and wait until it reports them written and synced."""
-    demand_file = Path(lab.state.root) / "demand.json"
-    before = json.loads(demand_file.read_text())
-    demand = json.loads(json.dumps(before))
-    demand["web"] = {**demand.get("web", {}), "fill_mib": {vm: mib}}
-    lab_mod.set_demand(lab, demand)
-    try:
-        return view_of(lab, host, vm, lambda v: v.data_mib == mib, 180)
-    finally:
-        lab_mod.set_demand(lab, before)
-
-
 def backup(vm: str, host: str, backup_id: str, kind: str, where: str) -> BackupInstance:
     facts: dict[str, str | int | float | bool] = {
         "target_kind": kind,
@@ -231,13 +208,13 @@ def test_backups_of_a_vm_on_rbd_are_incremental_pruned_and_restore_as_a_guest_wi
     assert clone.status == "done", clone
     first = view_of(lab, host, vm, lambda v: v.ready, 30)
     assert (first.mounted, first.boots) == (True, 1), first
-    fill(lab, host, vm, 8)
+    lab_mod.fill_disk(lab, "web", host, vm, 8)
 
     ids = ["b20261201t0300", "b20261201t0400", "b20261201t0500"]
     (full,) = run_plan(rbd_fleet, journal, [backup(vm, host, ids[0], "pool", BACKUPS_POOL)])
     assert full.status == "done", full
     assert full.figures["backup_incremental"] == 0 and full.figures["backup_mib"] >= 8
-    fill(lab, host, vm, 16)
+    lab_mod.fill_disk(lab, "web", host, vm, 16)
     (incremental,) = run_plan(rbd_fleet, journal, [backup(vm, host, ids[1], "pool", BACKUPS_POOL)])
     assert incremental.status == "done", incremental
     # Only what changed since the first backup crossed: the new fill, not the template.
