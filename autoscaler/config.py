@@ -113,6 +113,14 @@ class Ceph(Strict):
     client_name: str = "client.admin"
     pool: str = "autoscaler"
     timeout_s: float = Field(default=5.0, gt=0)
+    nearfull_ratio: float = Field(
+        default=0.85,
+        gt=0,
+        le=1,
+        description="no clone of a business on RBD into a pool this full (ceph df's"
+        " percent_used, a ratio 0-1); the default is Ceph's mon_osd_nearfull_ratio: set the"
+        " cluster's own if it runs another",
+    )
 
 
 class Ovs(Strict):

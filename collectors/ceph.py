@@ -4,8 +4,10 @@ Where it sits: a collector, first stage of the flow. Five ``mon_command`` calls 
 detail, df, osd perf, osd tree) are parsed into a ``CephReading`` and turned into Samples: the
 cluster's health and checks, each OSD's up/in state and latencies under the CRUSH rack it lives
 in, per-rack ``ceph_osds_up``/``ceph_osds_total`` (so "rack r2 lost 2 of 2 OSDs" is a fact),
-and pool usage. The rados handle is built by the caller (``connect``); a mon that does not
-answer in ``timeout_s`` makes the cluster and every rack seen before stale.
+the PGs not serving I/O (``ceph_pgs_inactive``) and each pool's usage under the pool's own scope
+(``ceph_pool_percent_used`` is a ratio 0-1, as ``ceph df``'s JSON gives it). The rados handle is
+built by the caller (``connect``); a mon that does not answer in ``timeout_s`` makes the
+cluster and every rack and pool seen before stale.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class PoolUsage:
     stored_bytes: float
     objects: float
     percent_used: float
+    """A ratio 0-1 (Ceph's JSON name): used / (used + max_avail)."""
     max_avail_bytes: float
 
 
@@ -79,6 +82,12 @@ class CephReading:
     used_bytes: float
     pgs_total: float
     pgs_active_clean: float
+    pgs_active: float = 0.0
+    """PGs serving I/O (``serves_io``); the rest are inactive and block the I/O to them."""
+
+    @property
+    def pgs_inactive(self) -> float:
+        return max(0.0, self.pgs_total - self.pgs_active)
 
     @property
     def racks(self) -> dict[str, list[OsdState]]:
@@ -195,16 +204,29 @@ def parse_df(reply: object) -> tuple[float, float, tuple[PoolUsage, ...]]:
     return total, used, tuple(pools)
 
 
-def parse_pg_counts(reply: object) -> tuple[float, float]:
-    """(PGs in all, PGs active+clean) from ``status``."""
+def serves_io(state_name: str) -> bool:
+    """Whether PGs in ``state_name`` (e.g. ``active+undersized+degraded``) serve I/O: the state
+    has the ``active`` component and not ``stale`` (the mon has not heard from the primary, so
+    the state shown is old), as Ceph's own PG_AVAILABILITY check counts. Components are
+    compared whole: ``activating`` is not ``active``."""
+    parts = state_name.split("+")
+    return "active" in parts and "stale" not in parts
+
+
+def parse_pg_counts(reply: object) -> tuple[float, float, float]:
+    """(PGs in all, PGs active+clean, PGs serving I/O) from ``status``."""
     pgmap = member(reply, "pgmap", "status")
     total = expect_number(member(pgmap, "num_pgs", "status.pgmap"), "status.pgmap.num_pgs")
-    clean = 0.0
+    clean = active = 0.0
     states = expect(member(pgmap, "pgs_by_state", "status.pgmap"), list, "status.pgs_by_state")
     for state in states:
-        if member(state, "state_name", "status.pgs_by_state") == "active+clean":
-            clean += expect_number(member(state, "count", "status.pgs_by_state"), "pg count")
-    return total, clean
+        name = expect(member(state, "state_name", "status.pgs_by_state"), str, "pg state_name")
+        count = expect_number(member(state, "count", "status.pgs_by_state"), "pg count")
+        if name == "active+clean":
+            clean += count
+        if serves_io(name):
+            active += count
+    return total, clean, active
 
 
 def parse_reading(replies: dict[str, object]) -> CephReading:
@@ -212,14 +234,16 @@ def parse_reading(replies: dict[str, object]) -> CephReading:
     osds = parse_osd_tree(replies["osd tree"])
     latencies = parse_osd_perf(replies["osd perf"])
     total, used, pools = parse_df(replies["df"])
-    pgs_total, pgs_clean = parse_pg_counts(replies["status"])
+    pgs_total, pgs_clean, pgs_active = parse_pg_counts(replies["status"])
     with_latency = tuple(
         replace(o, commit_latency_ms=latencies[o.osd][0], apply_latency_ms=latencies[o.osd][1])
         if o.up and o.osd in latencies
         else o
         for o in sorted(osds.values(), key=lambda o: o.osd)
     )
-    return CephReading(health, checks, with_latency, pools, total, used, pgs_total, pgs_clean)
+    return CephReading(
+        health, checks, with_latency, pools, total, used, pgs_total, pgs_clean, pgs_active
+    )
 
 
 # --- the collector ----------------------------------------------------------------------
@@ -261,6 +285,7 @@ class CephCollector:
         self._calls: BoundedCaller[Any] = BoundedCaller(f"ceph {target}")
         self.last_good = LastGood()
         self._racks_seen: tuple[str, ...] = ()
+        self._pools_seen: tuple[str, ...] = ()
 
     def _mon_command(self, command: dict[str, str]) -> object:
         try:
@@ -284,12 +309,19 @@ class CephCollector:
         try:
             reading = self._calls.call(self._read, self.timeout_s)
         except (TemporaryError, PermanentError) as exc:
-            scopes = [(self.scope, self.target), *((Scope.RACK, r) for r in self._racks_seen)]
+            scopes = [
+                (self.scope, self.target),
+                *((Scope.RACK, r) for r in self._racks_seen),
+                *((Scope.POOL, p) for p in self._pools_seen),
+            ]
             return all_stale(self.name, scopes, self.last_good, str(exc), started)
         self._racks_seen = tuple(sorted(reading.racks))
+        self._pools_seen = tuple(sorted({p.name for p in reading.pools}))
         self.last_good.ok(self.scope, self.target, now)
         for rack in self._racks_seen:
             self.last_good.ok(Scope.RACK, rack, now)
+        for pool in self._pools_seen:
+            self.last_good.ok(Scope.POOL, pool, now)
         return Collection(
             source=self.name,
             samples=tuple(self._samples(reading, now)),
@@ -305,6 +337,7 @@ class CephCollector:
             scoped("ceph_osds_in", sum(o.in_cluster for o in reading.osds), now, cluster, target),
             scoped("ceph_pgs_total", reading.pgs_total, now, cluster, target),
             scoped("ceph_pgs_active_clean", reading.pgs_active_clean, now, cluster, target),
+            scoped(SignalName.CEPH_PGS_INACTIVE, reading.pgs_inactive, now, cluster, target),
             scoped("ceph_cluster_total_bytes", reading.total_bytes, now, cluster, target),
             scoped("ceph_cluster_used_bytes", reading.used_bytes, now, cluster, target),
         ]
@@ -320,14 +353,16 @@ class CephCollector:
             )
             for c in reading.checks
         ]
+        # Each pool is a scope of its own (target: its name), so its figures become Signals
+        # and a clone into it can be refused while it is near full.
         for pool in reading.pools:
             for metric, value in (
                 ("ceph_pool_stored_bytes", pool.stored_bytes),
                 ("ceph_pool_objects", pool.objects),
-                ("ceph_pool_percent_used", pool.percent_used),
+                (SignalName.CEPH_POOL_PERCENT_USED, pool.percent_used),
                 ("ceph_pool_max_avail_bytes", pool.max_avail_bytes),
             ):
-                samples.append(scoped(metric, value, now, cluster, target, pool=pool.name))
+                samples.append(scoped(metric, value, now, Scope.POOL, pool.name))
         for rack, osds in sorted(reading.racks.items()):
             samples.append(
                 scoped(SignalName.CEPH_OSDS_UP, sum(o.up for o in osds), now, Scope.RACK, rack)

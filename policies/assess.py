@@ -2,8 +2,9 @@
 
 Where it sits: the first step of ``decide()``, after rack health. It sorts the business's VMs
 into ready, pending (cloned, not ready yet) and at-risk (on a failing rack and unable to leave
-it), measures demand, says whether that measurement is stale, and computes the capacity the
-forecast asks for. Scaling and evacuation read the resulting ``BusinessView``.
+it), measures demand, says whether that measurement is stale, computes the capacity the
+forecast asks for, and says whether a clone may be made now (``policies.storage``). Scaling
+and evacuation read the resulting ``BusinessView``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from policies.rack_health import RackHealth
 from policies.schema import BusinessPolicy, CapacitySli
 from policies.sla import AlertState, SlaLedger, SlaStatus, sla_status
 from policies.state import DecisionState
+from policies.storage import clone_block
 
 _ALERT_RANK = {AlertState.PAGE: 0, AlertState.TICKET: 1, AlertState.OK: 2}
 DEFAULT_SATURATION = 0.9
@@ -51,6 +53,10 @@ class BusinessView:
     margin: Margin | None = None
     """The margin the error budget left allows (``policies.margins``); None: the policy's
     quantile at its target utilisation."""
+    clone_block: str | None = None
+    """Why no clone of this business may be made now (``policies.storage``: its RBD pool near
+    full, PGs inactive, or Ceph's health unknown), or None. Hot-adds and retires are not
+    gated: they make no new disk."""
 
     @property
     def name(self) -> str:
@@ -188,6 +194,7 @@ def assess(
         in_maintenance=policy.in_maintenance(now),
         stale_vm_names=frozenset(v.name for v in ready if _vm_stale(snapshot, v)),
         margin=margin,
+        clone_block=clone_block(snapshot, policy, state.settings.storage, now),
     )
 
 

@@ -8,7 +8,9 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
    is at risk), within the executor's caps, never on stale data, never for an SR-IOV VM (it is
    replaced by a clone instead), never in the business's maintenance window;
 4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
-   forecast, retires when every scale-down rule allows (``policies.scaling``);
+   forecast (none of a business on RBD while Ceph says its pool is near full or PGs are
+   inactive, or cannot say: ``policies.storage``), retires when every scale-down rule allows
+   (``policies.scaling``);
 5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``);
 6. back up the VMs whose backup slot has come (``policies.backups``), after everything above
    (scaling has priority: a backup takes only what is left of the hourly cap), one per
@@ -93,7 +95,9 @@ def decide(
                 f"{view.policy.scaling.max_actions_per_hour} actions in the last hour: capped"
             )
         grown, extra = vertical(view, placement, state, budget)
-        clones, uncovered = scale_up(view, placement, state, budget, extra, now)
+        clones, uncovered, refused = scale_up(view, placement, state, budget, extra, now)
+        if refused is not None:
+            reasons[view.name].append(refused)
         if uncovered > 0 and not grown:
             # No clone possible (at the maximum, no room): hot-add is the remaining lever.
             grown, _ = vertical(view, placement, state, budget)

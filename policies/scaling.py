@@ -7,7 +7,9 @@ to saturated VMs when the load is beyond capacity now (seconds, where a clone ta
 when no clone is possible (at the maximum, no room); hot-add a DIMM when the guest itself reports
 its memory in use at the policy's threshold (never on QEMU's RSS); scale down only after the
 stabilisation window, never on the forecast alone (the demand observed over the window must agree),
-never while the error budget burns, never on stale data, never in a maintenance window.
+never while the error budget burns, never on stale data, never in a maintenance window. No
+clone of a business on RBD while its pool is near full, PGs are inactive or Ceph's health is
+unknown (``policies.storage``); its hot-adds and retires go on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -168,6 +171,15 @@ def _memory(view: BusinessView, placement: PlacementView, budget: Budget) -> lis
     return out
 
 
+class ScaleUp(NamedTuple):
+    """What ``scale_up`` planned: the clones, the shortfall (cores) left uncovered, and why
+    clones that were wanted were refused (``BusinessView.clone_block``), or None."""
+
+    actions: list[Action]
+    uncovered: float
+    refused: str | None = None
+
+
 def scale_up(
     view: BusinessView,
     placement: PlacementView,
@@ -175,19 +187,28 @@ def scale_up(
     budget: Budget,
     extra_cores: float,
     now: float,
-) -> tuple[list[Action], float]:
-    """Clones to cover the forecast; returns them and the shortfall (cores) left uncovered."""
+) -> ScaleUp:
+    """Clones to cover the forecast, unless the storage gate refuses them."""
     policy = view.policy
     capacity = view.counted_capacity_cores + extra_cores
     shortfall = view.needed_cores - capacity
     if shortfall <= 1e-9:
-        return [], 0.0
+        return ScaleUp([], 0.0)
     want = math.ceil(shortfall / view.instance_cores - 1e-9)
     room = policy.instances.max - len(view.vms)
     since_up = now - state.last_scale_up.get(view.name, -math.inf)
     if not policy.scaling.horizontal.enabled or since_up < policy.scaling.cooldowns.scale_up_s:
-        return [], shortfall
+        return ScaleUp([], shortfall)
     count = max(0, min(want, policy.scaling.horizontal.max_step_up, room, budget.left))
+    if count > 0 and view.clone_block is not None:
+        # Stated only when a clone was wanted and allowed otherwise: the reason is then the
+        # gate, not the cooldown, the maximum or the hourly cap. The shortfall stays uncovered,
+        # so decide() still tries a hot-add (no new disk).
+        return ScaleUp(
+            [],
+            shortfall,
+            f"{view.clone_block}; {count} instance(s) wanted: {_forecast_text(view)}",
+        )
     memory = float(policy.template.memory_mib.now)
     placed: list[tuple[str, str]] = []
     for _ in range(count):
@@ -200,7 +221,7 @@ def scale_up(
         budget.left -= 1
     uncovered = max(0.0, shortfall - len(placed) * view.instance_cores)
     if not placed:
-        return [], uncovered
+        return ScaleUp([], uncovered)
     racks = ", ".join(sorted({placement.rack_of(h) for _, h in placed}))
     limit = ""
     if len(placed) < want:
@@ -214,7 +235,7 @@ def scale_up(
         CloneFromTemplate(business=view.name, vm=name, host=host, reason=reason, facts=facts)
         for name, host in placed
     ]
-    return actions, uncovered
+    return ScaleUp(actions, uncovered)
 
 
 def _observed_peak(history: pd.Series | None, now: float, window_s: float) -> float:

@@ -21,6 +21,7 @@ from policies.forecast import FittedForecaster
 from policies.placement import PlacementSettings
 from policies.rack_health import RackHealthSettings
 from policies.sla import SlaLedger
+from policies.storage import StorageSettings
 
 
 class DecideSettings(BaseModel):
@@ -40,6 +41,7 @@ class DecideSettings(BaseModel):
     placement: PlacementSettings = PlacementSettings()
     rack_health: RackHealthSettings = RackHealthSettings()
     brakes: BrakeSettings = BrakeSettings()
+    storage: StorageSettings = StorageSettings()
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,9 @@
 
 Where it sits: between collectors and the Snapshot. A collector returns ``Sample`` values (a
 metric, its labels, a value, a timestamp). The snapshot builder turns the ones policies need
-into ``Signal`` values scoped to a host, rack, cluster or business, and records every scope it
-could not observe as ``Stale`` with the time of its last good sample. A missing value is never
-reported as zero: it is absent and its scope is stale.
+into ``Signal`` values scoped to a host, rack, cluster, Ceph pool or business, and records every
+scope it could not observe as ``Stale`` with the time of its last good sample. A missing value
+is never reported as zero: it is absent and its scope is stale.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Scope(StrEnum):
     CLUSTER = "cluster"
     VM = "vm"
     BUSINESS = "business"
+    POOL = "pool"
+    """A Ceph pool; the target is the pool's name (one Ceph cluster per controller)."""
 
 
 class SignalName(StrEnum):
@@ -55,6 +57,13 @@ class SignalName(StrEnum):
     LINK_DOWN = "link_down"
     CEPH_OSDS_UP = "ceph_osds_up"
     CEPH_OSDS_TOTAL = "ceph_osds_total"
+    CEPH_POOL_PERCENT_USED = "ceph_pool_percent_used"
+    """Pool scope: the share of the pool used, a ratio 0-1 despite its name (``ceph df``'s JSON
+    ``percent_used``: used / (used + max_avail), so it reaches 1 when the fullest OSD the pool's
+    CRUSH rule writes to reaches the cluster's full ratio; only the text table shows percent)."""
+    CEPH_PGS_INACTIVE = "ceph_pgs_inactive"
+    """Cluster scope: placement groups not active (peering, down, incomplete, stale...): I/O to
+    the objects they hold blocks until they are."""
     DPDK_RX_DROP_RATE = "dpdk_rx_drop_rate"
     DPDK_RX_ERROR_RATE = "dpdk_rx_error_rate"
     TEMPERATURE_CELSIUS = "temperature_celsius"

@@ -60,6 +60,7 @@ from autoscaler.runtime.wiring import file_lease
 from policies.loader import load_policy_dir
 from policies.schema import BusinessPolicy
 from policies.state import DecideSettings, DecisionState
+from policies.storage import StorageSettings
 
 log = logging.getLogger("autoscaler.controller")
 HEARTBEAT_KEY = "leader"
@@ -197,6 +198,9 @@ class Controller:
                     control_interval_s=iv.decide_s,
                     max_outgoing_migrations_per_host=config.executor.max_migrations_per_host,
                     brakes=config.brakes,
+                    storage=StorageSettings()
+                    if config.ceph is None
+                    else StorageSettings(pool_nearfull_ratio=config.ceph.nearfull_ratio),
                 ),
                 # A round may take its whole deadline when a source hangs (its scopes are then
                 # stale); only a view older than that and a few intervals means collection stopped.

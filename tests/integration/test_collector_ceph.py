@@ -151,8 +151,11 @@ def test_a_healthy_cluster_maps_every_osd_to_its_crush_rack(
             assert _value(seen, "ceph_osd_in", rack, osd=f"osd.{osd}") == 1.0
             assert _value(seen, "ceph_osd_commit_latency_ms", rack, osd=f"osd.{osd}") is not None
     assert _value(seen, SignalName.CEPH_OSDS_TOTAL, "ceph") == 4
-    assert _value(seen, "ceph_pool_max_avail_bytes", "ceph", pool=ceph_cluster.pool) > 0  # type: ignore[operator]
+    # Each pool is a scope of its own (its name the target); percent_used a ratio 0-1.
+    assert _value(seen, "ceph_pool_max_avail_bytes", ceph_cluster.pool, scope="pool") > 0  # type: ignore[operator]
+    assert 0 <= _value(seen, "ceph_pool_percent_used", ceph_cluster.pool, scope="pool") < 1  # type: ignore[operator]
     assert _value(seen, "ceph_pgs_total", "ceph") == 8
+    assert _value(seen, SignalName.CEPH_PGS_INACTIVE, "ceph") == 0
 
 
 def test_one_osd_stopped_reads_as_one_of_two_up_in_its_rack_and_osd_down(
@@ -214,11 +217,12 @@ def test_a_hung_mon_costs_one_timeout_and_marks_the_cluster_and_its_racks_stale(
     )
     assert took < 2.5
     assert not hung.samples, "nothing may be reported while the mon does not answer"
-    assert {(s.scope, s.target) for s in hung.stale} == {
+    assert {(s.scope, s.target) for s in hung.stale if s.scope is not Scope.POOL} == {
         (Scope.CLUSTER, "ceph"),
         (Scope.RACK, "r1"),
         (Scope.RACK, "r2"),
     }
+    assert (Scope.POOL, ceph_cluster.pool) in {(s.scope, s.target) for s in hung.stale}
     assert all(s.last_good == good_at for s in hung.stale)
     components.eventually(
         lambda: collector.collect(time.time()), _all_up, timeout=30, what="the mon answering again"

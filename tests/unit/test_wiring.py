@@ -77,12 +77,13 @@ def test_a_channel_name_that_could_leave_its_attribute_is_refused(
 def test_the_controller_file_sets_the_brakes_and_the_controller_restores_its_memory(
     tmp_path: Path,
 ) -> None:
-    """The controller file's brakes and snapshot limit reach the Cycle; the controller shell
-    restores the memory its state folder holds."""
+    """The controller file's brakes, Ceph near-full ratio and snapshot limit reach the Cycle;
+    the controller shell restores the memory its state folder holds."""
     path = controller_file(
         tmp_path,
         brakes={"max_actions_per_minute": 7, "collapse_drop": 0.9},
         intervals={"collect_s": 4, "stale_snapshot_collects": 5},
+        ceph={"conf": "/etc/ceph/ceph.conf", "nearfull_ratio": 0.8},
     )
     config = load_controller_config(path)
     config.state_dir.mkdir(parents=True)
@@ -103,6 +104,7 @@ def test_the_controller_file_sets_the_brakes_and_the_controller_restores_its_mem
         settings = controller.cycle.settings
         assert settings.decide.brakes.max_actions_per_minute == 7
         assert settings.decide.brakes.collapse_drop == 0.9
+        assert settings.decide.storage.pool_nearfull_ratio == 0.8  # the Ceph gate on clones
         assert settings.snapshot_max_age_s == 5 * 4 + collection.deadline_s
         assert controller.memory.recent_actions["web"] == [NOW - 60, NOW - 30]
         assert controller.memory.last_scale_down == {"web": NOW - 30}

@@ -10,6 +10,7 @@ from collectors.ceph import (
     parse_osd_perf,
     parse_osd_tree,
     parse_pg_counts,
+    serves_io,
 )
 from collectors.common import MalformedReply
 
@@ -140,7 +141,43 @@ def test_df_perf_and_pg_counts_parse_the_real_shapes() -> None:
             }
         }
     )
-    assert pgs == (8.0, 6.0)
+    assert pgs == (8.0, 6.0, 8.0)
+
+
+@pytest.mark.parametrize(
+    ("state", "serves"),
+    [
+        ("active+clean", True),
+        ("active+undersized+degraded", True),
+        ("active+clean+scrubbing+deep", True),
+        ("activating+undersized", False),  # "activating" is not the "active" component
+        ("peering", False),
+        ("undersized+degraded+peered", False),
+        ("stale+active+clean", False),  # the mon has not heard from the primary
+        ("unknown", False),
+        ("down", False),
+    ],
+)
+def test_only_pg_states_with_the_active_component_and_not_stale_serve_io(
+    state: str, serves: bool
+) -> None:
+    assert serves_io(state) is serves
+
+
+def test_pgs_not_active_are_counted_as_inactive_with_those_no_state_covers() -> None:
+    total, clean, active = parse_pg_counts(
+        {
+            "pgmap": {
+                "num_pgs": 10,
+                "pgs_by_state": [
+                    {"state_name": "active+clean", "count": 5},
+                    {"state_name": "peering", "count": 2},
+                    {"state_name": "activating", "count": 1},
+                ],
+            }
+        }
+    )
+    assert (total, clean, active) == (10.0, 5.0, 5.0)  # 5 inactive: 2 + 1 + 2 in no state yet
 
 
 def test_a_negative_latency_or_missing_pool_stats_is_refused() -> None:
