@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_ROOT ?= .lab/demo
+# make demo STORAGE=rbd: the VM disks are RBD clones on the lab's Ceph (default: local overlays)
+STORAGE ?= local
 
 .PHONY: deps demo test test-fast lint types unit integration lab-up lab-down clean
 
@@ -35,7 +37,7 @@ test-fast: lint types unit
 # The demo: the lab, the fleet it discovers, then the closed loop on real traces and a rack
 # fault, with a live view; the lab is taken down at the end.
 demo: deps
-	$(PY) -m lab demo --root $(DEMO_ROOT)
+	$(PY) -m lab demo --root $(DEMO_ROOT) --storage $(STORAGE)
 
 lab-up: deps
 	$(PY) -m lab up --root $(DEMO_ROOT)

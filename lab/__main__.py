@@ -68,6 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_s=args.load_s,
         fault_s=args.fault_s,
         vertical_s=args.vertical_s,
+        storage=args.storage,
     )
 
 
@@ -106,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-s", type=float, default=150, help="seconds allowed to evacuate")
     p.add_argument(
         "--vertical-s", type=float, default=90, help="seconds allowed for the vCPU hot-add phase"
+    )
+    p.add_argument(
+        "--storage",
+        choices=["local", "rbd"],
+        default="local",
+        help="VM disks as local qcow2 overlays, or RBD clones on the lab's Ceph",
     )
     p.set_defaults(func=cmd_demo)
     return parser

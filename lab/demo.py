@@ -19,6 +19,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import libvirt
 import numpy as np
@@ -35,7 +36,7 @@ from autoscaler.observability.exporter import ControllerMetrics, HealthState, Me
 from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
-from autoscaler.runtime.collection import CollectionStage, build_collectors
+from autoscaler.runtime.collection import CollectionStage, backup_catalogue, build_collectors
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.discovery import discover
 from autoscaler.runtime.figures import business_figures
@@ -161,10 +162,14 @@ def run(
     load_s: float = 150,
     fault_s: float = 150,
     vertical_s: float = 90,
+    storage: Literal["local", "rbd"] = "local",
 ) -> int:
     console = Console()
-    console.print("[bold]bringing up the lab[/bold] (6 libvirt hosts, Prometheus, Ceph, DPDK, OVS)")
-    lab = lab_mod.up(root, LabSpec())
+    console.print(
+        "[bold]bringing up the lab[/bold] (6 libvirt hosts, Prometheus, Ceph, DPDK, OVS;"
+        f" VM disks {'on Ceph RBD' if storage == 'rbd' else 'as local qcow2 overlays'})"
+    )
+    lab = lab_mod.up(root, LabSpec(storage=storage))
     logs.setup("warning")
     # A job skipped while the previous run still acts is expected here; keep the view clean.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -186,6 +191,7 @@ def run(
         controller.actuation = ExecutorActuation(
             config, controller.lease, lambda: controller.policies
         )
+        controller.collection.add(backup_catalogue(config, lambda: controller.policies, None))
         events: list[str] = []
         # Every planned action with its reason, and every outcome (what the guest saw).
         controller.on_event = lambda text: events.append(f"{time.strftime('%H:%M:%S')} {text}")

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from autoscaler.model import RbdStorage, Scope, SignalName, Snapshot
 from policies.schema import BusinessPolicy
 
+REFUSED_CLONE = "no clone of "
+"""How a reason of a clone refused by the storage starts (the cycle logs and counts them)."""
+
 
 class StorageSettings(BaseModel):
     """Thresholds of the Ceph gate (controller configuration, fleet-wide).
@@ -100,4 +103,4 @@ def clone_block(
         problems.append(f"Ceph health unknown ({'; '.join(unknown)})")
     if not problems:
         return None
-    return f"no clone of {policy.business}: {'; '.join(problems)}"
+    return f"{REFUSED_CLONE}{policy.business}: {'; '.join(problems)}"

@@ -111,6 +111,13 @@ class ControllerMetrics:
             ["store"],
             registry=r,
         )
+        self.clone_refused = Gauge(
+            "autoscaler_clone_refused",
+            "1 while a business on RBD wants a clone its storage cannot take (its pool near"
+            " full, PGs inactive, or Ceph's health unknown); the reason is logged.",
+            ["business"],
+            registry=r,
+        )
         self.freeze = Gauge(
             "autoscaler_freeze",
             "1 while retires and live migrations are frozen fleet-wide (a demand collapse"

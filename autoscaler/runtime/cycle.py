@@ -56,6 +56,7 @@ from policies.forecast import MARGIN_QUANTILES, ForecastSpec, refit, spec_quanti
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
 from policies.state import DecideSettings, DecisionState
+from policies.storage import REFUSED_CLONE
 
 log = logging.getLogger("autoscaler.controller")
 # How often entries left unfinished (their host unreachable) are tried again.
@@ -141,6 +142,7 @@ class Cycle:
         self.acted_at = 0.0
         """When the last execution ended: the next decision waits for a view taken after it."""
         self.frozen: str | None = None
+        self.clone_refusals: dict[str, str] = {}
         """Why the last decision froze retires and migrations fleet-wide, or None."""
         self.stale_snapshot: str | None = None
         """Why the last snapshot was refused as too old, or None once a fresh one came."""
@@ -192,6 +194,7 @@ class Cycle:
         for why in decision.notes:
             event(self.log, "drain leaves a VM", logging.WARNING, why=why)
         self._brakes(decision)
+        self._storage_refusals(decision, policies)
         result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
@@ -214,6 +217,28 @@ class Cycle:
         self.metrics.stale_snapshot.set(1)
         self.metrics.stale_snapshot_refusals.inc()
         return True
+
+    def _storage_refusals(self, decision: Decision, policies: Mapping[str, BusinessPolicy]) -> None:
+        """Log (when it starts, changes its cause, or ends) and show each business's clone
+        refused by its storage (``policies.storage``): the reason a plan lacks a clone."""
+        for name in policies:
+            refused = next(
+                (r for r in decision.reasons.get(name, ()) if r.startswith(REFUSED_CLONE)), None
+            )
+            # The cause without its figures: logged again when it changes, not every cycle.
+            head = refused.split(":", 1)[1] if refused else None
+            cause = head.split(";", 1)[0].split("(", 1)[0].strip() if head else None
+            before = self.clone_refusals.get(name)
+            if cause != before:
+                if refused is not None:
+                    event(self.log, "clone refused by storage", logging.WARNING, why=refused)
+                elif before is not None:
+                    event(self.log, "storage takes clones again", business=name, was=before)
+            if cause is None:
+                self.clone_refusals.pop(name, None)
+            else:
+                self.clone_refusals[name] = cause
+            self.metrics.clone_refused.labels(name).set(0 if refused is None else 1)
 
     def _brakes(self, decision: Decision) -> None:
         """Log, count and show the fleet-wide brakes of this decision (``policies.brakes``)."""

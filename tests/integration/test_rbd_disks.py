@@ -29,9 +29,10 @@ from autoscaler.model import (
     SnapshotDisk,
 )
 from autoscaler.runtime.journal import SqliteJournal
+from lab import ceph
 from lab import lab as lab_mod
 from lab.ceph import BACKUPS_POOL, IMAGES_POOL
-from lab.images import expected_content_checksum
+from lab.images import build_qcow2_template, expected_content_checksum
 from lab.lab import Lab
 from lab.rbd import VERSION, fleet_on_rbd
 from tests.integration.actuator_helpers import (
@@ -197,6 +198,29 @@ def restore(config: Path, vm: str, backup_id: str, host: str, *extra: str) -> No
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def assert_rbd_imports(lab: Lab, store: RbdStore, diff: Path, source: tuple[str, str, str]) -> None:
+    """Ceph's own ``rbd import-diff`` reads our diff file into an image equal to the source."""
+    cluster = ceph.described(lab.layout)
+    assert cluster is not None
+    pool, image, snap = source
+    copy = f"{image}-compat"
+    base = ["rbd", "-c", str(cluster.conffile), "-k", str(cluster.keyring)]
+    with store.ioctx(pool) as ioctx, rbd.Image(ioctx, image, snapshot=snap, read_only=True) as src:
+        size = src.size()
+        subprocess.run([*base, "create", "--size", f"{size}B", f"{pool}/{copy}"], check=True)
+        try:
+            subprocess.run([*base, "import-diff", str(diff), f"{pool}/{copy}"], check=True)
+            with rbd.Image(ioctx, copy, read_only=True) as dst:
+                for offset in range(0, size, 8 << 20):
+                    length = min(8 << 20, size - offset)
+                    assert dst.read(offset, length) == src.read(offset, length), offset
+        finally:
+            with rbd.Image(ioctx, copy) as dst:
+                for s in list(dst.list_snaps()):
+                    dst.remove_snap(s["name"])
+            rbd.RBD().remove(ioctx, copy)
+
+
 def test_backups_of_a_vm_on_rbd_are_incremental_pruned_and_restore_as_a_guest_with_its_data(
     lab: Lab, rbd_fleet: Fleet, store: RbdStore, tmp_path: Path, cleanup: list[str]
 ) -> None:
@@ -245,6 +269,7 @@ def test_backups_of_a_vm_on_rbd_are_incremental_pruned_and_restore_as_a_guest_wi
     assert to_folder.status == "done", to_folder
     (in_folder,) = folder_backups(folder, "web")
     assert Path(in_folder.location).read_bytes().startswith(b"rbd diff v1\n")
+    assert_rbd_imports(lab, store, Path(in_folder.location), (IMAGES_POOL, vm, "b20261201t0600"))
 
     # The VM is lost; its backups are not.
     (retire,) = run_plan(rbd_fleet, journal, [Retire(vm=vm, host=host, **WHY)])
@@ -265,3 +290,44 @@ def test_backups_of_a_vm_on_rbd_are_incremental_pruned_and_restore_as_a_guest_wi
     from_folder = view_of(lab, other, restored, lambda v: v.ready, 120)
     assert (from_folder.mounted, from_folder.content) == (True, first.content), from_folder
     assert store.owned(IMAGES_POOL, restored, "web", rbd_fleet.keys)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_images_push_makes_the_next_version_of_a_template_and_never_overwrites_one(
+    lab: Lab, store: RbdStore, tmp_path: Path
+) -> None:
+    config = restore_config(lab, tmp_path / "config")
+    template = build_qcow2_template("web", "v2", tmp_path / "built")
+    pushed = cli("images", "push", "web", str(template), "--config", str(config))
+    try:
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        assert f"{IMAGES_POOL}/web@v2" in pushed.stdout
+        assert "set template.version: v2" in pushed.stdout
+        listed = cli("images", "list", "web", "--config", str(config))
+        assert listed.returncode == 0, listed.stderr
+        assert f"{IMAGES_POOL}/web@v1 (the policy's)" in listed.stdout
+        assert f"{IMAGES_POOL}/web@v2" in listed.stdout
+        again = cli(
+            "images", "push", "web", str(template), "--version", "v2", "--config", str(config)
+        )
+        assert again.returncode == 1 and "immutable" in again.stderr, again.stderr
+        # The new version holds the business's content: a clone of it would mount it.
+        with (
+            store.ioctx(IMAGES_POOL) as ioctx,
+            rbd.Image(ioctx, "web", snapshot="v2", read_only=True) as img,
+        ):
+            assert img.size() >= 64 << 20
+            assert img.read(1024 + 56, 2) == b"\x53\xef"  # the ext4 superblock's magic
+    finally:
+        if any(v.name == "v2" for v in store.template_versions(IMAGES_POOL, "web")):
+            store.remove_snapshot(IMAGES_POOL, "web", "v2")

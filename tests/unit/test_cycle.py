@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from prometheus_client import generate_latest
 
-from autoscaler.model import BackupInstance, Controls, Plan
+from autoscaler.model import BackupInstance, Controls, Plan, RbdStorage
 from autoscaler.observability.exporter import ControllerMetrics
 from autoscaler.runtime.cycle import Cycle, CycleResult, CycleSettings
 from autoscaler.runtime.ports import ActionOutcome
@@ -353,3 +353,28 @@ def test_a_failed_backup_counts_for_its_business_and_not_against_the_hourly_cap(
     assert 'autoscaler_backup_failures_total{business="web"} 1.0' in text
     assert 'autoscaler_actions_total{kind="backup",result="failed"} 1.0' in text
     assert len(run.cycle.memory.recent_actions["web"]) == before
+
+
+def test_a_clone_refused_by_unknown_ceph_health_is_logged_once_and_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The simulated fleet has no Ceph: for a business on RBD its health is unknown.
+    on_rbd = web().model_copy(
+        update={
+            "template": web().template.model_copy(
+                update={
+                    "image": "web",
+                    "version": "v1",
+                    "storage": RbdStorage(pool="images"),
+                }
+            )
+        }
+    )
+    demand = np.concatenate([np.full(10, 0.2), np.linspace(0.2, 1.5, 20)])
+    with caplog.at_level(logging.INFO):
+        run = Run(on_rbd, trace(demand), instances=2).step()
+    assert not run.done("clone_from_template")
+    refused = [r for r in caplog.records if r.getMessage().startswith("clone refused by storage")]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    exported = generate_latest(run.cycle.metrics.registry).decode()
+    assert 'autoscaler_clone_refused{business="web"} 1.0' in exported
