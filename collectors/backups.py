@@ -59,6 +59,18 @@ class _Seen:
     failed: float | None = None
 
 
+def _samples(business: str, listed_at: float, seen: dict[str, _Seen]) -> list[Sample]:
+    out = [Sample(LISTED, 1.0, listed_at, (("business", business),))]
+    for vm, s in sorted(seen.items()):
+        labels = (("business", business), ("vm", vm))
+        out.append(Sample(COUNT, float(s.count), listed_at, labels))
+        if s.last is not None:
+            out.append(Sample(LAST_SUCCESS, s.last, listed_at, labels))
+        if s.failed is not None:
+            out.append(Sample(LAST_FAILURE, s.failed, listed_at, labels))
+    return out
+
+
 @dataclass
 class BackupCatalogueCollector:
     """``targets()``: business -> ("pool", POOL) or ("folder", PATH), from the policies now in
@@ -69,7 +81,12 @@ class BackupCatalogueCollector:
     name: str = "backups"
     scope: Scope = Scope.BUSINESS
     target: str = "backups"
+    every_s: float = 60.0
+    """How often a target is listed again (a listing opens every backup image; backups are
+    hours apart). In between, the last listing is reported with the time it was made, so a
+    backup taken since is not planned again on an older listing (``policies.backups``)."""
     _listed: dict[str, float] = field(default_factory=dict)
+    _seen: dict[str, dict[str, _Seen]] = field(default_factory=dict)
 
     def collect(self, now: float) -> Collection:
         started = time.monotonic()
@@ -77,6 +94,10 @@ class BackupCatalogueCollector:
         stale: list[Stale] = []
         errors: list[str] = []
         for business, (kind, where) in sorted(self.targets().items()):
+            listed = self._listed.get(business)
+            if listed is not None and now - listed < self.every_s and business in self._seen:
+                samples.extend(_samples(business, listed, self._seen[business]))
+                continue
             try:
                 seen = (
                     self._pool(where, business) if kind == "pool" else self._folder(where, business)
@@ -94,15 +115,8 @@ class BackupCatalogueCollector:
                 )
                 errors.append(reason)
                 continue
-            self._listed[business] = now
-            samples.append(Sample(LISTED, 1.0, now, (("business", business),)))
-            for vm, s in sorted(seen.items()):
-                labels = (("business", business), ("vm", vm))
-                samples.append(Sample(COUNT, float(s.count), now, labels))
-                if s.last is not None:
-                    samples.append(Sample(LAST_SUCCESS, s.last, now, labels))
-                if s.failed is not None:
-                    samples.append(Sample(LAST_FAILURE, s.failed, now, labels))
+            self._listed[business], self._seen[business] = now, seen
+            samples.extend(_samples(business, now, seen))
         return Collection(
             source=self.name,
             samples=tuple(samples),
