@@ -191,10 +191,12 @@ def up(
 
 
 def on_rbd(policy_file: Path) -> BusinessPolicy:
-    """Rewrite a lab policy file so its business clones from its template on RBD."""
+    """Rewrite a lab policy file so its business clones from its template on RBD, with daily
+    backups into the lab's backups pool (unless it says otherwise)."""
     yaml = YAML()
     doc = yaml.load(policy_file.read_text())
     doc["template"].update(rbd.rbd_template(doc["business"]))
+    doc.setdefault("backup", rbd.daily_backups())
     out = io.StringIO()
     yaml.dump(doc, out)
     policy_file.write_text(out.getvalue())

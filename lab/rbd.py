@@ -20,7 +20,7 @@ from actuators.rbd_store import RbdStore
 from actuators.template_import import raw_copy, write_raw
 from autoscaler.model import RbdStorage
 from collectors.ceph import connect
-from lab.ceph import IMAGES_POOL, CephCluster
+from lab.ceph import BACKUPS_POOL, IMAGES_POOL, CephCluster
 
 VERSION = "v1"
 
@@ -52,6 +52,16 @@ def fleet_on_rbd(fleet: Fleet, business: str, *, min_instances: int | None = Non
         update["min_instances"] = min_instances
     changed = current.model_copy(update=update)
     return dataclasses.replace(fleet, businesses={**fleet.businesses, business: changed})
+
+
+def daily_backups() -> dict[str, Any]:
+    """The backup section of a lab policy on RBD: daily at 03:00 UTC into the backups pool."""
+    return {
+        "every": "1d",
+        "keep": 7,
+        "at": "03:00",
+        "target": {"kind": "pool", "pool": BACKUPS_POOL},
+    }
 
 
 def rbd_template(business: str) -> dict[str, Any]:

@@ -162,6 +162,8 @@ def plan_backups(
     backup = policy.backup
     if backup is None:
         return [], []
+    if not policy.template.on_rbd:  # the loader refuses such a file; a built policy may not
+        return [], ["backups: the template's disks are not on RBD: nothing to back up"]
     name = policy.business
     catalogue = snapshot.backups_by_business.get(name)
     if catalogue is None:

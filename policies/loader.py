@@ -21,6 +21,18 @@ def load_policy(path: Path, *, images: Collection[str] | None = None) -> Busines
     a template on RBD is checked by the clone, against the pool)."""
     data = read_yaml(path)
     policy = validate_file(BusinessPolicy, path, data)
+    if policy.backup is not None and not policy.template.on_rbd:
+        raise ConfigError(
+            str(path),
+            [
+                ConfigProblem(
+                    line=line_of(data, ["backup"]),
+                    field="backup",
+                    message="backups copy RBD snapshots: they need template.storage"
+                    " {kind: rbd, pool: POOL} (docs/storage.md)",
+                )
+            ],
+        )
     if images is not None and not policy.template.on_rbd and policy.template.image not in images:
         raise ConfigError(
             str(path),

@@ -154,7 +154,8 @@ def test_a_healthy_cluster_maps_every_osd_to_its_crush_rack(
     # Each pool is a scope of its own (its name the target); percent_used a ratio 0-1.
     assert _value(seen, "ceph_pool_max_avail_bytes", ceph_cluster.pool, scope="pool") > 0  # type: ignore[operator]
     assert 0 <= _value(seen, "ceph_pool_percent_used", ceph_cluster.pool, scope="pool") < 1  # type: ignore[operator]
-    assert _value(seen, "ceph_pgs_total", "ceph") == 8
+    # The state pool, the images pool and the backups pool: 8 PGs each.
+    assert _value(seen, "ceph_pgs_total", "ceph") == 24
     assert _value(seen, SignalName.CEPH_PGS_INACTIVE, "ceph") == 0
 
 

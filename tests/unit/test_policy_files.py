@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "businesses"
 IMAGES = {p.name for p in (ROOT / "examples" / "images").iterdir()}
 WEB = (EXAMPLES / "web.yaml").read_text()
+DB_REPLICA = (EXAMPLES / "db-replica.yaml").read_text()
 
 
 def write(tmp_path: Path, text: str, name: str = "web.yaml") -> Path:
@@ -117,8 +118,8 @@ def test_bad_business_file_names_file_line_and_field(
 def test_bad_backup_section_names_file_line_and_field(
     tmp_path: Path, old: str, new: str, field: str, expected: str
 ) -> None:
-    assert old in WEB
-    text = WEB.replace(old, new)
+    assert old in DB_REPLICA
+    text = DB_REPLICA.replace(old, new)
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
         load_policy(path, images=IMAGES)
@@ -130,13 +131,25 @@ def test_bad_backup_section_names_file_line_and_field(
 
 
 def test_backup_durations_take_units_and_a_folder_target_an_absolute_path() -> None:
-    backup = load_policy(EXAMPLES / "web.yaml").backup
+    backup = load_policy(EXAMPLES / "db-replica.yaml").backup
     assert backup is not None and backup.every == 86400 and backup.phase_s == 3 * 3600
     folder = Backup.model_validate(
         {"every": "1h30m", "keep": 1, "target": {"kind": "folder", "path": "/mnt/backup"}}
     )
     assert folder.every == 5400 and folder.at is None and folder.phase_s == 0
     assert Backup.model_validate({**folder.model_dump(), "every": 7200}).every == 7200
+
+
+def test_a_backup_section_on_a_template_with_local_disks_names_the_field(
+    tmp_path: Path,
+) -> None:
+    backup = DB_REPLICA[DB_REPLICA.index("backup:") :]
+    path = write(tmp_path, WEB + backup)
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path, images=IMAGES)
+    line = len(WEB.splitlines()) + 1
+    assert f"{path}:{line}: field 'backup'" in str(caught.value)
+    assert "template.storage" in str(caught.value)
 
 
 def test_missing_required_field_is_named(tmp_path: Path) -> None:

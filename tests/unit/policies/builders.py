@@ -42,6 +42,14 @@ def policy(business: str = "web", **overrides: Any) -> BusinessPolicy:
         "instances": {"min": 1, "max": 10},
         "scaling": {"target_utilisation": 0.6, "horizontal": {"max_step_up": 4}},
     }
+    if "backup" in overrides and "template" not in overrides:
+        # Backups copy RBD snapshots: a business with them keeps its disks on RBD.
+        data["template"] = {
+            **data["template"],
+            "image": business,
+            "storage": {"kind": "rbd", "pool": "images"},
+            "version": "v1",
+        }
     data.update(overrides)
     return BusinessPolicy.model_validate(data)
 
