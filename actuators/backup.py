@@ -322,6 +322,8 @@ class BackupActuator:
 
     def already_done(self, action: BackupInstance, ctx: ActionContext) -> bool:
         with self._vm(action, ctx) as dom:
+            if rbd_snapshot.rbd_disk_of(dom, action.vm) is None:
+                return False  # the precondition says why; no need to reach Ceph for it
             return self._held(action, ctx, lineage_of(dom))
 
     def precondition(self, action: BackupInstance, ctx: ActionContext) -> None:
