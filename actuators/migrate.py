@@ -317,11 +317,20 @@ def settle(ctx: ActionContext, action: LiveMigrate, job_wait_s: float = 60.0) ->
             if src_state == "paused":
                 libvirt_call("resume on source", src.lookupByName(action.vm).resume)
             _remove_copy(dst, action.vm)
-            return False, f"{action.vm} stays on {action.source}; {action.destination} cleaned"
+            # An interrupted migration can leave the guest hung on the source too (TCG): say so.
+            guest = _guest_after_move(ctx, src, src.lookupByName(action.vm))
+            return False, (
+                f"{action.vm} stays on {action.source}; {action.destination} cleaned"
+                + (f"; {guest[1]}" if guest else "")
+            )
         if dst_state == "paused":
             libvirt_call("resume on destination", dst.lookupByName(action.vm).resume)
             _remove_copy(src, action.vm)
-            return True, f"{action.vm} resumed on {action.destination}; {action.source} cleaned"
+            guest = _guest_after_move(ctx, dst, dst.lookupByName(action.vm))
+            return True, (
+                f"{action.vm} resumed on {action.destination}; {action.source} cleaned"
+                + (f"; {guest[1]}" if guest else "")
+            )
         raise TemporaryError(
             f"{action.vm} runs on neither host (source {src_state}, destination {dst_state})",
             retry_after=5,

@@ -171,10 +171,11 @@ def restore_config(lab: Lab, folder: Path, backup_folder: Path | None = None) ->
     # Its own bounds: the tests retire the VMs they make whatever else serves web.
     policy.write_text(policy.read_text().replace("instances: {min: 2,", "instances: {min: 0,"))
     if backup_folder is not None:
-        text = policy.read_text()
-        pool = f"{{kind: pool, pool: {BACKUPS_POOL}}}"
-        assert pool in text
-        policy.write_text(text.replace(pool, f"{{kind: folder, path: {backup_folder}}}"))
+        rt = YAML()
+        doc = rt.load(policy.read_text())
+        doc["backup"]["target"] = {"kind": "folder", "path": str(backup_folder)}
+        with policy.open("w") as out:
+            rt.dump(doc, out)
     yaml = YAML(typ="safe", pure=True)
     doc = yaml.load(lab.controller_file.read_text())
     doc["policy_dir"] = str(businesses)
