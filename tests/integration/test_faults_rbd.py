@@ -30,7 +30,8 @@ from tests.integration.actuator_helpers import empty_host, fleet_of, run_plan, w
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_actuators_crash import apply, unfinished, write_plan
 from tests.integration.test_controller import with_fault_hooks
-from tests.integration.test_rbd_disks import on_rbd, restore_config, view_of
+from tests.integration.test_guest_disk import view_of
+from tests.integration.test_rbd_disks import on_rbd, restore_config
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,6 @@ from ruamel.yaml import YAML
 
 from actuators.backup import folder_backups, lineage_of, pool_backups
 from actuators.base import Fleet
-from actuators.guest_agent import GuestView, SerialAgent
 from actuators.rbd_snapshot import CONSISTENCY_KEY, CRASH
 from actuators.rbd_store import META_BUSINESS, META_OWNER, RbdStore
 from autoscaler.model import (
@@ -43,6 +42,7 @@ from tests.integration.actuator_helpers import (
     run_plan,
     where,
 )
+from tests.integration.test_guest_disk import view_of
 
 pytestmark = pytest.mark.lab
 
@@ -136,19 +136,6 @@ def test_a_clone_on_rbd_boots_from_a_stamped_cow_clone_and_moves_without_its_dis
     assert not store.exists(IMAGES_POOL, vm)
     assert store.exists(IMAGES_POOL, "web")  # the template and its version are untouched
     assert [v.name for v in store.template_versions(IMAGES_POOL, "web")] == [VERSION]
-
-
-def view_of(
-    lab: Lab, host: str, vm: str, accept: Callable[[GuestView], bool], timeout_s: float
-) -> GuestView:
-    conn = lab.connect(host)
-    try:
-        with SerialAgent(conn, conn.lookupByName(vm)) as agent:
-            view = agent.wait_for(accept, timeout_s)
-            assert view is not None, f"{vm}: no such report within {timeout_s} s: {agent.latest}"
-            return view
-    finally:
-        conn.close()
 
 
 def backup(vm: str, host: str, backup_id: str, kind: str, where: str) -> BackupInstance:
