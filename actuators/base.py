@@ -32,6 +32,7 @@ from autoscaler.model import (
     TemporaryError,
     check_name,
 )
+from autoscaler.model.access import LoadBalancer
 
 A_contra = TypeVar("A_contra", bound=BaseAction, contravariant=True)
 
@@ -87,6 +88,8 @@ class Fleet:
     destroys a domain is done unless its stamp verifies (``require_owned``)."""
     rbd: RbdStore | None = field(default=None, compare=False, repr=False)
     """RBD on the process's Ceph handle, for businesses whose template has storage rbd."""
+    balancers: Mapping[str, LoadBalancer] = field(default_factory=dict, compare=False, repr=False)
+    """The access layer's balancers by their name in the controller file."""
 
     def uri(self, host: str) -> str:
         check_name(host, what="host name")
@@ -101,6 +104,14 @@ class Fleet:
                 "a template has storage rbd but the controller file has no ceph section"
             )
         return self.rbd
+
+    def balancer(self, name: str) -> LoadBalancer:
+        try:
+            return self.balancers[name]
+        except KeyError:
+            raise PermanentError(
+                f"balancer {name!r} is named by a policy but not in the controller file"
+            ) from None
 
     def business(self, name: str) -> Business:
         try:

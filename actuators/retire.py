@@ -1,9 +1,12 @@
 """Scale-in: drain an instance, shut it down gracefully, and remove every trace of it.
 
 Where it sits: the actuator of ``Retire``, run by the executor (and resumed by the reconciler).
-The VM is first marked draining in its metadata, so the load balancer stops sending it work
-(the lab load driver reads that mark); then an ACPI power-button press with a timeout, a
-destroy if the guest did not stop, undefine, and the overlay (and any snapshot file) deleted.
+The VM is first marked draining in its metadata (the access sync never registers a draining
+VM, and the lab's load driver sends it no work); for a business behind a load balancer its
+server is then drained there, waited on until its sessions end (at most the policy's
+``drain_timeout``) and taken out of the backend; only then an ACPI power-button press with a
+timeout, a destroy if the guest did not stop, undefine, and the overlay (and any snapshot file)
+deleted.
 It never takes a business below its minimum: the actuator counts the live, serving instances
 across the fleet itself rather than trusting the plan's view.
 """
@@ -11,6 +14,7 @@ across the fleet itself rather than trusting the plan's view.
 from __future__ import annotations
 
 import contextlib
+import time
 
 import libvirt
 
@@ -25,7 +29,19 @@ from actuators.base import (
 from actuators.clone import remove_instance
 from actuators.domain_xml import update_vm_metadata
 from actuators.volumes import overlay_exists
-from autoscaler.model import PreconditionFailed, Retire, TemporaryError
+from autoscaler.model import AccessTarget, PreconditionFailed, Retire, TemporaryError
+from autoscaler.model.access import (
+    LoadBalancer,
+    LoadBalancerUnavailable,
+    ServerAdmin,
+    ServerState,
+)
+
+DRAIN_POLL_S = 0.2
+
+
+def _server(balancer: LoadBalancer, access: AccessTarget, vm: str) -> ServerState | None:
+    return next((s for s in balancer.servers(access.backend) if s.name == vm), None)
 
 
 def serving_instances(ctx: ActionContext, business: str) -> tuple[set[str], list[str]]:
@@ -83,6 +99,9 @@ class RetireActuator:
                 if meta is None or not meta.draining:
                     ctx.step("draining")
                     libvirt_call("mark draining", lambda: update_vm_metadata(dom, draining="1"))
+                access = ctx.fleet.business(action.business).access
+                if access is not None:
+                    self._drain_server(action, ctx, access, serving=True)
                 if dom.isActive():
                     ctx.step("shutting-down")
                     with contextlib.suppress(libvirt.libvirtError):
@@ -93,9 +112,41 @@ class RetireActuator:
                         with contextlib.suppress(libvirt.libvirtError):
                             dom.destroy()
                     ctx.step("stopped")
+            elif (access := ctx.fleet.business(action.business).access) is not None:
+                self._drain_server(action, ctx, access, serving=False)
         ctx.step("removing")
         remove_instance(ctx, action.host, action.vm, action.business)
         ctx.step("removed")
+
+    def _drain_server(
+        self, action: Retire, ctx: ActionContext, access: AccessTarget, *, serving: bool
+    ) -> None:
+        """Drain the VM's server (no new sessions), wait until its sessions end or the
+        policy's ``drain_timeout`` passes, then take it out of the backend; ``serving``: the
+        VM still runs (a stopped one has nothing in flight: it is only taken out)."""
+        balancer = ctx.fleet.balancer(access.balancer)
+        try:
+            server = _server(balancer, access, action.vm)
+            if server is None:
+                return  # never registered, or taken out by an earlier attempt
+            if serving and server.admin is ServerAdmin.READY:
+                ctx.step("lb-draining")
+                balancer.drain(access.backend, action.vm)
+            started = time.monotonic()
+            while serving and server is not None and server.sessions > 0:
+                waited = time.monotonic() - started
+                if waited >= min(access.drain_timeout_s, max(0.0, ctx.remaining() - 30)):
+                    break  # bounded by the policy: what is still open is cut
+                time.sleep(DRAIN_POLL_S)
+                server = _server(balancer, access, action.vm)
+            ctx.figures["drain_s"] = round(time.monotonic() - started, 3)
+            ctx.step("lb-removing")
+            balancer.remove(access.backend, action.vm)
+        except LoadBalancerUnavailable as exc:
+            raise TemporaryError(
+                f"balancer {access.balancer} did not answer draining {action.vm}: {exc}",
+                retry_after=2,
+            ) from exc
 
     def verify(self, action: Retire, ctx: ActionContext) -> str:
         if not self.already_done(action, ctx):

@@ -128,6 +128,15 @@ class Ovs(Strict):
     timeout_s: float = Field(default=2.0, gt=0)
 
 
+class Balancer(Strict):
+    """A load balancer of the access layer, driven through its control interface."""
+
+    name: Name
+    kind: Literal["haproxy"] = "haproxy"
+    socket: Path = Field(description="HAProxy's runtime API socket (stats socket ... level admin)")
+    timeout_s: float = Field(default=2.0, gt=0, le=60)
+
+
 class Intervals(Strict):
     collect_s: float = Field(default=5, gt=0)
     decide_s: float = Field(default=10, gt=0)
@@ -246,6 +255,11 @@ class ControllerConfig(Strict):
     prometheus: Prometheus | None = None
     ceph: Ceph | None = None
     ovs: Ovs | None = None
+    balancers: tuple[Balancer, ...] = Field(
+        default=(),
+        description="the access layer's load balancers; a business's policy names the one in"
+        " front of it (``access.balancer``)",
+    )
     intervals: Intervals = Intervals()
     executor: Executor = Executor()
     lease: Lease = Lease()
@@ -273,6 +287,14 @@ class ControllerConfig(Strict):
                 "state: {kind: rados} needs lease: {kind: rados} and a ceph section: the"
                 " state is fenced by the lease's generation"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _balancer_names_unique(self) -> ControllerConfig:
+        names = [b.name for b in self.balancers]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"balancers: {', '.join(twice)} named twice")
         return self
 
     @property

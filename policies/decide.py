@@ -10,7 +10,8 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
 4. scale each business: vertical hot-adds for load beyond capacity now, clones for the
    forecast (none of a business on RBD while Ceph says its pool is near full or PGs are
    inactive, or cannot say: ``policies.storage``), retires when every scale-down rule allows
-   (``policies.scaling``);
+   (``policies.scaling``) and the business's access layer can drain the VM first (its balancer
+   answered: ``policies.access``);
 5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``);
 6. back up the VMs whose backup slot has come (``policies.backups``), after everything above
    (scaling has priority: a backup takes only what is left of the hourly cap), one per
@@ -30,6 +31,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from autoscaler.model import VM, Action, Controls, Health, LiveMigrate, Plan, Scope, Snapshot
+from policies.access import retire_hold
 from policies.assess import BusinessView, assess
 from policies.backups import plan_backups
 from policies.brakes import actions_in_last_minute, fleet_cap, fleet_freeze
@@ -103,7 +105,10 @@ def decide(
             grown, _ = vertical(view, placement, state, budget)
         actions += grown + clones
         if not clones and not grown and freeze is None:
-            actions += scale_down(view, placement, state, budget, now)
+            if (hold := retire_hold(snapshot, view.name)) is not None:
+                reasons[view.name].append(hold)
+            else:
+                actions += scale_down(view, placement, state, budget, now)
     drains, stays = drain_actions(
         snapshot,
         policies,

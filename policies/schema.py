@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from autoscaler.model import (
+    AccessTarget,
     Business,
     LocalStorage,
     Name,
@@ -380,6 +381,46 @@ class Backup(Strict):
         return float(hh * 3600 + mm * 60)
 
 
+class HaproxyAccess(Strict):
+    """The business is served through a backend of an HAProxy the controller file names.
+
+    The controller registers every ready instance there (a server named after its VM, at the
+    address the guest reported, on ``port``), which takes requests once HAProxy's health check
+    passes; a retire drains its server for at most ``drain_timeout`` and removes it before the
+    VM stops. While the balancer does not answer nothing that needs it is done: no retire.
+    """
+
+    kind: Literal["haproxy"]
+    balancer: Name = Field(description="the balancer's name in the controller file")
+    backend: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        description="the HAProxy backend of the business; none: named after the business",
+    )
+    port: int = Field(default=80, ge=1, le=65535, description="the port instances serve on")
+    drain_timeout: Duration = Field(
+        default=30.0, description="how long a retire waits for a server's sessions to end"
+    )
+
+    @field_validator("drain_timeout")
+    @classmethod
+    def _bounded_drain(cls, value: float) -> float:
+        if not 0 < value <= 3600:
+            raise ValueError(f"drain_timeout must be above 0 and at most 1h (got {value:g} s)")
+        return value
+
+    def target(self, business: str) -> AccessTarget:
+        return AccessTarget(
+            balancer=self.balancer,
+            backend=self.backend or business,
+            port=self.port,
+            drain_timeout_s=self.drain_timeout,
+        )
+
+
+Access = Annotated[HaproxyAccess, Field(discriminator="kind")]
+
+
 class Mode(StrEnum):
     RECOMMEND = "recommend"
     AUTO = "auto"
@@ -404,6 +445,10 @@ class BusinessPolicy(Strict):
     backup: Backup | None = Field(
         default=None, description="scheduled backups of the business's VMs; none: no backups"
     )
+    access: Access | None = Field(
+        default=None,
+        description="the load balancer in front of the business; none: no access layer",
+    )
 
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
@@ -419,6 +464,7 @@ class BusinessPolicy(Strict):
             template=self.template.to_template(),
             min_instances=self.instances.min,
             max_instances=self.instances.max,
+            access=self.access.target(self.business) if self.access is not None else None,
         )
 
     def in_maintenance(self, epoch_s: float) -> bool:

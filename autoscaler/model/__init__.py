@@ -54,6 +54,7 @@ from autoscaler.model.signals import Sample, Scope, Signal, SignalName, Stale
 from autoscaler.model.snapshot import Snapshot
 from autoscaler.model.topology import (
     VM,
+    AccessTarget,
     Business,
     Datacenter,
     Health,
@@ -72,6 +73,7 @@ __all__ = [
     "ACTION_KINDS",
     "MEMORY_SCHEMA_VERSION",
     "VM",
+    "AccessTarget",
     "Action",
     "Adopt",
     "AutoscalerError",

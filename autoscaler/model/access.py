@@ -13,6 +13,7 @@ a registration) is planned on a stale view, and nothing is guessed from it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
@@ -67,6 +68,43 @@ class AccessView(Frozen):
 
     def server(self, name: str) -> ServerState | None:
         return next((s for s in self.servers if s.name == name), None)
+
+
+# ---- what the access sync changes (planned by policies.access, applied by the actuator) --
+
+
+@dataclass(frozen=True)
+class Register:
+    """Put ``server`` (a VM) into ``backend`` at ``address:port``."""
+
+    business: str
+    balancer: str
+    backend: str
+    server: str
+    host: str
+    address: str
+    port: int
+
+    @property
+    def why(self) -> str:
+        return f"register {self.server} of {self.business} in {self.backend} at {self.address}"
+
+
+@dataclass(frozen=True)
+class Deregister:
+    """Take ``server`` out of ``backend``."""
+
+    business: str
+    balancer: str
+    backend: str
+    server: str
+
+    @property
+    def why(self) -> str:
+        return f"remove {self.server} from {self.backend}: down, and no such VM in the fleet"
+
+
+Registration = Register | Deregister
 
 
 class LoadBalancerUnavailable(Exception):

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from autoscaler.model.access import AccessView
 from autoscaler.model.backups import BackupCatalogue
 from autoscaler.model.signals import Scope, Signal, Stale
 from autoscaler.model.topology import VM, Business, Datacenter, Frozen, Host, Rack, Region
@@ -45,6 +46,11 @@ class Snapshot(Frozen):
         default=(),
         description="per business, the backups its target holds; a business without one was"
         " not listed (unknown: no backup is planned for it)",
+    )
+    access: tuple[AccessView, ...] = Field(
+        default=(),
+        description="per business with an access layer, its backend as the balancer reports"
+        " it; stale when the balancer did not answer",
     )
 
     @model_validator(mode="after")
@@ -158,6 +164,10 @@ class Snapshot(Frozen):
     @cached_property
     def backups_by_business(self) -> dict[str, BackupCatalogue]:
         return {c.business: c for c in self.backups}
+
+    @cached_property
+    def access_by_business(self) -> dict[str, AccessView]:
+        return {a.business: a for a in self.access}
 
     def rack_of(self, host: str) -> Rack:
         return self.rack_by_name[self.host_by_name[host].rack]

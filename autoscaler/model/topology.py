@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
 
 from autoscaler.model.names import Name
 
@@ -143,13 +143,29 @@ class Template(Frozen):
         return self.nic_model.live_migratable
 
 
+class AccessTarget(Frozen):
+    """Where a business is served: a backend of a load balancer named in the inventory.
+
+    Each ready instance is a server of ``backend`` named after its VM, reached on its address
+    at ``port``; a retire drains it there for at most ``drain_timeout_s`` before it stops.
+    """
+
+    balancer: Name = Field(description="the balancer's name in the controller file")
+    backend: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    port: int = Field(default=80, ge=1, le=65535)
+    drain_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+
+
 class Business(Frozen):
-    """A business as the fleet knows it: its template and instance bounds."""
+    """A business as the fleet knows it: its template, instance bounds and access layer."""
 
     name: Name
     template: Template
     min_instances: int = Field(ge=0)
     max_instances: int = Field(ge=1)
+    access: AccessTarget | None = Field(
+        default=None, description="the load balancer in front of it; None: none (as before)"
+    )
 
     @model_validator(mode="after")
     def _bounds(self) -> Business:
@@ -191,6 +207,11 @@ class VM(Frozen):
     )
     ready: bool = False
     draining: bool = False
+    address: IPvAnyAddress | None = Field(
+        default=None,
+        description="the guest's address on its network, as the guest reported it when it"
+        " became ready (the load balancer reaches it there); None: not known",
+    )
     created_at: float | None = None
     owned: bool = Field(
         default=True,

@@ -118,6 +118,20 @@ class ControllerMetrics:
             ["business"],
             registry=r,
         )
+        self.access_stale = Gauge(
+            "autoscaler_access_stale",
+            "1 while the load balancer in front of a business does not answer: its view is"
+            " stale, nothing is retired and its new clones wait to be registered.",
+            ["business", "balancer"],
+            registry=r,
+        )
+        self.access_changes = Counter(
+            "autoscaler_access_changes",
+            "Servers registered in or removed from a business's backend by the access sync,"
+            " by change (register, deregister) and result (done, failed).",
+            ["business", "change", "result"],
+            registry=r,
+        )
         self.freeze = Gauge(
             "autoscaler_freeze",
             "1 while retires and live migrations are frozen fleet-wide (a demand collapse"

@@ -11,18 +11,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 
+from actuators.access_sync import apply_registrations
 from actuators.base import Fleet
 from actuators.connections import LibvirtPool
 from actuators.executor import execute_plan
 from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
 from autoscaler.config import ControllerConfig
-from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan
+from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan, Snapshot
+from autoscaler.model.access import Deregister
 from autoscaler.runtime.logs import event
-from autoscaler.runtime.ports import ActionOutcome
+from autoscaler.runtime.ports import AccessChange, ActionOutcome
 from autoscaler.runtime.shared_state import SharedState
 from autoscaler.runtime.wiring import (
     actuator_registry,
+    balancers_of,
     build_fleet,
     crash_hook,
     executor_lease,
@@ -30,6 +33,7 @@ from autoscaler.runtime.wiring import (
     open_journal,
     rbd_store,
 )
+from policies.access import registrations
 from policies.schema import BusinessPolicy
 
 log = logging.getLogger("autoscaler.actuation")
@@ -82,11 +86,28 @@ class ExecutorActuation:
         # One connection per host for the controller's lifetime, checked before each reuse.
         self.pool = LibvirtPool()
         self.rbd = rbd_store(config)
+        self.balancers = balancers_of(config)
         self.journal = open_journal(config.state_dir, self.fleet(), shared)
         self._pending: dict[str, str] = {}
 
     def fleet(self) -> Fleet:
-        return build_fleet(self.config, self.policies(), pool=self.pool, rbd=self.rbd)
+        return build_fleet(
+            self.config, self.policies(), pool=self.pool, rbd=self.rbd, balancers=self.balancers
+        )
+
+    def sync_access(self, snapshot: Snapshot) -> Sequence[AccessChange]:
+        changes = registrations(snapshot)
+        if not changes:
+            return ()
+        return [
+            AccessChange(
+                business=a.change.business,
+                change="deregister" if isinstance(a.change, Deregister) else "register",
+                done=a.done,
+                detail=a.detail,
+            )
+            for a in apply_registrations(self.fleet(), changes)
+        ]
 
     def _unreachable_hosts(self) -> set[str]:
         by_uri = {h.uri: h.name for *_, h in self.config.inventory.hosts()}

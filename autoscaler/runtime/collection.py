@@ -19,7 +19,7 @@ import libvirt
 
 from actuators.connections import open_connection
 from autoscaler.config import ControllerConfig
-from autoscaler.model import Collection, Collector, Scope
+from autoscaler.model import AccessTarget, Collection, Collector, Scope
 from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.logs import event
 from collectors.base import LastGood, guarded
@@ -92,6 +92,27 @@ def backup_catalogue(
         return handle[0]
 
     return BackupCatalogueCollector(targets=lambda: backup_targets(policies()), cluster=cluster)
+
+
+def access_targets(policies: Mapping[str, BusinessPolicy]) -> dict[str, AccessTarget]:
+    """business -> where it is served, for every policy with an access layer."""
+    return {
+        name: policy.access.target(name)
+        for name, policy in policies.items()
+        if policy.access is not None
+    }
+
+
+def access_collector(
+    config: ControllerConfig, policies: Callable[[], Mapping[str, BusinessPolicy]]
+) -> Collector:
+    """The collector of the backends the policies in force are served through."""
+    from autoscaler.runtime.wiring import balancers_of
+    from collectors.access import AccessCollector
+
+    return AccessCollector(
+        balancers=balancers_of(config), targets=lambda: access_targets(policies())
+    )
 
 
 def build_collectors(

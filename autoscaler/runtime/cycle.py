@@ -42,6 +42,7 @@ from autoscaler.runtime.logs import event
 from autoscaler.runtime.memory import ControllerMemory
 from autoscaler.runtime.memory_file import saved_memory
 from autoscaler.runtime.ports import (
+    AccessSync,
     ActionOutcome,
     Actuation,
     ControlsReader,
@@ -143,6 +144,8 @@ class Cycle:
         """When the last execution ended: the next decision waits for a view taken after it."""
         self.frozen: str | None = None
         self.clone_refusals: dict[str, str] = {}
+        self.access_stale: dict[str, str] = {}
+        """Per business behind a balancer that did not answer: why (logged on the change)."""
         """Why the last decision froze retires and migrations fleet-wide, or None."""
         self.stale_snapshot: str | None = None
         """Why the last snapshot was refused as too old, or None once a fresh one came."""
@@ -179,6 +182,7 @@ class Cycle:
             return CycleResult()
         started = time.monotonic()
         policies = self.policies()
+        self._sync_access(snapshot)
         for name, policy in policies.items():
             if policy.backup is not None:
                 # The series exists from 0: increase() misses a counter's first sample.
@@ -198,6 +202,50 @@ class Cycle:
         result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
+
+    def _sync_access(self, snapshot: Snapshot) -> None:
+        """Keep each business's backend in step with its ready instances (``policies.access``)
+        before deciding; show which balancers are stale. Not in a dry run: it changes the
+        balancer. Changes are logged and counted; a failed one is tried again next cycle."""
+        for business in snapshot.businesses:
+            if business.access is None:
+                continue
+            view = snapshot.access_by_business.get(business.name)
+            stale = view is None or view.stale
+            self.metrics.access_stale.labels(business.name, business.access.balancer).set(
+                1 if stale else 0
+            )
+            was = self.access_stale.get(business.name)
+            why = (view.reason if view is not None else "not read") if stale else None
+            if why != was:
+                if why is not None:
+                    event(
+                        self.log,
+                        "access layer stale",
+                        logging.WARNING,
+                        business=business.name,
+                        why=why,
+                    )
+                elif was is not None:
+                    event(self.log, "access layer answers again", business=business.name)
+            if why is None:
+                self.access_stale.pop(business.name, None)
+            else:
+                self.access_stale[business.name] = why
+        if self.settings.dry_run or not isinstance(self.actuation, AccessSync):
+            return
+        for change in self.actuation.sync_access(snapshot):
+            result = "done" if change.done else "failed"
+            self.metrics.access_changes.labels(change.business, change.change, result).inc()
+            level = logging.INFO if change.done else logging.WARNING
+            event(
+                self.log,
+                f"access {change.change}",
+                level,
+                business=change.business,
+                result=result,
+                detail=change.detail,
+            )
 
     def _refuse_stale(self, snapshot: Snapshot, now: float) -> bool:
         """True (logged on the change, counted, shown) when ``snapshot`` is too old to decide

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -52,6 +52,24 @@ class Actuation(Protocol):
     def waiting(self) -> dict[str, str]:
         """Host -> why reconciliation or a connection is waiting for it (for /healthz)."""
         ...
+
+
+@runtime_checkable
+class AccessSync(Actuation, Protocol):
+    """An actuation that also keeps the access layer's backends in step with the fleet
+    (``policies.access``): the live one; the simulator has no balancer."""
+
+    def sync_access(self, snapshot: Snapshot) -> Sequence[AccessChange]:
+        """Register ready instances and remove vanished ones; what was tried, one each."""
+        ...
+
+
+@dataclass(frozen=True)
+class AccessChange:
+    business: str
+    change: str  # register | deregister
+    done: bool
+    detail: str
 
 
 class PlanStore(Protocol):

@@ -24,6 +24,7 @@ from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
 from autoscaler.runtime.collection import (
     CollectionStage,
+    access_collector,
     backup_catalogue,
     build_collectors,
     connect_ceph,
@@ -85,6 +86,8 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
         shared=shared,
     )
     collection.add(backup_catalogue(config, lambda: controller.policies, cluster))
+    if config.balancers:
+        collection.add(access_collector(config, lambda: controller.policies))
     controller.actuation = ExecutorActuation(
         config, controller.lease, lambda: controller.policies, shared
     )

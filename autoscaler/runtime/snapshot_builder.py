@@ -29,6 +29,7 @@ from autoscaler.model import (
     VmState,
     check_name,
 )
+from autoscaler.model.access import AccessView, ServerAdmin, ServerHealth, ServerState
 from policies.schema import BusinessPolicy
 
 
@@ -172,6 +173,7 @@ def build_snapshot(
         signals=tuple(signals),
         stale=tuple(stale),
         backups=backup_catalogues(samples),
+        access=access_views(samples),
     )
 
 
@@ -212,3 +214,42 @@ def backup_catalogues(samples: Iterable[Sample]) -> tuple[BackupCatalogue, ...]:
             )
         out.append(BackupCatalogue(business=business, listed_at=listed_at, records=tuple(records)))
     return tuple(out)
+
+
+def access_views(samples: Iterable[Sample]) -> tuple[AccessView, ...]:
+    """The access collector's samples as one view per business it asked about: the servers of
+    a backend it read, or stale (with the balancer's reason) for one it could not."""
+    views: dict[str, AccessView] = {}
+    servers: dict[str, list[ServerState]] = defaultdict(list)
+    for s in samples:
+        business = s.label("business")
+        if not business or not s.metric.startswith("access_"):
+            continue
+        if s.metric in ("access_backend_read", "access_backend_unread"):
+            unread = s.metric == "access_backend_unread"
+            views[business] = AccessView(
+                business=business,
+                balancer=s.label("balancer") or "",
+                backend=s.label("backend") or "",
+                read_at=s.timestamp,
+                stale=unread,
+                reason=(s.label("reason") or "no answer") if unread else "",
+            )
+        elif s.metric == "access_server_sessions":
+            try:
+                servers[business].append(
+                    ServerState(
+                        name=s.label("server") or "",
+                        address=s.label("address") or "",
+                        port=int(s.label("port") or 0),
+                        admin=ServerAdmin(s.label("admin") or ""),
+                        health=ServerHealth(s.label("health") or ""),
+                        sessions=max(0, int(s.value)),
+                    )
+                )
+            except ValueError:
+                continue  # a label the vocabulary does not know: that server is not reported
+    return tuple(
+        view if view.stale else view.model_copy(update={"servers": tuple(servers[name])})
+        for name, view in sorted(views.items())
+    )

@@ -27,6 +27,7 @@ from actuators.guest_agent import readiness_probe
 from actuators.rbd_store import RbdStore
 from autoscaler.config import ControllerConfig
 from autoscaler.model import BaseAction, Lease, LeaseState, TemporaryError
+from autoscaler.model.access import LoadBalancer
 from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.journal import DomainStamper, SqliteJournal, journal_floor
 from autoscaler.runtime.lease import FileLease
@@ -51,6 +52,7 @@ def build_fleet(
     *,
     pool: LibvirtPool | None = None,
     rbd: RbdStore | None = None,
+    balancers: Mapping[str, LoadBalancer] | None = None,
 ) -> Fleet:
     """The actuators' handles: host URIs, businesses, how guests boot and how they report.
     ``pool``: the libvirt connections to keep across calls (the live loop keeps one for its
@@ -70,7 +72,18 @@ def build_fleet(
         pool=pool if pool is not None else LibvirtPool(),
         keys=load_fleet_keys(config.key_file, create=config.ownership.key_file is None),
         rbd=rbd if rbd is not None else rbd_store(config),
+        balancers=balancers if balancers is not None else balancers_of(config),
     )
+
+
+def balancers_of(config: ControllerConfig) -> dict[str, LoadBalancer]:
+    """The access layer's balancers of the controller file, by name (nothing is connected
+    here: each call opens the runtime API's socket)."""
+    from actuators.haproxy import HaproxyRuntime
+
+    return {
+        b.name: HaproxyRuntime(b.name, b.socket, timeout_s=b.timeout_s) for b in config.balancers
+    }
 
 
 def rbd_store(config: ControllerConfig) -> RbdStore | None:

@@ -22,6 +22,7 @@ from autoscaler.model import (
     Stale,
     VmState,
 )
+from autoscaler.model.access import AccessView
 from policies.schema import BusinessPolicy
 
 NOW = pd.Timestamp("2024-03-06T12:00:00", tz="UTC").timestamp()  # a Wednesday
@@ -81,6 +82,8 @@ class Fleet:
     cordoned: set[str] = field(default_factory=set)
     backups: list[BackupCatalogue] = field(default_factory=list)
     """Listed backup catalogues, one per business (none: the business's backups unknown)."""
+    access: list[AccessView] = field(default_factory=list)
+    """Backends as read from their balancers, one per business (none: not read)."""
 
     @property
     def rack_names(self) -> list[str]:
@@ -101,6 +104,7 @@ class Fleet:
         ready: bool = True,
         memory_used_mib: float | None = None,
         memory_guest_total_mib: float | None = None,
+        addressed: bool = False,
     ) -> list[VM]:
         hosts = (
             self.host_names(rack)
@@ -124,6 +128,7 @@ class Fleet:
                 memory_used_mib=memory_used_mib,
                 memory_guest_total_mib=memory_guest_total_mib,
                 ready=ready,
+                address=f"10.1.1.{len(self.vms) + 10}" if addressed else None,
             )
             self.vms.append(vm)
             added.append(vm)
@@ -162,4 +167,5 @@ class Fleet:
             signals=tuple(self.signals),
             stale=tuple(self.stale),
             backups=tuple(self.backups),
+            access=tuple(self.access),
         )
