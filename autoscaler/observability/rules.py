@@ -3,7 +3,9 @@
 Where it sits: beside the exporter. ``autoscaler grafana generate`` writes
 ``grafana/rules/autoscaler.rules.yml`` from the policies (as Sloth does): recording rules for the
 SLI error ratio over every window the SRE workbook's multi-window multi-burn-rate alerts need,
-computed from the controller's SLI counters; one page and one ticket alert per business with
+computed from the controller's SLI counters (and, for a business whose SLI is a windowed PromQL
+pair such as a request SLI from HAProxy, from those source metrics themselves); one page and one
+ticket alert per business with
 its own objective; the controller-down, stale-cycle, stale-collector and freeze alerts; and the
 backup alerts (failing backups, and per business with a ``backup:`` policy, an overdue VM). The
 rules are checked by ``promtool check rules`` and unit-tested by ``promtool test rules`` in
@@ -12,11 +14,14 @@ rules are checked by ``promtool check rules`` and unit-tested by ``promtool test
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from policies.backups import RETRY_AFTER_S, duration_text
-from policies.schema import BusinessPolicy
+from policies.schema import BusinessPolicy, PromqlSli
+
+WINDOW = "$window"
+"""In a PromQL SLI's pair, where the window goes (``collectors.promql_sli`` reads the same)."""
 
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 Pair = tuple[str, str, float]  # (long window, short window, burn-rate factor)
@@ -49,13 +54,51 @@ def recording_rules() -> list[dict[str, str]]:
     ]
 
 
-def _burn(business: str, pairs: tuple[tuple[str, str, float], ...], allowed: float) -> str:
+def source_error_ratio(window: str) -> str:
+    return f"business:autoscaler_sli_source_error_ratio:rate{window}"
+
+
+def from_source(policy: BusinessPolicy) -> bool:
+    """A PromQL SLI whose pair takes ``$window``: its error ratio is recorded from the source
+    metrics themselves (a request SLI from the load balancer's own counters), so its alerts
+    fire even when no controller runs."""
+    sli = policy.sla.sli
+    return isinstance(sli, PromqlSli) and WINDOW in sli.good and WINDOW in sli.total
+
+
+def source_recording_rules(policies: Mapping[str, BusinessPolicy]) -> list[dict[str, Any]]:
+    """Per business with a windowed PromQL SLI, its error ratio over every window, computed
+    from the policy's own ``good``/``total`` pair (each summed, so labels cannot unmatch)."""
+    out: list[dict[str, Any]] = []
+    for name, policy in sorted(policies.items()):
+        sli = policy.sla.sli
+        if not from_source(policy) or not isinstance(sli, PromqlSli):
+            continue
+        for w in WINDOWS:
+            good = sli.good.replace(WINDOW, w)
+            total = sli.total.replace(WINDOW, w)
+            out.append(
+                {
+                    "record": source_error_ratio(w),
+                    "expr": f"1 - (sum({good}) / (sum({total}) > 0))",
+                    "labels": {"business": name},
+                }
+            )
+    return out
+
+
+def _burn(
+    business: str,
+    pairs: tuple[tuple[str, str, float], ...],
+    allowed: float,
+    ratio: Callable[[str], str] = error_ratio,
+) -> str:
     parts = []
     for long_w, short_w, factor in pairs:
         threshold = f"{factor * allowed:.10g}"
         parts.append(
-            f'({error_ratio(long_w)}{{business="{business}"}} > {threshold}'
-            f' and {error_ratio(short_w)}{{business="{business}"}} > {threshold})'
+            f'({ratio(long_w)}{{business="{business}"}} > {threshold}'
+            f' and {ratio(short_w)}{{business="{business}"}} > {threshold})'
         )
     return "\n or ".join(parts)
 
@@ -64,10 +107,11 @@ def business_alerts(policy: BusinessPolicy) -> list[dict[str, Any]]:
     business = policy.business
     allowed = 1 - policy.sla.objective / 100
     objective = f"{policy.sla.objective:g}%"
+    ratio = source_error_ratio if from_source(policy) else error_ratio
     return [
         {
             "alert": "AutoscalerErrorBudgetBurn",
-            "expr": _burn(business, pairs, allowed),
+            "expr": _burn(business, pairs, allowed, ratio),
             "for": wait,
             "labels": {"severity": severity, "business": business, "objective": objective},
             "annotations": {
@@ -186,9 +230,15 @@ def backup_alerts(policies: Mapping[str, BusinessPolicy]) -> list[dict[str, Any]
 def rule_file(
     policies: Mapping[str, BusinessPolicy], decide_interval_s: float = 10
 ) -> dict[str, Any]:
+    sources = source_recording_rules(policies)
     return {
         "groups": [
             {"name": "autoscaler-sli", "interval": "30s", "rules": recording_rules()},
+            *(
+                [{"name": "autoscaler-sli-sources", "interval": "30s", "rules": sources}]
+                if sources
+                else []
+            ),
             {
                 "name": "autoscaler-slo-alerts",
                 "rules": [a for _, p in sorted(policies.items()) for a in business_alerts(p)],
