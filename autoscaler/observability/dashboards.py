@@ -182,6 +182,38 @@ def business_sla() -> dict[str, Any]:
                     ),
                 ],
             ),
+            _panel(
+                7,
+                "Request SLI from the access layer: error ratio, 5m and 1h",
+                [
+                    (
+                        f"business:autoscaler_sli_source_error_ratio:rate5m{{{B}}}",
+                        "5m {{business}}",
+                    ),
+                    (
+                        f"business:autoscaler_sli_source_error_ratio:rate1h{{{B}}}",
+                        "1h {{business}}",
+                    ),
+                ],
+                unit="percentunit",
+            ),
+            _panel(
+                8,
+                "Requests through the access layer, by answer (per second)",
+                [
+                    (
+                        "sum by (proxy, code) (rate(haproxy_frontend_http_responses_total"
+                        '{proxy=~"$business"}[1m]))',
+                        "{{proxy}} {{code}}",
+                    ),
+                ],
+                unit="reqps",
+            ),
+            _panel(
+                9,
+                "Access layer stale (its balancer does not answer)",
+                [(f"autoscaler_access_stale{{{B}}}", "{{business}} {{balancer}}")],
+            ),
         ],
         [_business_variable()],
     )
