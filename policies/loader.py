@@ -16,11 +16,34 @@ from policies.schema import BusinessPolicy
 from policies.yaml_source import line_of, read_yaml, validate_file
 
 
-def load_policy(path: Path, *, images: Collection[str] | None = None) -> BusinessPolicy:
+def load_policy(
+    path: Path,
+    *,
+    images: Collection[str] | None = None,
+    balancers: Collection[str] | None = None,
+) -> BusinessPolicy:
     """Load one policy file. ``images``: names present in the image folder (None: not checked;
-    a template on RBD is checked by the clone, against the pool)."""
+    a template on RBD is checked by the clone, against the pool). ``balancers``: the names of
+    the controller file's balancers (None: not checked)."""
     data = read_yaml(path)
     policy = validate_file(BusinessPolicy, path, data)
+    if (
+        balancers is not None
+        and policy.access is not None
+        and policy.access.balancer not in balancers
+    ):
+        known = ", ".join(sorted(balancers)) or "none"
+        raise ConfigError(
+            str(path),
+            [
+                ConfigProblem(
+                    line=line_of(data, ["access", "balancer"]),
+                    field="access.balancer",
+                    message=f"balancer {policy.access.balancer!r} is not in the controller"
+                    f" file's balancers ({known})",
+                )
+            ],
+        )
     if policy.backup is not None and not policy.template.on_rbd:
         raise ConfigError(
             str(path),
@@ -48,7 +71,10 @@ def load_policy(path: Path, *, images: Collection[str] | None = None) -> Busines
 
 
 def load_policy_dir(
-    folder: Path, *, images: Collection[str] | None = None
+    folder: Path,
+    *,
+    images: Collection[str] | None = None,
+    balancers: Collection[str] | None = None,
 ) -> dict[str, BusinessPolicy]:
     """Load every ``*.yaml`` / ``*.yml`` of ``folder``; all problems of all files in one error."""
     policies: dict[str, BusinessPolicy] = {}
@@ -57,7 +83,7 @@ def load_policy_dir(
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
     for path in files:
         try:
-            policy = load_policy(path, images=images)
+            policy = load_policy(path, images=images, balancers=balancers)
         except ConfigError as exc:
             errors.append(exc)
             continue

@@ -62,7 +62,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
                         str(path),
                         [_problem("image_dir", f"image folder {config.image_dir} does not exist")],
                     )
-                load_policy_dir(config.policy_dir, images=images)
+                load_policy_dir(
+                    config.policy_dir,
+                    images=images,
+                    balancers={b.name for b in config.balancers},
+                )
                 print(f"{path}: ok (controller; {len(config.inventory.hosts())} hosts)")
                 if config.lease.kind == "rados" and config.ownership.key_file is None:
                     print(

@@ -276,7 +276,11 @@ class Controller:
             else None
         )
         try:
-            policies = load_policy_dir(self.config.policy_dir, images=images)
+            policies = load_policy_dir(
+                self.config.policy_dir,
+                images=images,
+                balancers={b.name for b in self.config.balancers},
+            )
         except ConfigError as exc:
             self._policy_stamp = stamp
             if initial:

@@ -266,3 +266,46 @@ def test_policy_model_forbids_extra_fields_everywhere() -> None:
     for name, definition in schema.get("$defs", {}).items():
         if definition.get("type") == "object":
             assert definition.get("additionalProperties") is False, name
+
+
+ACCESS = "access:\n  kind: haproxy\n  balancer: edge\n  port: 80\n  drain_timeout: 20s\n"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field", "expected"),
+    [
+        ("kind: haproxy", "kind: nginx", "access", "'nginx'"),
+        ("balancer: edge", "balancer: Edge_1", "access.balancer", "not a safe name"),
+        ("port: 80", "port: 0", "access.port", "greater than or equal to 1"),
+        ("drain_timeout: 20s", "drain_timeout: 2h", "access.drain_timeout", "at most 1h"),
+        ("port: 80", "port: 80\n  prot: 81", "access.prot", "unknown field"),
+    ],
+)
+def test_bad_access_section_names_file_line_and_field(
+    tmp_path: Path, old: str, new: str, field: str, expected: str
+) -> None:
+    text = WEB + ACCESS.replace(old, new)
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path, images=IMAGES, balancers={"edge"})
+    message = str(caught.value)
+    key = new.splitlines()[-1].strip().split(":")[0]
+    lines = text.splitlines()
+    line = next(
+        (i for i, t in enumerate(lines, 1) if t.startswith(f"  {key}:") and field != "access"),
+        lines.index("access:") + 1,
+    )
+    assert f"{path}:{line}: field '{field}'" in message, message
+    assert expected in message
+
+
+def test_an_access_section_naming_a_balancer_the_controller_lacks_names_the_field(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, WEB + ACCESS)
+    assert load_policy(path, images=IMAGES).access is not None  # not checked without a list
+    with pytest.raises(ConfigError) as caught:
+        load_policy(path, images=IMAGES, balancers={"lb-1"})
+    line = (WEB + ACCESS).splitlines().index("  balancer: edge") + 1
+    assert f"{path}:{line}: field 'access.balancer'" in str(caught.value)
+    assert "not in the controller file's balancers (lb-1)" in str(caught.value)
