@@ -26,12 +26,13 @@ from autoscaler.model import (
     Controls,
     LiveMigrate,
     Plan,
+    ReplaceInstance,
     Snapshot,
 )
 from policies.schema import BusinessPolicy
 from policies.state import DecisionState
 
-DISRUPTIVE = frozenset({"live_migrate", "retire", "backup"})
+DISRUPTIVE = frozenset({"live_migrate", "retire", "backup", "replace"})
 """Kinds never run in their business's maintenance window (a backup freezes and snapshots the
 disk, and loads the storage)."""
 
@@ -123,6 +124,11 @@ def _stale_action(
         if action.host in cordoned:
             return f"host {action.host} is cordoned"
         return None
+    if isinstance(action, ReplaceInstance):
+        if action.new_vm in where:
+            return "a VM of the replacement's name exists now"
+        if action.new_host in cordoned:
+            return f"host {action.new_host} is cordoned"
     vm = where.get(action.vm)
     if vm is None:
         return "the VM is gone"

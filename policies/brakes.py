@@ -171,7 +171,7 @@ def fleet_freeze(
     return None
 
 
-FREEZE_HOLDS = frozenset({"retire", "live_migrate"})
+FREEZE_HOLDS = frozenset({"retire", "live_migrate", "replace"})
 
 
 def importance(action: Action) -> int:
@@ -181,7 +181,7 @@ def importance(action: Action) -> int:
     (hours) and loses least of all by waiting."""
     if action.kind == "live_migrate":
         return 0
-    if action.kind == "retire":
+    if action.kind in ("retire", "replace"):
         return 2
     if action.kind == "backup":
         return 3

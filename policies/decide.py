@@ -12,6 +12,9 @@ Where it sits: between the Snapshot (built from the collectors) and the actuator
    inactive, or cannot say: ``policies.storage``), retires when every scale-down rule allows
    (``policies.scaling``) and the business's access layer can drain the VM first (its balancer
    answered: ``policies.access``);
+   When scaling takes no action for a business, replace one of its instances
+   (``policies.rollout``): one of an out-of-date template version (a rollout), else one that
+   holds hot-added resources it has not needed (scale-down by replacement);
 5. drain: live-migrate every VM off the hosts an operator drains (``policies.drain``);
 6. back up the VMs whose backup slot has come (``policies.backups``), after everything above
    (scaling has priority: a backup takes only what is left of the hourly cap), one per
@@ -40,6 +43,7 @@ from policies.drain import drain_actions
 from policies.forecast import predict_many
 from policies.placement import PlacementView
 from policies.rack_health import RackHealth, score_racks
+from policies.rollout import out_of_date, plan_rollout, plan_shrink, target_version
 from policies.scaling import Budget, scale_down, scale_up, vertical
 from policies.schema import BusinessPolicy, Mode
 from policies.state import DecisionState
@@ -96,19 +100,35 @@ def decide(
             reasons[view.name].append(
                 f"{view.policy.scaling.max_actions_per_hour} actions in the last hour: capped"
             )
+        target = target_version(view.policy, controls)
+        override = target if view.name in controls.rollouts else None
         grown, extra = vertical(view, placement, state, budget)
-        clones, uncovered, refused = scale_up(view, placement, state, budget, extra, now)
+        clones, uncovered, refused = scale_up(
+            view, placement, state, budget, extra, now, version=override
+        )
         if refused is not None:
             reasons[view.name].append(refused)
         if uncovered > 0 and not grown:
             # No clone possible (at the maximum, no room): hot-add is the remaining lever.
             grown, _ = vertical(view, placement, state, budget)
         actions += grown + clones
+        retires: list[Action] = []
         if not clones and not grown and freeze is None:
             if (hold := retire_hold(snapshot, view.name)) is not None:
                 reasons[view.name].append(hold)
             else:
-                actions += scale_down(view, placement, state, budget, now)
+                old = frozenset(v.name for v in view.vms if out_of_date(v, target))
+                retires = scale_down(view, placement, state, budget, now, old)
+                actions += retires
+        if not clones and not grown and not retires:
+            replaced = plan_rollout(view, snapshot, controls, placement, budget, freeze, now)
+            if not replaced.actions:
+                shrunk = plan_shrink(
+                    view, snapshot, controls, placement, state, budget, freeze, now
+                )
+                replaced.actions += shrunk.actions
+            actions += replaced.actions
+            reasons[view.name] += replaced.reasons
     drains, stays = drain_actions(
         snapshot,
         policies,

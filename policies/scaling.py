@@ -187,6 +187,7 @@ def scale_up(
     budget: Budget,
     extra_cores: float,
     now: float,
+    version: str | None = None,
 ) -> ScaleUp:
     """Clones to cover the forecast, unless the storage gate refuses them."""
     policy = view.policy
@@ -232,13 +233,15 @@ def scale_up(
     )
     facts = {**_facts(view), "instances_added": len(placed), "instances_wanted": want}
     actions: list[Action] = [
-        CloneFromTemplate(business=view.name, vm=name, host=host, reason=reason, facts=facts)
+        CloneFromTemplate(
+            business=view.name, vm=name, host=host, version=version, reason=reason, facts=facts
+        )
         for name, host in placed
     ]
     return ScaleUp(actions, uncovered)
 
 
-def _observed_peak(history: pd.Series | None, now: float, window_s: float) -> float:
+def observed_peak(history: pd.Series | None, now: float, window_s: float) -> float:
     """The highest demand seen over the window; infinite unless the history covers all of it."""
     if history is None or len(history) == 0:
         return math.inf
@@ -258,8 +261,10 @@ def scale_down(
     state: DecisionState,
     budget: Budget,
     now: float,
+    out_of_date: frozenset[str] = frozenset(),
 ) -> list[Action]:
-    """Retires, when every rule allows; VMs stuck on failing racks go first."""
+    """Retires, when every rule allows; VMs stuck on failing racks go first, then those of
+    an out-of-date version (``out_of_date``: a rollout is under way)."""
     policy = view.policy
     scaling = policy.scaling
     stabilisation = scaling.scale_down_stabilisation_s
@@ -273,7 +278,7 @@ def scale_down(
         or view.pending
     ):
         return []
-    peak = _observed_peak(state.demand.get(view.name), now, stabilisation)
+    peak = observed_peak(state.demand.get(view.name), now, stabilisation)
     # What the decisions of the window asked for, not only this one's: a forecast that swings
     # with each sample must not retire now what it will clone again in a minute.
     asked = state.needed_since(view.name, now - stabilisation)
@@ -282,7 +287,7 @@ def scale_down(
     capacity = view.counted_capacity_cores
     count = len(view.ready)
     risky = {v.name for v in view.at_risk}
-    candidates = sorted(view.ready, key=lambda v: _retire_order(v, placement, risky))
+    candidates = sorted(view.ready, key=lambda v: _retire_order(v, placement, risky, out_of_date))
     actions: list[Action] = []
     for vm in candidates:
         if len(actions) >= scaling.horizontal.max_step_down or budget.left <= 0:
@@ -312,6 +317,14 @@ def scale_down(
     return actions
 
 
-def _retire_order(vm: VM, placement: PlacementView, risky: set[str]) -> tuple[int, int, float, str]:
+def _retire_order(
+    vm: VM, placement: PlacementView, risky: set[str], old: frozenset[str]
+) -> tuple[int, int, int, float, str]:
     crowd = placement.instances(vm.business or "", placement.rack_of(vm.host))
-    return (0 if vm.name in risky else 1, -crowd, -vm.capacity_cores, vm.name)
+    return (
+        0 if vm.name in risky else 1,
+        0 if vm.name in old else 1,
+        -crowd,
+        -vm.capacity_cores,
+        vm.name,
+    )

@@ -76,6 +76,10 @@ class CloneFromTemplate(BaseAction):
 
     kind: Literal["clone_from_template"] = "clone_from_template"
     host: Name
+    version: Name | None = Field(
+        default=None,
+        description="the template version to clone (a rollout's target); None: the policy's",
+    )
 
     @property
     def key(self) -> str:
@@ -100,6 +104,60 @@ class Retire(BaseAction):
     @property
     def hosts(self) -> tuple[str, ...]:
         return (self.host,)
+
+
+class ReplaceInstance(BaseAction):
+    """Replace ``vm`` on ``host`` by a fresh template-size clone ``new_vm`` on ``new_host``:
+    surge the clone (of ``version``), wait until it is ready and, behind a load balancer,
+    serving there; then drain and retire ``vm``. A rollout's step, and how a VM that holds
+    hot-added vCPUs or memory it no longer needs is made small again (never by unplugging).
+    """
+
+    kind: Literal["replace"] = "replace"
+    host: Name
+    new_vm: Name
+    new_host: Name
+    version: Name | None = Field(default=None, description="of the clone; None: the policy's")
+    cause: Literal["rollout", "shrink"] = "rollout"
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _a_new_name(self) -> ReplaceInstance:
+        if self.new_vm == self.vm:
+            raise ValueError(f"the replacement of {self.vm!r} needs a name of its own")
+        return self
+
+    @property
+    def key(self) -> str:
+        return f"replace/{self.vm}->{self.new_vm}"
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return (self.host,) if self.new_host == self.host else (self.host, self.new_host)
+
+    def clone(self) -> CloneFromTemplate:
+        """The surge step, as the clone actuator runs it."""
+        return CloneFromTemplate(
+            business=self.business,
+            vm=self.new_vm,
+            host=self.new_host,
+            version=self.version,
+            reason=self.reason,
+            facts=self.facts,
+            lease_generation=self.lease_generation,
+        )
+
+    def retire(self) -> Retire:
+        """The last step, as the retire actuator runs it."""
+        return Retire(
+            business=self.business,
+            vm=self.vm,
+            host=self.host,
+            shutdown_timeout_s=self.shutdown_timeout_s,
+            reason=self.reason,
+            facts=self.facts,
+            lease_generation=self.lease_generation,
+        )
 
 
 class Adopt(BaseAction):
@@ -204,7 +262,8 @@ Action = Annotated[
     | SnapshotDisk
     | MergeSnapshot
     | Adopt
-    | BackupInstance,
+    | BackupInstance
+    | ReplaceInstance,
     Field(discriminator="kind"),
 ]
 ACTION_KINDS: tuple[str, ...] = (
@@ -217,6 +276,7 @@ ACTION_KINDS: tuple[str, ...] = (
     "merge_snapshot",
     "adopt",
     "backup",
+    "replace",
 )
 action_adapter: TypeAdapter[Action] = TypeAdapter(Action)
 

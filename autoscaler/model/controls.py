@@ -15,6 +15,21 @@ from autoscaler.model.names import Name
 ALL = "*"
 
 
+class Rollout(BaseModel):
+    """An operator's rollout of a business to a template version (``autoscaler rollout``).
+
+    ``to`` overrides the policy's ``template.version`` while it is set: every clone of the
+    business, scale-outs included, is of ``to``, and instances of any other version are
+    replaced one at a time. ``previous`` is what ``--undo`` goes back to.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    to: Name
+    previous: Name | None = None
+    paused: bool = False
+
+
 class Controls(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -22,6 +37,9 @@ class Controls(BaseModel):
     cordoned: frozenset[Name] = frozenset()
     draining: frozenset[Name] = frozenset()
     approved: frozenset[str] = Field(default=frozenset(), description="plan ids approved to run")
+    rollouts: dict[Name, Rollout] = Field(
+        default_factory=dict, description="per business, a rollout an operator started"
+    )
 
     def is_paused(self, business: str) -> bool:
         return ALL in self.paused or business in self.paused

@@ -213,6 +213,9 @@ class VM(Frozen):
         " became ready (the load balancer reaches it there); None: not known",
     )
     created_at: float | None = None
+    version: Name | None = Field(
+        default=None, description="the template version it was cloned from; None: not known"
+    )
     owned: bool = Field(
         default=True,
         description="carries a valid ownership stamp of the fleet key; False: reported only,"

@@ -107,7 +107,7 @@ def access_collector(
     config: ControllerConfig, policies: Callable[[], Mapping[str, BusinessPolicy]]
 ) -> Collector:
     """The collector of the backends the policies in force are served through."""
-    from autoscaler.runtime.wiring import balancers_of
+    from autoscaler.runtime.balancers import balancers_of
     from collectors.access import AccessCollector
 
     return AccessCollector(

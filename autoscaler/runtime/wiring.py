@@ -28,6 +28,7 @@ from actuators.rbd_store import RbdStore
 from autoscaler.config import ControllerConfig
 from autoscaler.model import BaseAction, Lease, LeaseState, TemporaryError
 from autoscaler.model.access import LoadBalancer
+from autoscaler.runtime.balancers import balancers_of
 from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.journal import DomainStamper, SqliteJournal, journal_floor
 from autoscaler.runtime.lease import FileLease
@@ -74,16 +75,6 @@ def build_fleet(
         rbd=rbd if rbd is not None else rbd_store(config),
         balancers=balancers if balancers is not None else balancers_of(config),
     )
-
-
-def balancers_of(config: ControllerConfig) -> dict[str, LoadBalancer]:
-    """The access layer's balancers of the controller file, by name (nothing is connected
-    here: each call opens the runtime API's socket)."""
-    from actuators.haproxy import HaproxyRuntime
-
-    return {
-        b.name: HaproxyRuntime(b.name, b.socket, timeout_s=b.timeout_s) for b in config.balancers
-    }
 
 
 def rbd_store(config: ControllerConfig) -> RbdStore | None:
