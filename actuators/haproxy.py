@@ -26,9 +26,11 @@ What HAProxy 2.6.12 (Debian 12) was seen to do, and what this module does about 
 * The runtime state is not persistent: after HAProxy restarts, its backends hold only the
   servers of its configuration, so the controller registers its servers again.
 
-Sessions are the ``scur`` column of ``show stat BACKEND 4 -1`` (current sessions on that
-server, the figure HAProxy's stats page shows); admin state and health come from ``show servers
-state BACKEND`` (its version 1 format, fields found by the names in its header line).
+Sessions are the ``scur`` column of ``show stat BE_ID 4 -1`` (current sessions on that
+server, the figure HAProxy's stats page shows; asked by the backend's numeric id, because by
+name ``show stat`` finds a frontend of the same name first); admin state and health come from
+``show servers state BACKEND`` (its version 1 format, fields found by the names in its header
+line).
 """
 
 from __future__ import annotations
@@ -231,11 +233,12 @@ class HaproxyRuntime:
         _name("backend", backend)
         state = self._checked(f"show servers state {backend}", backend)
         rows = _table(state, header_prefix="#", separator=None)
-        sessions = self._sessions(backend)
+        rows = [r for r in rows if r.get("be_name") == backend]
+        # ``show stat`` looks a proxy up by id or by name, and a name can be both a frontend
+        # and a backend (the lab names both after the business): ask by the backend's id.
+        sessions = self._sessions(backend, _int(rows[0], "be_id")) if rows else {}
         result = []
         for row in rows:
-            if row.get("be_name") != backend:
-                continue
             name = row["srv_name"]
             result.append(
                 ServerState(
@@ -249,9 +252,9 @@ class HaproxyRuntime:
             )
         return tuple(result)
 
-    def _sessions(self, backend: str) -> dict[str, int]:
+    def _sessions(self, backend: str, backend_id: int) -> dict[str, int]:
         # type 4 = servers only, -1 = every server of that proxy.
-        reply = self._checked(f"show stat {backend} 4 -1", backend)
+        reply = self._checked(f"show stat {backend_id} 4 -1", backend)
         rows = _table(reply, header_prefix="# ", separator=",")
         return {row["svname"]: _int(row, "scur", 0) for row in rows if row.get("pxname") == backend}
 
