@@ -9,9 +9,12 @@ the lab's traffic generator counting every request through the frontend.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -32,11 +35,12 @@ from autoscaler.model.access import (
     ServerState,
 )
 from lab import haproxy, traffic
-from lab.supervision import wait_until
+from lab.supervision import create_netns, remove_resources, wait_until
 
 LOOPBACK = "127.0.0.1"
 BACKEND = "web"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+IP = shutil.which("ip") or "/usr/sbin/ip"
 
 _CGI = """#!/bin/sh
 echo "$REQUEST_URI" >> {hits}
@@ -380,3 +384,80 @@ def test_the_prometheus_exporter_answers(lab: Lab) -> None:
     status, body = _get(f"http://{config.metrics_address}:{config.metrics_port}/metrics")
     assert status == 200
     assert 'haproxy_backend_status{proxy="web"' in body or "haproxy_process_" in body
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of this test alone (its loopback up), removed afterwards."""
+    name = f"lbt-{os.getpid()}"
+    ledger = Path(tempfile.mkdtemp(prefix="lbt-ns-", dir="/tmp"))
+    try:
+        create_netns(ledger, name)
+        yield name
+    finally:
+        remove_resources(ledger)
+        shutil.rmtree(ledger, ignore_errors=True)
+
+
+def test_haproxy_and_the_traffic_generator_run_inside_a_network_namespace(netns: str) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="lbt-", dir="/tmp"))
+    web = Web.make("a", folder)
+    web.port = 8081  # the namespace's own loopback: every port is free
+    in_netns = [IP, "netns", "exec", netns]
+    httpd = subprocess.Popen(
+        [*in_netns, BUSYBOX, "httpd", "-f", "-p", f"{LOOPBACK}:8081", "-h", str(web.root)]
+    )
+    config = haproxy.HaproxyConfig(
+        frontends=[haproxy.Frontend(BACKEND, LOOPBACK, 8080)],
+        socket_path=folder / "admin.sock",
+        metrics_address=LOOPBACK,
+        metrics_port=9101,
+        check_inter_s=0.3,
+    )
+    try:
+        process = haproxy.start(config, folder / "haproxy", netns=netns)
+        # The admin socket is a file: the controller reaches it from outside the namespace.
+        lb = process.runtime()
+        lb.add(BACKEND, "a", LOOPBACK, 8081)
+        wait_until(
+            lambda: lb.servers(BACKEND)[0].health is ServerHealth.UP, timeout=10, what="a up"
+        )
+        url = f"http://{LOOPBACK}:8080/cgi-bin/hello"
+        command = [*in_netns, sys.executable, "-m", "lab.traffic", "--rate", "20"]
+        done = subprocess.run(
+            [*command, "--url", url, "--duration", "2", "--max-requests", "30", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parents[2],
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert (summary["sent"], summary["ok"], summary["failures"]) == (30, 30, 0)
+        assert summary["answers"] == {"vm=a": 30}
+        refused = subprocess.run(
+            [
+                *command,
+                "--url",
+                "http://192.0.2.1/",
+                "--duration",
+                "1",
+                "--max-requests",
+                "1",
+                "--allow-subnet",
+                "10.99.0.0/24",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parents[2],
+            check=False,
+        )
+        assert refused.returncode == 2
+        assert "the lab's traffic stays in the lab" in refused.stderr
+    finally:
+        haproxy.stop(folder / "haproxy")
+        httpd.terminate()
+        httpd.wait(timeout=5)
+        shutil.rmtree(folder, ignore_errors=True)
