@@ -230,9 +230,9 @@ def test_drain_lets_requests_in_flight_finish_sends_nothing_new_then_remove(lab:
         lab.wait_server(name, lambda s: s.health is ServerHealth.UP, "up")
     load = Traffic(f"{lab.url}/cgi-bin/hello")
     time.sleep(0.5)
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        # Round robin spreads four slow requests over both servers: b holds some of them.
-        slow = [pool.submit(_get, f"{lab.url}/cgi-bin/slow") for _ in range(4)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        # Round robin spreads six slow requests over both servers: b holds some of them.
+        slow = [pool.submit(_get, f"{lab.url}/cgi-bin/slow") for _ in range(6)]
         lab.wait_server("b", lambda s: s.sessions >= 1, "to hold a slow request")
         lab.lb.drain(BACKEND, "b")
         drained = lab.server("b")
