@@ -461,3 +461,40 @@ def test_haproxy_and_the_traffic_generator_run_inside_a_network_namespace(netns:
         httpd.terminate()
         httpd.wait(timeout=5)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_server_that_vanishes_before_its_check_notices_loses_no_request(lab: Lab) -> None:
+    """``retries`` with ``option redispatch``: a refused connection goes to another server."""
+    webs = {name: lab.web(name) for name in ("a", "b")}
+    for name, web in webs.items():
+        lab.lb.add(BACKEND, name, LOOPBACK, web.port)
+    for name in webs:
+        lab.wait_server(name, lambda s: s.health is ServerHealth.UP, "up")
+    load = Traffic(f"{lab.url}/cgi-bin/hello")
+    time.sleep(0.5)
+    webs["b"].stop()  # requests it holds finish (httpd's children); new connections are refused
+    lab.wait_server("b", lambda s: s.health is ServerHealth.DOWN, "down (fall 2)")
+    time.sleep(0.3)
+    summary = load.finish()
+    assert summary.failures == 0, summary.errors
+    assert summary.answers.get("vm=a", 0) > summary.answers.get("vm=b", 0) > 0
+
+
+def test_start_reports_a_haproxy_that_exits_with_its_log() -> None:
+    folder = Path(tempfile.mkdtemp(prefix="lbt-", dir="/tmp"))
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen(1)
+        config = haproxy.HaproxyConfig(
+            frontends=[haproxy.Frontend(BACKEND, LOOPBACK, int(taken.getsockname()[1]))],
+            socket_path=folder / "admin.sock",
+            metrics_address=LOOPBACK,
+            metrics_port=_free_port(),
+        )
+        try:
+            with pytest.raises(RuntimeError, match="HAProxy exited at start"):
+                haproxy.start(config, folder / "haproxy", timeout=10)
+            assert haproxy.running(folder / "haproxy") is None
+        finally:
+            haproxy.stop(folder / "haproxy")
+            shutil.rmtree(folder, ignore_errors=True)
