@@ -7,7 +7,7 @@ PKGS="libvirt-daemon-system libvirt-dev qemu-system-x86 qemu-utils qemu-block-ex
   python3-rbd e2fsprogs
   iproute2 util-linux busybox-static pkg-config ceph-mon ceph-osd ceph-mgr ceph-common
   dpdk dpdk-dev librte-net-null23 openvswitch-switch prometheus prometheus-alertmanager
-  prometheus-node-exporter"
+  prometheus-node-exporter haproxy"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -18,7 +18,7 @@ if [ -n "$missing" ]; then
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends $missing >/dev/null
   # Debian starts some daemons from their postinst even without systemd; the lab runs its own.
-  for s in libvirtd virtlogd prometheus prometheus-node-exporter prometheus-alertmanager ovs-vswitchd ovsdb-server; do
+  for s in libvirtd virtlogd prometheus prometheus-node-exporter prometheus-alertmanager ovs-vswitchd ovsdb-server haproxy; do
     pkill -x "$s" 2>/dev/null || true
   done
 fi
