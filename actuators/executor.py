@@ -38,6 +38,7 @@ from actuators.base import ActionContext, Actuator, Fleet, StepHook
 from actuators.clone import CloneActuator
 from actuators.hotadd import HotAddMemoryActuator, HotAddVcpuActuator
 from actuators.migrate import MigrateActuator
+from actuators.replace import ReplaceActuator
 from actuators.retire import RetireActuator
 from actuators.snapshot import MergeSnapshotActuator, SnapshotActuator
 from autoscaler.model import (
@@ -113,6 +114,7 @@ def default_registry(
         "merge_snapshot": MergeSnapshotActuator(),
         "adopt": AdoptActuator(),
         "backup": BackupActuator(),
+        "replace": ReplaceActuator(),
     }
 
 

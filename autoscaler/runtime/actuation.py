@@ -20,12 +20,12 @@ from actuators.reconcile import reconcile
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan, Snapshot
 from autoscaler.model.access import Deregister
+from autoscaler.runtime.balancers import balancers_of
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.ports import AccessChange, ActionOutcome
 from autoscaler.runtime.shared_state import SharedState
 from autoscaler.runtime.wiring import (
     actuator_registry,
-    balancers_of,
     build_fleet,
     crash_hook,
     executor_lease,

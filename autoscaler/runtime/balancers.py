@@ -18,6 +18,4 @@ def balancers_of(config: ControllerConfig) -> dict[str, LoadBalancer]:
         return {}
     from actuators.haproxy import HaproxyRuntime
 
-    return {
-        b.name: HaproxyRuntime(b.name, b.socket, timeout_s=b.timeout_s) for b in config.balancers
-    }
+    return {b.name: HaproxyRuntime(b.name, b.socket, timeout=b.timeout_s) for b in config.balancers}
