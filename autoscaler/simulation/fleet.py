@@ -33,6 +33,7 @@ from autoscaler.model import (
     Plan,
     Rack,
     Region,
+    ReplaceInstance,
     Retire,
     Snapshot,
     VmState,
@@ -171,6 +172,13 @@ class SimulatedFleet:
         if vm is None:
             return False, "no such VM"
         if isinstance(action, Retire):
+            del self.vms[vm.name]
+        elif isinstance(action, ReplaceInstance):
+            # The surge clone serves before the old one goes: within a cycle here.
+            policy = self.policies.get(action.business)
+            if policy is None or action.new_vm in self.vms:
+                return False, "no policy, or the name is taken"
+            self.vms[action.new_vm] = new_vm(action.new_vm, action.new_host, policy)
             del self.vms[vm.name]
         elif isinstance(action, HotAddVcpu):
             self.vms[vm.name] = vm.model_copy(update={"vcpus": action.vcpus})

@@ -38,6 +38,7 @@ from autoscaler.model import (
     HotAddVcpu,
     LiveMigrate,
     Plan,
+    ReplaceInstance,
     Retire,
     Snapshot,
 )
@@ -180,6 +181,8 @@ class TimedFleet:
                 elif due.kind == "memory":
                     update = {"memory_mib": max(vm.memory_mib, due.value)}
                     self.vms[due.vm] = vm.model_copy(update=update)
+                elif due.kind == "retired":  # replaced: its surge clone is ready now
+                    del self.vms[due.vm]
                 self._record(due.at_s)
         self.now = max(self.now, now)
 
@@ -278,6 +281,16 @@ class TimedFleet:
             del self.vms[vm.name]
             self._due = [d for d in self._due if d.vm != vm.name]
             heapq.heapify(self._due)
+        elif isinstance(action, ReplaceInstance):
+            # The surge clone boots as any clone does; the old one stays until it is ready.
+            if action.new_vm in self.vms:
+                return False, "the replacement's name is taken", 0.0
+            self.vms[action.new_vm] = new_vm(
+                action.new_vm, action.new_host, self.policy, ready=False
+            )
+            self._later(now + lat.clone_ready_s, action.new_vm, "ready")
+            self._later(now + lat.clone_ready_s, vm.name, "retired")
+            return True, "", lat.clone_ready_s
         elif isinstance(action, HotAddVcpu):
             self._later(now + lat.vcpu_hot_add_s, vm.name, "vcpus", action.vcpus)
             return True, "", lat.vcpu_hot_add_s

@@ -105,6 +105,7 @@ class Fleet:
         memory_used_mib: float | None = None,
         memory_guest_total_mib: float | None = None,
         addressed: bool = False,
+        version: str | None = None,
     ) -> list[VM]:
         hosts = (
             self.host_names(rack)
@@ -129,6 +130,8 @@ class Fleet:
                 memory_guest_total_mib=memory_guest_total_mib,
                 ready=ready,
                 address=f"10.1.1.{len(self.vms) + 10}" if addressed else None,
+                version=version,
+                created_at=NOW - 86_400 + len(self.vms),
             )
             self.vms.append(vm)
             added.append(vm)
