@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoscaler.cli import apply, backups, images, simulate, state
+from autoscaler.cli import apply, backups, images, rollout, simulate, state
 from autoscaler.model import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_parser(sub)
     images.add_parser(sub)
     backups.add_parser(sub)
+    rollout.add_parser(sub)
     return parser
 
 
