@@ -118,6 +118,19 @@ class ControllerMetrics:
             ["business"],
             registry=r,
         )
+        self.rollout_instances = Gauge(
+            "autoscaler_rollout_instances",
+            "Running instances of a business by where they are in its rollout: at_target (the"
+            " template version it is rolled to, or the policy's) or out_of_date.",
+            ["business", "state"],
+            registry=r,
+        )
+        self.rollout_paused = Gauge(
+            "autoscaler_rollout_paused",
+            "1 while an operator holds the business's rollout (autoscaler rollout --pause).",
+            ["business"],
+            registry=r,
+        )
         self.access_stale = Gauge(
             "autoscaler_access_stale",
             "1 while the load balancer in front of a business does not answer: its view is"

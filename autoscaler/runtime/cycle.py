@@ -54,6 +54,7 @@ from policies.approvals import admit
 from policies.decide import decide
 from policies.decision import Decision
 from policies.forecast import MARGIN_QUANTILES, ForecastSpec, refit, spec_quantile
+from policies.rollout import out_of_date, target_version
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
 from policies.state import DecideSettings, DecisionState
@@ -189,6 +190,7 @@ class Cycle:
                 self.metrics.backup_failures.labels(name)
         controls = self.controls.read()
         self.last_controls = controls
+        self._rollout_progress(snapshot, policies, controls)
         state = self.memory.decision_state(self.demand(now), self.settings.decide)
         decision = decide(snapshot, policies, controls, state, now)
         self.last_decision = decision
@@ -202,6 +204,24 @@ class Cycle:
         result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
+
+    def _rollout_progress(
+        self, snapshot: Snapshot, policies: Mapping[str, BusinessPolicy], controls: Controls
+    ) -> None:
+        """Show each versioned business's instances at its target version and out of date."""
+        for name, policy in policies.items():
+            target = target_version(policy, controls)
+            if target is None:
+                continue
+            running = [v for v in snapshot.vms_by_business.get(name, ()) if v.ready]
+            old = sum(1 for v in running if out_of_date(v, target))
+            at = sum(1 for v in running if v.version == target)
+            self.metrics.rollout_instances.labels(name, "at_target").set(at)
+            self.metrics.rollout_instances.labels(name, "out_of_date").set(old)
+            rollout = controls.rollouts.get(name)
+            self.metrics.rollout_paused.labels(name).set(
+                1 if rollout is not None and rollout.paused else 0
+            )
 
     def _sync_access(self, snapshot: Snapshot) -> None:
         """Keep each business's backend in step with its ready instances (``policies.access``)
