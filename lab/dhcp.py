@@ -62,7 +62,13 @@ def config_text(layout: LabLayout, leases: Path) -> str:
 
 
 def start(layout: LabLayout) -> DhcpServer:
-    """Start udhcpd in the access namespace (which ``lab.net`` must have made)."""
+    """Start udhcpd in the access namespace (which ``lab.net`` must have made); a running one
+    is kept (``lab up`` again), so the guests' leases stay as they are."""
+    folder = layout.dhcp_dir
+    leases, config = folder / "udhcpd.leases", folder / "udhcpd.conf"
+    pid = running_pid(_run_dir(layout), PROCESS)
+    if pid is not None:
+        return DhcpServer(pid=pid, config=config, leases=leases)
     return start_clean(layout, stop, lambda: _start(layout))
 
 

@@ -115,7 +115,7 @@ mount_disk
 
 # The web root, decided in this one place: ours (index, health, the work CGI), with the
 # business's own files from its disk on top (content/www/ as a whole, or content/index.html).
-WWW=/www
+WWW=/www; CONTENT=/data/content
 web_root() {
   mkdir -p $WWW/cgi-bin
   echo "<html><body><h1>$VM</h1><p>business $BUSINESS</p></body></html>" > $WWW/index.html
@@ -124,8 +124,8 @@ web_root() {
   printf '#!/bin/sh\ni=0\nwhile [ $i -lt %s ]; do i=$((i + 1)); done\nprintf "Content-Type: text/plain\\r\\n\\r\\nvm=%s work=%s\\n"\n' \
     "$WORK" "$VM" "$WORK" > $WWW/cgi-bin/work
   chmod +x $WWW/cgi-bin/work
-  if [ -d /data/content/www ]; then cp -r /data/content/www/. $WWW/
-  elif [ -f /data/content/index.html ]; then cp /data/content/index.html $WWW/index.html
+  if [ -d $CONTENT/www ]; then cp -r $CONTENT/www/. $WWW/
+  elif [ -f $CONTENT/index.html ]; then cp $CONTENT/index.html $WWW/index.html
   fi
 }
 web_root
@@ -157,10 +157,11 @@ net_up() {
   ip link set eth0 up
   # Returns once bound, or after 3 unanswered discovers; either way udhcpc stays in the
   # background (renewing, or asking again every 5 s).
+  read from _ < /proc/uptime
   udhcpc -i eth0 -s /bin/on-dhcp -t 3 -T 1 -A 5 -b -p /run/udhcpc.pid > /run/udhcpc.log 2>&1
   read a < /run/addr
   read up _ < /proc/uptime
-  echo "NET eth0 addr=$a uptime=$up"
+  echo "NET eth0 addr=$a from=$from uptime=$up"
 }
 net_up
 fill_disk() {   # rare: forks (stat, dd, sync) are fine here

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import pytest
 
 from actuators.base import Fleet, vm_metadata
-from autoscaler.model import CloneFromTemplate, LiveMigrate
+from autoscaler.model import CloneFromTemplate, LiveMigrate, NetworkSpec
 from autoscaler.runtime.journal import SqliteJournal
 from autoscaler.runtime.wiring import open_journal
 from lab import lab as lab_mod
 from lab.lab import Lab
 from lab.net import IP
+from policies.loader import load_policy_dir
 from tests.integration.actuator_helpers import fleet_of, remove_everywhere, run_plan, where
 from tests.integration.test_guest_disk import view_of
 
@@ -141,3 +142,34 @@ def test_a_live_migrated_guest_keeps_its_address_and_still_serves(lab: Lab, clon
     assert view.address == before, view
     body = fetch_from_access(lab, f"http://{before}/cgi-bin/work")
     assert body.startswith(f"200 vm={vm} work="), body
+
+
+def test_a_guest_no_dhcp_server_answers_is_still_ready_within_seconds(lab: Lab) -> None:
+    """Its bridge reaches no DHCP server: the guest gives up asking after ~3 s (udhcpc goes on
+    asking in the background), says ready and reports no address."""
+    vm, bridge = "tnet-alone", "gbr-alone"
+    host = least_busy_hosts(lab, 1)[0]
+    ns = lab.state.host(host).netns
+    policy = load_policy_dir(lab_mod.EXAMPLES / "businesses")["web"]
+    template = policy.template.model_copy(update={"network": NetworkSpec(bridge=bridge)})
+    alone = policy.model_copy(update={"template": template})
+    subprocess.run([IP, "-n", ns, "link", "add", bridge, "type", "bridge"], check=True)
+    try:
+        subprocess.run([IP, "-n", ns, "link", "set", bridge, "up"], check=True)
+        started = time.monotonic()
+        lab_mod.start_vm(lab, alone, vm, host)
+        took = time.monotonic() - started
+        view = view_of(lab, host, vm, lambda v: v.ready, 10)
+        assert view.address is None and recorded_address(lab, host, vm) is None, view
+        net_line = next(
+            line
+            for line in lab.serial_log(host, vm).read_text().splitlines()
+            if line.startswith("NET eth0")
+        )
+        fields = dict(part.split("=", 1) for part in net_line.split()[2:])
+        asked = float(fields["uptime"]) - float(fields["from"])
+        print(f"no DHCP answer: asked for {asked:.2f} s (guest time), ready after {took:.1f} s")
+        assert fields["addr"] == "none" and asked < 5.0, net_line
+    finally:
+        lab_mod.remove_vm(lab, vm, host)
+        subprocess.run([IP, "-n", ns, "link", "del", bridge], check=False)

@@ -4,6 +4,7 @@ the VM model."""
 
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -150,3 +151,46 @@ def test_the_libvirt_collector_reports_the_recorded_address(attribute: str, labe
     )
     (info,) = [s for s in samples if s.metric == "vm_info"]
     assert info.label("address") == label
+
+
+INIT = ROOT / "lab" / "guest" / "init.sh"
+BUSYBOX = "/bin/busybox"
+
+
+def run_web_root(tmp_path: Path, content: Path) -> Path:
+    """The guest's own ``web_root`` function (cut from init.sh), run by busybox's shell."""
+    lines = INIT.read_text().splitlines()
+    start = lines.index("web_root() {")
+    end = lines.index("}", start)
+    www = tmp_path / "www"
+    script = "\n".join(
+        [f"VM=web-7 BUSINESS=web WORK=300 WWW={www} CONTENT={content}", *lines[start : end + 1]]
+    )
+    subprocess.run([BUSYBOX, "sh", "-c", script + "\nweb_root"], check=True, timeout=30)
+    return www
+
+
+@pytest.mark.skipif(not Path(BUSYBOX).exists(), reason="busybox-static is not installed")
+def test_the_guest_web_root_serves_its_index_health_and_work_cgi(tmp_path: Path) -> None:
+    www = run_web_root(tmp_path, tmp_path / "no-content")
+    assert "web-7" in (www / "index.html").read_text()
+    assert (www / "health").read_text() == "ok\n"
+    done = subprocess.run(
+        [BUSYBOX, "sh", str(www / "cgi-bin" / "work")], capture_output=True, timeout=30, check=True
+    )
+    assert done.stdout == b"Content-Type: text/plain\r\n\r\nvm=web-7 work=300\n"
+
+
+@pytest.mark.skipif(not Path(BUSYBOX).exists(), reason="busybox-static is not installed")
+def test_the_business_content_replaces_the_generated_index(tmp_path: Path) -> None:
+    content = tmp_path / "content"
+    content.mkdir()
+    (content / "index.html").write_text("<p>business index</p>\n")
+    www = run_web_root(tmp_path, content)
+    assert (www / "index.html").read_text() == "<p>business index</p>\n"
+    (content / "www").mkdir()  # a whole web root wins over a lone index.html
+    (content / "www" / "index.html").write_text("<p>from www</p>\n")
+    (content / "www" / "app.js").write_text("1\n")
+    www = run_web_root(tmp_path / "again", content)
+    assert (www / "index.html").read_text() == "<p>from www</p>\n"
+    assert (www / "app.js").exists() and (www / "health").exists()  # health check still there
