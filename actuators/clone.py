@@ -7,8 +7,9 @@ with the VM's ownership, and the host's libvirt secret for its cephx key); a dom
 from the template with the new name, a new UUID and MAC, the business configuration on its
 kernel command line (the journal stamps it once defined); start;
 wait until the guest reports ready (pluggable probe); then end the boot boost (CPU quota) and
-mark it ready, which is what the load balancer and the collectors look for. Every step checks
-whether it was already taken, so running it again after a crash finishes the job.
+mark it ready, with the address the guest reports on its network (in the domain's metadata,
+which migrates with it), which is what the load balancer and the collectors look for. Every
+step checks whether it was already taken, so running it again after a crash finishes the job.
 """
 
 from __future__ import annotations
@@ -129,9 +130,9 @@ class CloneActuator:
                 libvirt_call("start", dom.create)
                 ctx.step("started")
             if vm_attribute(dom, "ready") is None:
-                self._wait_ready(action, ctx, conn, dom)
+                address = self._wait_ready(action, ctx, conn, dom)
                 apply_cpu_quota(dom, business.template.cpu_quota)
-                mark_ready(dom, time.time())
+                mark_ready(dom, time.time(), address)
                 ctx.step("ready")
 
     def _rbd_image(self, action: CloneFromTemplate, ctx: ActionContext, storage: RbdStorage) -> str:
@@ -172,16 +173,18 @@ class CloneActuator:
         ctx: ActionContext,
         conn: libvirt.virConnect,
         dom: libvirt.virDomain,
-    ) -> None:
+    ) -> str | None:
+        """Wait until the guest is ready; the address it reports (None: none, or no probe)."""
         probe = ctx.fleet.readiness
         if probe is None:
-            return  # nothing can tell: running is all we know
+            return None  # nothing can tell: running is all we know
         timeout = min(ctx.fleet.ready_timeout_s, max(1.0, ctx.remaining()))
         if not probe.wait_ready(conn, dom, timeout):
             raise TemporaryError(
                 f"{action.vm} did not report ready within {timeout:.0f} s ({probe.name})",
                 retry_after=1,
             )
+        return probe.address(conn, dom)
 
     def verify(self, action: CloneFromTemplate, ctx: ActionContext) -> str:
         business = ctx.fleet.business(action.business)

@@ -8,6 +8,7 @@ and every name is a validated ``Name``, so nothing from a policy file can inject
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import uuid
 import xml.etree.ElementTree as ET
@@ -123,7 +124,10 @@ def build_domain_xml(spec: InstanceSpec) -> str:
         if spec.boot.initrd:
             _sub(os_el, "initrd", spec.boot.initrd)
         # The business configuration reaches the guest as kernel parameters (names are safe).
-        _sub(os_el, "cmdline", f"{spec.boot.cmdline} as.vm={spec.name} as.business={spec.business}")
+        cmdline = f"{spec.boot.cmdline} as.vm={spec.name} as.business={spec.business}"
+        if t.network is not None:
+            cmdline += " as.net=dhcp"  # a guest on a network asks for its address
+        _sub(os_el, "cmdline", cmdline)
     else:
         _sub(os_el, "boot", dev="hd")
     features = _sub(dom, "features")
@@ -145,7 +149,12 @@ def build_domain_xml(spec: InstanceSpec) -> str:
         _sub(disk, "driver", name="qemu", type="qcow2", cache="none")
         _sub(disk, "source", file=spec.disk_path)
         _sub(disk, "target", dev="vda", bus="virtio")
-    nic = _sub(dev, "interface", type="ethernet")
+    if t.network is not None:
+        # On the host's bridge of that name (the same on every host: migration finds it).
+        nic = _sub(dev, "interface", type="bridge")
+        _sub(nic, "source", bridge=t.network.bridge)
+    else:
+        nic = _sub(dev, "interface", type="ethernet")  # attached to nothing
     _sub(nic, "mac", address=spec.mac or random_mac())
     _sub(nic, "model", type="virtio")
     serial = _sub(dev, "serial", type="pty")
@@ -210,6 +219,8 @@ class VmMetadata:
     draining: bool = False
     created_text: str = ""
     owner: OwnershipStamp | None = None
+    address: str | None = None
+    """The address the guest reported when it became ready (``mark_ready``)."""
 
     def owned(self, name: str, keys: FleetKeys | None) -> bool:
         """Whether this metadata carries a valid ownership stamp for domain ``name``."""
@@ -240,6 +251,7 @@ def parse_vm_metadata(text: str) -> VmMetadata | None:
             created_at=float(created) if created else None,
             draining=el.get("draining") == "1",
             created_text=created or "",
+            address=_address(el.get("address")),
             owner=(
                 OwnershipStamp(key_id=el.get("owner-key", ""), mac=el.get("owner-mac", ""))
                 if el.get("owner-mac")
@@ -248,6 +260,11 @@ def parse_vm_metadata(text: str) -> VmMetadata | None:
         )
     except (TypeError, ValueError) as exc:
         raise ValueError(f"invalid vm metadata: {exc}") from exc
+
+
+def _address(text: str | None) -> str | None:
+    """An IP address from the metadata, normalised; ValueError if it is not one."""
+    return str(ipaddress.ip_address(text)) if text else None
 
 
 def apply_cpu_quota(domain: libvirt.virDomain, quota: float | None) -> None:
@@ -287,5 +304,12 @@ def update_vm_metadata(domain: libvirt.virDomain, **attrs: str | None) -> None:
         )
 
 
-def mark_ready(domain: libvirt.virDomain, at: float) -> None:
-    update_vm_metadata(domain, ready=f"{at:.3f}")
+def mark_ready(domain: libvirt.virDomain, at: float, address: str | None = None) -> None:
+    """Mark the VM ready, with the address its guest reported (if it reported one).
+
+    The address lives in the domain's metadata, which migrates with the domain: the
+    collectors read it from there wherever the VM runs.
+    """
+    update_vm_metadata(
+        domain, ready=f"{at:.3f}", address=_address(address) if address is not None else None
+    )

@@ -10,6 +10,7 @@ through libvirt streams, so it works over a remote ``qemu+tcp`` or ``qemu+tls`` 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import re
 import time
@@ -33,7 +34,8 @@ class GuestView:
     The disk fields come from guests that mount their disk (an older guest sends none: the
     defaults say "no disk"): the disk's device name, whether it is mounted, the first 16 hex
     digits of the checksum of the business content found on it, the MiB of data the guest
-    wrote there on request, and how many boots the disk has recorded.
+    wrote there on request, and how many boots the disk has recorded. ``address`` is the
+    IPv4 address the guest got on its network (None: no network, or no address yet).
     """
 
     seq: int
@@ -49,6 +51,7 @@ class GuestView:
     content: str = ""
     data_mib: int = 0
     boots: int = 0
+    address: str | None = None
 
     @classmethod
     def parse(cls, line: str, received_at: float) -> GuestView | None:
@@ -71,6 +74,7 @@ class GuestView:
                 content=_present(fields.get("content", "")),
                 data_mib=int(fields.get("data_mib", "0") or 0),
                 boots=int(fields.get("boots", "0") or 0),
+                address=_address(fields.get("addr", "")),
             )
         except ValueError:
             return None
@@ -79,6 +83,12 @@ class GuestView:
 def _present(value: str) -> str:
     """The guest says ``none`` for a field it has no value for."""
     return "" if value == "none" else value
+
+
+def _address(value: str) -> str | None:
+    """An address the guest reported; ValueError (the line is refused) if it is not one."""
+    value = _present(value)
+    return str(ipaddress.ip_address(value)) if value else None
 
 
 class GuestChannel:
@@ -171,13 +181,18 @@ class SerialAgent:
 
 
 class ReadinessProbe(Protocol):
-    """Answers "is this guest ready to serve?"; how depends on what the guest runs."""
+    """Answers "is this guest ready to serve?", and at which address; how depends on what the
+    guest runs."""
 
     name: str
 
     def wait_ready(
         self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float
     ) -> bool: ...
+
+    def address(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> str | None:
+        """The address a ready guest reports on its network; None if it reports none."""
+        ...
 
 
 class SerialAgentReadiness:
@@ -188,6 +203,14 @@ class SerialAgentReadiness:
     ) -> bool:
         with SerialAgent(conn, domain) as agent:
             return agent.wait_for(lambda v: v.ready, timeout_s) is not None
+
+    def address(
+        self, conn: libvirt.virConnect, domain: libvirt.virDomain, timeout_s: float = 5.0
+    ) -> str | None:
+        """From a ready guest's STATE line (one ping: it answers within milliseconds)."""
+        with SerialAgent(conn, domain) as agent:
+            view = agent.wait_for(lambda v: v.ready, timeout_s)
+        return view.address if view is not None else None
 
 
 class QemuGuestAgentReadiness:
@@ -210,6 +233,27 @@ class QemuGuestAgentReadiness:
                 pass
             time.sleep(0.2)
         return False
+
+    def address(self, conn: libvirt.virConnect, domain: libvirt.virDomain) -> str | None:
+        """The first non-loopback IPv4 address qemu-ga lists (``guest-network-get-interfaces``
+        through libvirt), None if the agent lists none or does not answer."""
+        try:
+            interfaces = domain.interfaceAddresses(
+                libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0
+            )
+        except libvirt.libvirtError:
+            return None
+        for name, interface in sorted((interfaces or {}).items()):
+            for entry in interface.get("addrs") or []:
+                if entry.get("type") != libvirt.VIR_IP_ADDR_TYPE_IPV4:
+                    continue
+                try:
+                    address = ipaddress.ip_address(entry.get("addr", ""))
+                except ValueError:
+                    continue
+                if name != "lo" and not address.is_loopback:
+                    return str(address)
+        return None
 
 
 READINESS_PROBES: dict[str, Callable[[], ReadinessProbe]] = {

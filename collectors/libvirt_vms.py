@@ -14,6 +14,7 @@ and memory. A host that cannot be read is reported stale with the time of its la
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 import xml.etree.ElementTree as ET
@@ -176,6 +177,9 @@ class DomainStatsParser:
             ("state", state),
             ("nic", meta.get("nic", "virtio")),
             ("owned", "1" if self._owned(rec.name, meta) else "0"),
+            # The address the guest reported when it became ready (metadata migrates with the
+            # domain, so it is the same after a live migration); "" when none or not an address.
+            ("address", _address(meta.get("address"))),
         )
         samples = [Sample("vm_info", 1.0, now, info_labels)]
 
@@ -353,3 +357,11 @@ class LibvirtHostCollector:
         return Collection(
             source=self.name, samples=tuple(samples), duration_s=time.monotonic() - started
         )
+
+
+def _address(text: str | None) -> str:
+    """An IP address from metadata anyone with libvirt access can edit: "" unless it is one."""
+    try:
+        return str(ipaddress.ip_address(text)) if text else ""
+    except ValueError:
+        return ""

@@ -40,9 +40,9 @@ from actuators.guest_agent import SerialAgent, SerialAgentReadiness
 from actuators.libvirt_events import ensure_event_loop
 from actuators.rbd_store import RbdStore
 from actuators.volumes import delete_overlay, ensure_overlay
-from autoscaler.model import RbdStorage
+from autoscaler.model import NetworkSpec, RbdStorage
 from autoscaler.runtime.fleet_key import load_fleet_keys
-from lab import ceph, dpdk, hosts, net, ovs, prometheus, rbd, slots, supervision, temperature
+from lab import ceph, dhcp, dpdk, hosts, net, ovs, prometheus, rbd, slots, supervision, temperature
 from lab.images import build_lab_templates
 from lab.layout import PORT_NODE_EXPORTER, LabLayout
 from lab.loadchannel import LOAD_CHANNEL
@@ -155,8 +155,13 @@ def up(
     policies = {n: p for n, p in every.items() if n in spec.initial_vms}
     templates = {p.template.image: images / p.template.image for p in every.values()}
     net.ensure_bridge(layout)
+    net.ensure_guest_fabric(layout)
     for record in state.hosts:
         net.ensure_host_netns(layout, record.index)
+        net.ensure_host_guest_bridge(layout, record.index)
+    # The guests' segment has its DHCP server before any guest boots and asks for an address.
+    net.ensure_access_netns(layout)
+    dhcp.start(layout)
 
     def bring_up(record: HostRecord) -> None:
         hosts.start_host(layout, record)
@@ -390,10 +395,15 @@ def instance_spec(lab: Lab, policy: BusinessPolicy, vm: str, host: str, disk: st
     fleet key, so the controller may manage them."""
     created = f"{time.time():.3f}"
     keys = load_fleet_keys(lab_key_file(lab), create=True)
+    template = policy.template.to_template()
+    if template.network is None:  # every lab guest is on the lab's guest segment
+        template = template.model_copy(
+            update={"network": NetworkSpec(bridge=lab.layout.guest_bridge)}
+        )
     return InstanceSpec(
         name=vm,
         business=policy.business,
-        template=policy.template.to_template(),
+        template=template,
         disk_path=disk,
         domain_type="qemu",
         boot=GuestBoot(kernel=str(lab.kernel), initrd=str(lab.initrd)),
@@ -461,10 +471,11 @@ def start_vm(
             dom = conn.defineXML(build_domain_xml(spec))
         if not dom.isActive():
             dom.create()
-        if not SerialAgentReadiness().wait_ready(conn, dom, ready_timeout_s):
+        probe = SerialAgentReadiness()
+        if not probe.wait_ready(conn, dom, ready_timeout_s):
             raise RuntimeError(f"{vm} on {host} did not become ready")
         apply_cpu_quota(dom, policy.template.cpu_quota)
-        mark_ready(dom, time.time())
+        mark_ready(dom, time.time(), probe.address(conn, dom))
     finally:
         conn.close()
 
@@ -539,8 +550,10 @@ def down(root: Path, *, purge: bool = False, cache: Path = DEFAULT_CACHE) -> Non
         stop_components(layout)
         for record in state.hosts:
             hosts.stop_host(record)
+        dhcp.stop(layout)
         for record in state.hosts:
             net.remove_host_netns(layout, record.index)
+        net.remove_guest_network(layout)
         net.remove_bridge(layout)
     if root.exists():
         shutil.rmtree(root)

@@ -127,6 +127,62 @@ class LabLayout:
         """Network namespace of the top-of-rack switches the OVS bonds uplink to."""
         return f"{self.prefix}-tor"
 
+    # --- the guests' network: one L2 segment over every host (see lab/net.py) ---------------
+
+    @property
+    def guest_subnet(self) -> ipaddress.IPv4Network:
+        """The guests' subnet, next to (not inside) the hosts' ``subnet``."""
+        return ipaddress.IPv4Network(f"10.{210 + self.slot}.1.0/24")
+
+    @property
+    def guest_gateway(self) -> ipaddress.IPv4Address:
+        """The access namespace's address on the guest segment (DHCP server, gateway)."""
+        return self.guest_subnet.network_address + 1
+
+    def guest_pool(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        """First and last address the lab's DHCP server leases to guests."""
+        base = self.guest_subnet.network_address
+        return base + 100, base + 199
+
+    @property
+    def guest_bridge(self) -> str:
+        """The guests' bridge in every host namespace: one name everywhere, so a migrated
+        domain finds its bridge on the destination (product side: template.network.bridge)."""
+        return "gbr0"
+
+    @property
+    def guest_fabric(self) -> str:
+        """The root-namespace bridge joining every host's ``guest_bridge`` (no address)."""
+        return f"{self.prefix}-gf"
+
+    def guest_veth(self, index: int) -> tuple[str, str]:
+        """(fabric side, host side) of host ``index``'s link into the guest segment."""
+        return f"{self.prefix}-h{index}-g", "gbr0-up"
+
+    @property
+    def access_netns(self) -> str:
+        """The lab's access namespace: DHCP for guests now, the load balancer later."""
+        return f"{self.prefix}-acc"
+
+    @property
+    def access_guest_veth(self) -> tuple[str, str]:
+        """(fabric side, access side) of the access namespace's leg on the guest segment."""
+        return f"{self.prefix}-acc-g", "guest0"
+
+    @property
+    def access_lab_veth(self) -> tuple[str, str]:
+        """(lab bridge side, access side) of its leg on the lab bridge (the hosts' subnet)."""
+        return f"{self.prefix}-acc-l", "lab0"
+
+    @property
+    def access_address(self) -> ipaddress.IPv4Address:
+        """The access namespace's address in the hosts' subnet (reachable from the root)."""
+        return self.subnet.network_address + 250
+
+    @property
+    def dhcp_dir(self) -> Path:
+        return self.root / "dhcp"
+
     @property
     def cpu_cgroup_prefix(self) -> str:
         """Prefix of the CPU-capped cgroups of busy-polling lab processes (testpmd, OVS)."""

@@ -3,6 +3,13 @@
 Where it sits: ``lab up`` builds it before starting libvirtd in each namespace; the controller
 reaches every host over qemu+tcp through the bridge, as it would over a real network, so
 setting a host's uplink down is a real fault. Argument lists only, names from the layout.
+
+The guests get a second network, one L2 segment over every host: a bridge of the same name
+(``gbr0``) in each host namespace, each joined by a veth to a root-namespace bridge (the guest
+fabric, with no address: guest traffic stays in the lab's namespaces), so a live-migrated guest
+keeps its address. The access namespace sits on both networks: the guests' gateway address
+(and their DHCP server, ``lab.dhcp``) on the fabric, and an address in the hosts' subnet on the
+lab bridge, so the controller and Prometheus reach what runs there (the load balancer).
 """
 
 from __future__ import annotations
@@ -54,15 +61,72 @@ def ensure_host_netns(layout: LabLayout, index: int) -> None:
     _ip("-n", ns, "link", "set", inner, "up")
 
 
+def ensure_veth(outer: str, inner: str, ns: str, master: str) -> None:
+    """A veth pair: ``outer`` on bridge ``master`` in the root namespace, ``inner`` in ``ns``."""
+    if not link_exists(outer):
+        _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
+        _ip("link", "set", inner, "netns", ns)
+        _ip("link", "set", outer, "master", master)
+    _ip("link", "set", outer, "up")
+    _ip("-n", ns, "link", "set", inner, "up")
+
+
+def ensure_guest_fabric(layout: LabLayout) -> None:
+    """The root-namespace bridge of the guest segment: no address, so the root namespace takes
+    no part in guest traffic (it only switches frames between the lab's namespaces)."""
+    if not link_exists(layout.guest_fabric):
+        _ip("link", "add", layout.guest_fabric, "type", "bridge")
+    _ip("link", "set", layout.guest_fabric, "up")
+
+
+def ensure_host_guest_bridge(layout: LabLayout, index: int) -> None:
+    """Host ``index``'s guest bridge (what the domains' NICs attach to), on the fabric."""
+    ns = layout.netns(index)
+    bridge = layout.guest_bridge
+    if _ip("-n", ns, "link", "show", "dev", bridge, check=False).returncode != 0:
+        _ip("-n", ns, "link", "add", bridge, "type", "bridge")
+    _ip("-n", ns, "link", "set", bridge, "up")
+    outer, inner = layout.guest_veth(index)
+    ensure_veth(outer, inner, ns, layout.guest_fabric)
+    _ip("-n", ns, "link", "set", inner, "master", bridge)
+
+
+def ensure_access_netns(layout: LabLayout) -> None:
+    """The access namespace: the guests' gateway on the fabric, an address on the lab bridge."""
+    ns = layout.access_netns
+    if not netns_exists(ns):
+        _ip("netns", "add", ns)
+    _ip("-n", ns, "link", "set", "lo", "up")
+    for (outer, inner), master, address, prefix in (
+        (layout.access_guest_veth, layout.guest_fabric, layout.guest_gateway, layout.guest_subnet),
+        (layout.access_lab_veth, layout.bridge, layout.access_address, layout.subnet),
+    ):
+        ensure_veth(outer, inner, ns, master)
+        addr = f"{address}/{prefix.prefixlen}"
+        if addr not in _ip("-n", ns, "-o", "addr", "show", "dev", inner).stdout:
+            _ip("-n", ns, "addr", "add", addr, "dev", inner)
+
+
+def remove_guest_network(layout: LabLayout) -> None:
+    """The access namespace, its veths and the fabric (the host sides go with the hosts)."""
+    for outer in (layout.access_guest_veth[0], layout.access_lab_veth[0]):
+        if link_exists(outer):
+            _ip("link", "del", outer, check=False)
+    if netns_exists(layout.access_netns):
+        _ip("netns", "del", layout.access_netns, check=False)
+    if link_exists(layout.guest_fabric):
+        _ip("link", "del", layout.guest_fabric, check=False)
+
+
 def set_uplink(layout: LabLayout, index: int, *, up: bool) -> None:
     """Cut or restore a host's only link to the rest of the lab (a real network fault)."""
     _ip("link", "set", layout.veth(index)[0], "up" if up else "down")
 
 
 def remove_host_netns(layout: LabLayout, index: int) -> None:
-    outer, _ = layout.veth(index)
-    if link_exists(outer):
-        _ip("link", "del", outer, check=False)
+    for outer in (layout.veth(index)[0], layout.guest_veth(index)[0]):
+        if link_exists(outer):
+            _ip("link", "del", outer, check=False)
     if netns_exists(layout.netns(index)):
         _ip("netns", "del", layout.netns(index), check=False)
 

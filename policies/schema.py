@@ -28,6 +28,7 @@ from autoscaler.model import (
     Business,
     LocalStorage,
     Name,
+    NetworkSpec,
     NicModel,
     RbdStorage,
     Storage,
@@ -75,6 +76,11 @@ class TemplateSpec(Strict):
     )
     cpu_quota: float | None = Field(
         default=None, gt=0, le=1, description="host cores each vCPU may use (cgroup quota)"
+    )
+    network: NetworkSpec | None = Field(
+        default=None,
+        description="{bridge: NAME}: the NIC is on this host bridge (the same name on every"
+        " host, so live migration finds it); without it the NIC is attached to nothing",
     )
 
     @field_validator("image")
@@ -124,6 +130,7 @@ class TemplateSpec(Strict):
             dimm_mib=self.dimm_mib,
             nic_model=self.nic,
             cpu_quota=self.cpu_quota,
+            network=self.network,
         )
 
 

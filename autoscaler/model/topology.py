@@ -7,10 +7,11 @@ snapshot file with a typo fails loudly instead of being half-read.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autoscaler.model.names import Name
 
@@ -101,6 +102,17 @@ class RbdStorage(Frozen):
 Storage = Annotated[LocalStorage | RbdStorage, Field(discriminator="kind")]
 
 
+class NetworkSpec(Frozen):
+    """Where a clone's NIC is plugged: a bridge of this name on whichever host it runs on (the
+    same name on every host, so a live-migrated VM finds it on the destination). The NIC's
+    model stays the template's ``nic_model``."""
+
+    bridge: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$",
+        description="the host bridge (a Linux interface name: at most 15 characters)",
+    )
+
+
 class Template(Frozen):
     """What every instance of a business is cloned from."""
 
@@ -120,6 +132,9 @@ class Template(Frozen):
     nic_model: NicModel = NicModel.VIRTIO
     cpu_quota: float | None = Field(
         default=None, gt=0, le=1, description="host cores per vCPU (cgroup quota); None = whole"
+    )
+    network: NetworkSpec | None = Field(
+        default=None, description="the bridge the NIC is on; None: a NIC attached to nothing"
     )
 
     @model_validator(mode="after")
@@ -207,12 +222,13 @@ class VM(Frozen):
     )
     ready: bool = False
     draining: bool = False
-    address: IPvAnyAddress | None = Field(
-        default=None,
-        description="the guest's address on its network, as the guest reported it when it"
-        " became ready (the load balancer reaches it there); None: not known",
-    )
     created_at: float | None = None
+    address: str | None = Field(
+        default=None,
+        description="the address the guest reported when it became ready (kept in the domain's"
+        " metadata, so it survives a live migration; the load balancer reaches it there);"
+        " None: not reported",
+    )
     version: Name | None = Field(
         default=None, description="the template version it was cloned from; None: not known"
     )
@@ -221,6 +237,11 @@ class VM(Frozen):
         description="carries a valid ownership stamp of the fleet key; False: reported only,"
         " never acted on until an operator adopts it",
     )
+
+    @field_validator("address")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        return None if value is None else str(ipaddress.ip_address(value))
 
     @property
     def capacity_cores(self) -> float:

@@ -94,6 +94,7 @@ def _vm(
         draining=bool(val("vm_draining")),
         created_at=val("vm_created_timestamp"),
         owned=info.label("owned") == "1",
+        address=info.label("address") or None,
     )
 
 

@@ -23,8 +23,10 @@ cp "$X/bin/busybox" "$R/bin/"
 # In dependency order (the deb has no modules.dep: `modinfo -F depends` on each .ko). The disk
 # needs only virtio_blk (depends: virtio, virtio_ring): ext4, jbd2, mbcache, crc16 and crc32c
 # are built into the cloud kernel (CONFIG_EXT4_FS=y, CONFIG_JBD2=y, CONFIG_FS_MBCACHE=y,
-# CONFIG_CRC16=y, CONFIG_CRYPTO_CRC32C=y).
-MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console virtio_balloon button evdev"
+# CONFIG_CRC16=y, CONFIG_CRYPTO_CRC32C=y). The NIC needs virtio_net (depends: virtio_ring,
+# virtio, net_failover; net_failover depends: failover); AF_PACKET, which udhcpc uses, is
+# built in (CONFIG_PACKET=y).
+MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console virtio_balloon failover net_failover virtio_net button evdev"
 for m in $MODS; do cp "$(find "$X/lib/modules/$KVER" -name "$m.ko")" "$R/lib/modules/"; done
 sed "s/@MODS@/$MODS/" "$HERE/init.sh" > "$R/init"
 chmod +x "$R/init"

@@ -15,7 +15,8 @@
 #                  guest -> host: "FILLED vm=.. mib=N" (what the fill file holds now, synced)
 #   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
 #                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=..
-#                   held_mib=.. disk=vda mounted=1 content=<16 hex> data_mib=N boots=N"
+#                   held_mib=.. disk=vda mounted=1 content=<16 hex> data_mib=N boots=N
+#                   addr=<IPv4 or none>"
 # The disk (vda: the business's template, an ext4 filesystem with its content in content/) is
 # mounted at /data before the guest says ready; the guest keeps its own data in /data/vms/$VM
 # (a line per boot in "boots", and the fill file). content= is the first 16 hex digits of
@@ -27,17 +28,28 @@
 # kernel (memhp_default_state=online). An ACPI power-button press powers the guest off. The
 # virtio balloon driver is loaded so the host can read the guest's memory statistics (it is
 # never inflated: memory is only ever added).
+#
+# The network: with `as.net=dhcp` on the kernel command line, eth0 (virtio_net) asks for an
+# address with udhcpc before the guest says ready (3 tries 1 s apart at most, so a guest
+# without a DHCP server is still ready within ~3 s; udhcpc then keeps renewing, or asking, in
+# the background), and STATE says addr=. busybox httpd serves /www on port 80: index.html (VM
+# and business), health (for a load balancer's health check) and cgi-bin/work, which burns a
+# fixed amount of CPU per request (`as.work=N` iterations of a shell loop, ~20-50 ms of guest
+# CPU under TCG at the default) and answers "vm=<name> work=<N>". The business's disk may
+# bring its own web root (content/www/ or content/index.html): see web_root.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /run /etc/acpi/PWRF
 for m in @MODS@; do insmod /lib/modules/$m.ko; done
 
-VM=unknown; BUSINESS=unknown; PERIOD=100
+VM=unknown; BUSINESS=unknown; PERIOD=100; NET=none; WORK=2000
 for a in $(cat /proc/cmdline); do
   case $a in
     as.vm=*) VM=${a#*=};; as.business=*) BUSINESS=${a#*=};; loadperiod=*) PERIOD=${a#*=};;
+    as.net=*) NET=${a#*=};; as.work=*) WORK=${a#*=};;
   esac
 done
+case $WORK in ''|*[!0-9]*) WORK=2000;; esac
 echo "GUEST-UP vm=$VM business=$BUSINESS uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 # ACPI power button -> clean power-off (busybox acpid runs /etc/acpi/PWRF/00000080).
@@ -100,6 +112,58 @@ mount_disk() {
   echo "DISK vda mounted on /data: content=$c data_mib=$d boots=$BOOTS"
 }
 mount_disk
+
+# The web root, decided in this one place: ours (index, health, the work CGI), with the
+# business's own files from its disk on top (content/www/ as a whole, or content/index.html).
+WWW=/www; CONTENT=/data/content
+web_root() {
+  mkdir -p $WWW/cgi-bin
+  echo "<html><body><h1>$VM</h1><p>business $BUSINESS</p></body></html>" > $WWW/index.html
+  echo ok > $WWW/health
+  # No fork in the loop: a fixed count of shell arithmetic is a fixed amount of guest CPU.
+  printf '#!/bin/sh\ni=0\nwhile [ $i -lt %s ]; do i=$((i + 1)); done\nprintf "Content-Type: text/plain\\r\\n\\r\\nvm=%s work=%s\\n"\n' \
+    "$WORK" "$VM" "$WORK" > $WWW/cgi-bin/work
+  chmod +x $WWW/cgi-bin/work
+  if [ -d $CONTENT/www ]; then cp -r $CONTENT/www/. $WWW/
+  elif [ -f $CONTENT/index.html ]; then cp $CONTENT/index.html $WWW/index.html
+  fi
+}
+web_root
+httpd -p 80 -h $WWW   # daemonizes; a request forks (and a CGI execs), not our loops
+
+# The network, once, before the agent says ready. udhcpc runs /bin/on-dhcp on each event: it
+# sets the address and default route, records the address and wakes the monitor.
+echo none > /run/addr
+cat > /bin/on-dhcp <<'EOS'
+#!/bin/sh
+case "$1" in
+  deconfig) ip -4 addr flush dev "$interface"; echo none > /run/addr;;
+  bound|renew)
+    read old < /run/addr
+    if [ "$old" != "$ip" ]; then
+      ip -4 addr flush dev "$interface"; ip addr add "$ip/${mask:-24}" dev "$interface"
+    fi
+    [ -n "$router" ] && ip route replace default via "${router%% *}" dev "$interface"
+    echo "$ip" > /run/addr;;
+  *) exit 0;;
+esac
+echo > /run/wake
+EOS
+chmod +x /bin/on-dhcp
+net_up() {
+  ip link set lo up
+  [ "$NET" = dhcp ] || return
+  if [ ! -e /sys/class/net/eth0 ]; then echo "NET none: no eth0"; return; fi
+  ip link set eth0 up
+  # Returns once bound, or after 3 unanswered discovers; either way udhcpc stays in the
+  # background (renewing, or asking again every 5 s).
+  read from _ < /proc/uptime
+  udhcpc -i eth0 -s /bin/on-dhcp -t 3 -T 1 -A 5 -b -p /run/udhcpc.pid > /run/udhcpc.log 2>&1
+  read a < /run/addr
+  read up _ < /proc/uptime
+  echo "NET eth0 addr=$a from=$from uptime=$up"
+}
+net_up
 fill_disk() {   # rare: forks (stat, dd, sync) are fine here
   case "$1" in [0-9]|[1-9][0-9]|[1-9][0-9][0-9]|[1-9][0-9][0-9][0-9]) ;; *) return;; esac
   [ "$MOUNTED" = 1 ] || { echo "FILL refused: no disk mounted"; return; }
@@ -190,8 +254,9 @@ while :; do   # monitor: online new CPUs, keep one burner per online CPU, publis
   fi
   read k mem_kib unit < /proc/meminfo
   read duty < /run/duty; read held < /run/held; read content < /run/content; read data < /run/data_mib
+  read addr < /run/addr
   cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty held_mib=$held"
-  cur="$cur disk=$DISK mounted=$MOUNTED content=$content data_mib=$data boots=$BOOTS"
+  cur="$cur disk=$DISK mounted=$MOUNTED content=$content data_mib=$data boots=$BOOTS addr=$addr"
   if [ "$cur" != "$last" ]; then
     last=$cur; seq=$((seq + 1))
     echo "seq=$seq $cur" > /run/state; echo >&6
