@@ -51,9 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _editor(config: ControllerConfig) -> ControlsEditor:
-    from autoscaler.cli.main import _shared_state
+    """Where the controls are kept: the shared RADOS state, else the state folder."""
+    from autoscaler.runtime.runner import ceph_handle
+    from autoscaler.runtime.shared_state import open_shared_state
 
-    shared = _shared_state(config)
+    if config.state.kind != "rados":
+        return ControlFile(config.state_dir)
+    shared = open_shared_state(config, ceph_handle(config))
     return shared.controls if shared is not None else ControlFile(config.state_dir)
 
 
