@@ -36,6 +36,7 @@ from autoscaler.model import (
     PermanentError,
     PreconditionFailed,
     RbdStorage,
+    Template,
     TemporaryError,
 )
 
@@ -43,6 +44,15 @@ from autoscaler.model import (
 def serial_log_path(vm: str) -> str:
     # Inside the host's libvirt log folder, named from a validated VM name.
     return f"/var/log/libvirt/qemu/{vm}-serial.log"
+
+
+def template_of(action: CloneFromTemplate, ctx: ActionContext) -> Template:
+    """The business's template at the version the clone asks for (a rollout's target), else
+    at the policy's."""
+    template = ctx.fleet.business(action.business).template
+    if action.version is None or action.version == template.version:
+        return template
+    return template.model_copy(update={"version": action.version})
 
 
 class CloneActuator:
@@ -83,14 +93,13 @@ class CloneActuator:
         created: str,
         rbd: RbdDiskSource | None = None,
     ) -> InstanceSpec:
-        business = ctx.fleet.business(action.business)
         keys = ctx.fleet.keys
         if keys is None:
             raise PermanentError("no fleet key is configured: a clone could not be proven ours")
         return InstanceSpec(
             name=action.vm,
             business=action.business,
-            template=business.template,
+            template=template_of(action, ctx),
             disk_path=disk,
             domain_type=ctx.fleet.domain_type,
             boot=ctx.fleet.boot,
@@ -141,7 +150,7 @@ class CloneActuator:
         keys = ctx.fleet.keys
         if keys is None:
             raise PermanentError("no fleet key is configured: a clone could not be proven ours")
-        template = ctx.fleet.business(action.business).template
+        template = template_of(action, ctx)
         meta = store.metadata(storage.pool, action.vm)
         created = (meta or {}).get(META_CREATED) or f"{time.time():.3f}"
         stamp = keys.stamp(action.vm, action.business, created)

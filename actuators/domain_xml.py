@@ -101,6 +101,8 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     vm_meta.set("max-vcpus", str(t.max_vcpus))
     vm_meta.set("max-memory-mib", str(t.max_memory_mib))
     vm_meta.set("nic", t.nic_model.value)
+    if t.version is not None:
+        vm_meta.set("version", t.version)
     if t.cpu_quota is not None:
         vm_meta.set("cpu-quota", f"{t.cpu_quota:g}")
     if spec.created_at is not None:

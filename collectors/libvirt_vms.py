@@ -31,6 +31,7 @@ from autoscaler.model import (
     Sample,
     Scope,
     TemporaryError,
+    check_name,
 )
 from autoscaler.model.bounded import BoundedCaller
 from collectors.base import LastGood
@@ -180,6 +181,8 @@ class DomainStatsParser:
             # The address the guest reported when it became ready (metadata migrates with the
             # domain, so it is the same after a live migration); "" when none or not an address.
             ("address", _address(meta.get("address"))),
+            # The template version it was cloned from ("" when unknown or not a safe name).
+            ("version", _safe_name(meta.get("version"))),
         )
         samples = [Sample("vm_info", 1.0, now, info_labels)]
 
@@ -357,6 +360,14 @@ class LibvirtHostCollector:
         return Collection(
             source=self.name, samples=tuple(samples), duration_s=time.monotonic() - started
         )
+
+
+def _safe_name(text: str | None) -> str:
+    """A name from metadata anyone with libvirt access can edit: "" unless it is a safe one."""
+    try:
+        return check_name(text) if text else ""
+    except ValueError:
+        return ""
 
 
 def _address(text: str | None) -> str:

@@ -95,6 +95,7 @@ def _vm(
         created_at=val("vm_created_timestamp"),
         owned=info.label("owned") == "1",
         address=info.label("address") or None,
+        version=info.label("version") or None,
     )
 
 
