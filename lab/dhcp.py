@@ -30,6 +30,10 @@ PROCESS = "udhcpd"
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 LEASE_S = 600
 """Short enough that a lab's leases turn over, long enough that renewals are rare under TCG."""
+ARP_PROBE_MS = 200
+"""How long udhcpd waits for an answer to its ARP probe of an address before offering it. Its
+default, 2 s, is most of a guest's time to an address (every guest's kernel answers ARP within
+milliseconds even under TCG; 200 ms leaves slack for a busy host)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,10 @@ def _start(layout: LabLayout) -> DhcpServer:
     pid = spawn(
         _run_dir(layout),
         PROCESS,
-        [IP, "netns", "exec", layout.access_netns, BUSYBOX, "udhcpd", "-f", str(config)],
+        [
+            *(IP, "netns", "exec", layout.access_netns, BUSYBOX, "udhcpd", "-f"),
+            *("-a", str(ARP_PROBE_MS), str(config)),
+        ],
         log=folder / "udhcpd.log",
     )
     # udhcpd exits at once on a bad config or a missing interface: give it a moment to.

@@ -80,6 +80,10 @@ nap() { read -t "$1" _ <&5; }
 printf '#!/bin/sh\necho > /run/wake\n' > /bin/on-uevent; chmod +x /bin/on-uevent
 uevent /bin/on-uevent &
 
+# The links, set up now so that the NIC's link is up by the time DHCP starts (net_up, below).
+ip link set lo up
+[ "$NET" = dhcp ] && [ -e /sys/class/net/eth0 ] && ip link set eth0 up
+
 # The disk, once, before the agent says ready (forks are fine here: this runs once).
 DISK=none; MOUNTED=0; BOOTS=0; OWN=/data/vms/$VM
 echo none > /run/content; echo 0 > /run/data_mib
@@ -151,10 +155,14 @@ echo > /run/wake
 EOS
 chmod +x /bin/on-dhcp
 net_up() {
-  ip link set lo up
   [ "$NET" = dhcp ] || return
   if [ ! -e /sys/class/net/eth0 ]; then echo "NET none: no eth0"; return; fi
-  ip link set eth0 up
+  # The link is reported up ~1 s after it was set up (the kernel's linkwatch; it was set up
+  # before the disk was mounted, to overlap that): udhcpc starts once it is, so its first
+  # discover is not sent on a link that is not up yet (which would cost a 1 s retry).
+  i=0; while [ $i -lt 40 ]; do
+    read o < /sys/class/net/eth0/operstate; [ "$o" = up ] && break; nap 0.05; i=$((i + 1))
+  done
   # Returns once bound, or after 3 unanswered discovers; either way udhcpc stays in the
   # background (renewing, or asking again every 5 s).
   read from _ < /proc/uptime
