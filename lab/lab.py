@@ -42,7 +42,20 @@ from actuators.rbd_store import RbdStore
 from actuators.volumes import delete_overlay, ensure_overlay
 from autoscaler.model import NetworkSpec, RbdStorage
 from autoscaler.runtime.fleet_key import load_fleet_keys
-from lab import ceph, dhcp, dpdk, hosts, net, ovs, prometheus, rbd, slots, supervision, temperature
+from lab import (
+    access,
+    ceph,
+    dhcp,
+    dpdk,
+    hosts,
+    net,
+    ovs,
+    prometheus,
+    rbd,
+    slots,
+    supervision,
+    temperature,
+)
 from lab.images import build_lab_templates
 from lab.layout import PORT_NODE_EXPORTER, LabLayout
 from lab.loadchannel import LOAD_CHANNEL
@@ -186,6 +199,13 @@ def up(
         if parts.ceph is None:
             raise ValueError("a lab with storage rbd needs the ceph component")
         policies = {n: on_rbd(lab_businesses / f"{n}.yaml") for n in policies}
+    unserved = sorted(set(spec.access) - set(policies))
+    if unserved:
+        raise ValueError(f"access: {unserved} are not among the lab's businesses (initial_vms)")
+    if spec.access:
+        access.start(layout, spec.access)
+        for name in spec.access:
+            policies[name] = access.with_access(lab_businesses / f"{name}.yaml")
     write_controller_file(lab, spec, lab_businesses, images, parts)
     state.up = True
     state.save(layout.state_file)
@@ -298,7 +318,7 @@ def start_components(lab: Lab, wanted: Collection[str]) -> Components:
 
 
 def stop_components(layout: LabLayout) -> None:
-    for component in (ovs, dpdk, ceph, temperature, prometheus):
+    for component in (access, ovs, dpdk, ceph, temperature, prometheus):
         component.stop(layout)
 
 
@@ -311,7 +331,7 @@ def write_controller_file(
         regions.setdefault(h.region, {}).setdefault(h.datacenter, {}).setdefault(h.rack, []).append(
             h
         )
-    doc = {
+    doc: dict[str, Any] = {
         "apiVersion": "autoscaler/v1",
         "kind": "Controller",
         "policy_dir": str(businesses.resolve()),
@@ -360,6 +380,9 @@ def write_controller_file(
         doc["lease"] = {"kind": "file", "duration_s": 15}
     if parts.ovs is not None:
         doc["ovs"] = {"control": str(parts.ovs.vswitchd_control)}
+    balancers = access.controller_balancers(lab.layout)
+    if balancers:
+        doc["balancers"] = balancers
     load_fleet_keys(lab_key_file(lab), create=True)
     out = io.StringIO()
     out.write(f"# Controller file of lab slot {lab.layout.slot}, written by `python -m lab up`.\n")

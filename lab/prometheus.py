@@ -55,6 +55,10 @@ def _address(layout: LabLayout, offset: int) -> str:
     return f"{LOOPBACK}:{layout.port(offset)}"
 
 
+HAPROXY_METRICS_PORT = 8404
+"""Where the lab's HAProxy serves its Prometheus exporter (``lab.access.METRICS_PORT``)."""
+
+
 def _run_dir(layout: LabLayout) -> Path:
     return layout.prometheus_dir / "run"
 
@@ -79,6 +83,14 @@ def scrape_config(
             job("node", PORT_NODE_EXPORTER),
             job("ceph", PORT_CEPH_MGR_PROMETHEUS),
             job("autoscaler", PORT_CONTROLLER_METRICS, PORT_CONTROLLER_METRICS_2),
+            # The access layer's HAProxy (in the access namespace, when the lab runs one):
+            # its request counters are the request SLI's source.
+            {
+                "job_name": "haproxy",
+                "static_configs": [
+                    {"targets": [f"{layout.access_address}:{HAPROXY_METRICS_PORT}"]}
+                ],
+            },
         ],
     }
     if rules_dir is not None:

@@ -32,6 +32,11 @@ class LabSpec(BaseModel):
     initial_vms: dict[Name, int] = Field(
         default={"web": 2, "api": 2, "cache": 1}, description="business -> instances at start"
     )
+    access: tuple[Name, ...] = Field(
+        default=(),
+        description="businesses served through the lab's HAProxy (in the access namespace),"
+        " each with an access section in its lab policy; none: no load balancer (as before)",
+    )
     storage: Literal["local", "rbd"] = Field(
         default="local",
         description="where the lab's businesses keep their VM disks: qcow2 overlays on each"
