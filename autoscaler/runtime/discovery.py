@@ -2,7 +2,8 @@
 
 Where it sits: a one-shot version of the controller's collection stage: one libvirt collector
 per inventory host, run in parallel, twice (a short interval apart, so utilisation can be
-computed from CPU-time deltas), then turned into a Snapshot.
+computed from CPU-time deltas), and the access layer's backends once, then turned into a
+Snapshot.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import libvirt
 
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Collection, Snapshot
-from autoscaler.runtime.collection import libvirt_collectors
+from autoscaler.runtime.collection import access_collector, libvirt_collectors
 from autoscaler.runtime.snapshot_builder import build_snapshot
 from collectors.libvirt_vms import LibvirtHostCollector
 from policies.schema import BusinessPolicy
@@ -38,4 +39,7 @@ def discover(
     collect_all(collectors, time.time())
     time.sleep(sample_interval_s)
     now = time.time()
-    return build_snapshot(config, policies, collect_all(collectors, now), now)
+    collections = collect_all(collectors, now)
+    if config.balancers:  # the access layer's backends too, as the controller sees them
+        collections.append(access_collector(config, lambda: policies).collect(now))
+    return build_snapshot(config, policies, collections, now)
