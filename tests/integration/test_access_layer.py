@@ -8,20 +8,16 @@ The traffic goes only from the lab's access namespace to the lab's own HAProxy a
 
 from __future__ import annotations
 
-import csv
-import io
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ruamel.yaml import YAML
 
 from actuators.access_sync import Applied, apply_registrations
 from actuators.base import Fleet
 from autoscaler.config import load_controller_config
 from autoscaler.model import CloneFromTemplate, Retire
-from autoscaler.model.access import ServerHealth, ServerState
+from autoscaler.model.access import ServerHealth
 from autoscaler.runtime.discovery import discover
 from autoscaler.runtime.journal import SqliteJournal
 from autoscaler.runtime.wiring import build_fleet
@@ -31,38 +27,19 @@ from lab.haproxy import HaproxyProcess
 from lab.lab import Lab
 from policies.access import registrations
 from policies.loader import load_policy_dir
+from tests.integration.access_helpers import serve_web, servers, sessions_served
 from tests.integration.actuator_helpers import run_plan, where
 from tests.integration.lab_fixtures import wait_for
 from tests.integration.test_controller import controller_file
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture(scope="module")
-def edge(lab: Lab) -> Iterator[HaproxyProcess]:
-    """The lab's HAProxy in front of web (for this module only)."""
-    process = access.start(lab.layout, ["web"])
-    try:
-        yield process
-    finally:
-        access.stop(lab.layout)
+pytest_plugins = ["tests.integration.access_fixtures"]  # edge, web_back
 
 
 @pytest.fixture(scope="module")
 def config(lab: Lab, edge: HaproxyProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("access")
-    path = controller_file(lab, folder)
-    yaml = YAML(typ="safe", pure=True)
-    doc = yaml.load(path.read_text())
-    web_file = Path(doc["policy_dir"]) / "web.yaml"
-    web = yaml.load(web_file.read_text())
-    web["access"] = {"kind": "haproxy", "balancer": access.BALANCER, "drain_timeout": "20s"}
-    with open(web_file, "w") as out:
-        yaml.dump(web, out)
-    doc["balancers"] = access.controller_balancers(lab.layout)
-    with open(path, "w") as out:
-        yaml.dump(doc, out)
-    return path
+    return serve_web(lab, controller_file(lab, folder))
 
 
 def fleet(config: Path) -> Fleet:
@@ -75,19 +52,6 @@ def sync(config: Path) -> list[Applied]:
     loaded = load_controller_config(config)
     snapshot = discover(loaded, load_policy_dir(loaded.policy_dir), sample_interval_s=0.5)
     return apply_registrations(fleet(config), registrations(snapshot))
-
-
-def servers(edge: HaproxyProcess) -> dict[str, ServerState]:
-    return {s.name: s for s in edge.runtime().servers("web")}
-
-
-def sessions_served(edge: HaproxyProcess, server: str) -> int:
-    """How many sessions HAProxy has ever sent ``server`` (``stot`` of ``show stat``)."""
-    text = edge.runtime().command("show stat")
-    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-    return next(
-        (int(r["stot"] or 0) for r in rows if r["pxname"] == "web" and r["svname"] == server), 0
-    )
 
 
 def test_a_clone_serves_only_after_its_health_check_and_a_retire_loses_no_request(
