@@ -9,6 +9,7 @@ leader, and reconciles unfinished intents when this controller becomes the leade
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 from actuators.access_sync import apply_registrations
@@ -19,7 +20,7 @@ from actuators.libvirt_events import ensure_event_loop
 from actuators.reconcile import reconcile
 from autoscaler.config import ControllerConfig
 from autoscaler.model import Action, Journal, JournalEntry, Lease, Phase, Plan, Snapshot
-from autoscaler.model.access import Deregister
+from autoscaler.model.access import Deregister, Register
 from autoscaler.runtime.balancers import balancers_of
 from autoscaler.runtime.logs import event
 from autoscaler.runtime.ports import AccessChange, ActionOutcome
@@ -89,6 +90,8 @@ class ExecutorActuation:
         self.balancers = balancers_of(config)
         self.journal = open_journal(config.state_dir, self.fleet(), shared)
         self._pending: dict[str, str] = {}
+        self._registered: dict[tuple[str, str, str, str], float] = {}
+        """(balancer, backend, server, address) -> when the access sync last registered it."""
 
     def fleet(self) -> Fleet:
         return build_fleet(
@@ -96,9 +99,22 @@ class ExecutorActuation:
         )
 
     def sync_access(self, snapshot: Snapshot) -> Sequence[AccessChange]:
-        changes = registrations(snapshot)
+        # A view taken before a server was registered still lacks it: not registered again.
+        changes = [
+            c
+            for c in registrations(snapshot)
+            if isinstance(c, Deregister)
+            or self._registered.get((c.balancer, c.backend, c.server, c.address), -1.0)
+            < snapshot.now
+        ]
         if not changes:
             return ()
+        applied = apply_registrations(self.fleet(), changes)
+        now = time.time()
+        for a in applied:
+            if a.done and isinstance(a.change, Register):
+                key = (a.change.balancer, a.change.backend, a.change.server, a.change.address)
+                self._registered[key] = now
         return [
             AccessChange(
                 business=a.change.business,
@@ -106,7 +122,7 @@ class ExecutorActuation:
                 done=a.done,
                 detail=a.detail,
             )
-            for a in apply_registrations(self.fleet(), changes)
+            for a in applied
         ]
 
     def _unreachable_hosts(self) -> set[str]:

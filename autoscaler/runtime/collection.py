@@ -10,6 +10,7 @@ becomes stale scopes, never an exception in the loop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -24,7 +25,7 @@ from autoscaler.runtime.fleet_key import load_fleet_keys
 from autoscaler.runtime.logs import event
 from collectors.base import LastGood, guarded
 from collectors.libvirt_vms import DomainStatsParser, LibvirtHostCollector
-from policies.schema import BusinessPolicy
+from policies.schema import BusinessPolicy, PromqlSli
 
 log = logging.getLogger("autoscaler.collection")
 
@@ -113,6 +114,74 @@ def access_collector(
     return AccessCollector(
         balancers=balancers_of(config), targets=lambda: access_targets(policies())
     )
+
+
+SLI_WINDOWS = ("1m", "5m", "1h")
+"""The windows a PromQL SLI is read over; the first is what each SLA interval records, so it
+is short: an error ratio over five minutes would keep counting a recovered business bad."""
+
+
+class PromqlSlis:
+    """The PromQL SLI of every business whose policy in force has one, as one collector.
+
+    The policies can be reloaded: each business's collector is made again when its pair
+    changes, and dropped with its policy."""
+
+    name = "promql_sli"
+    scope = Scope.BUSINESS
+    target = "*"
+
+    def __init__(
+        self,
+        prometheus: Any,
+        policies: Callable[[], Mapping[str, BusinessPolicy]],
+        timeout_s: float,
+    ) -> None:
+        self.prometheus = prometheus
+        self.policies = policies
+        self.timeout_s = timeout_s
+        self._each: dict[str, tuple[tuple[str, str], Collector]] = {}
+
+    def _collectors(self) -> list[Collector]:
+        from collectors.promql_sli import PromqlSliCollector
+
+        wanted: dict[str, tuple[str, str]] = {}
+        for name, policy in self.policies().items():
+            sli = policy.sla.sli
+            if isinstance(sli, PromqlSli):
+                wanted[name] = (sli.good, sli.total)
+        for name in set(self._each) - set(wanted):
+            del self._each[name]
+        for name, pair in wanted.items():
+            if name not in self._each or self._each[name][0] != pair:
+                collector = PromqlSliCollector(
+                    self.prometheus, name, *pair, windows=SLI_WINDOWS, timeout_s=self.timeout_s
+                )
+                self._each[name] = (pair, collector)
+        return [c for _, c in self._each.values()]
+
+    def collect(self, now: float) -> Collection:
+        started = time.monotonic()
+        parts = [c.collect(now) for c in self._collectors()]
+        return Collection(
+            source=self.name,
+            samples=tuple(s for c in parts for s in c.samples),
+            stale=tuple(s for c in parts for s in c.stale),
+            duration_s=time.monotonic() - started,
+            errors=tuple(e for c in parts for e in c.errors),
+        )
+
+
+def promql_slis(
+    config: ControllerConfig, policies: Callable[[], Mapping[str, BusinessPolicy]]
+) -> Collector | None:
+    """The collector of the PromQL SLIs the policies in force name (None without Prometheus)."""
+    if config.prometheus is None:
+        return None
+    from collectors.prometheus_query import connect
+
+    prometheus = connect(config.prometheus.url, ca_file=config.prometheus.ca_file)
+    return PromqlSlis(prometheus, policies, config.prometheus.timeout_s)
 
 
 def build_collectors(

@@ -28,6 +28,7 @@ from autoscaler.runtime.collection import (
     backup_catalogue,
     build_collectors,
     connect_ceph,
+    promql_slis,
 )
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.logs import event
@@ -88,6 +89,9 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
     collection.add(backup_catalogue(config, lambda: controller.policies, cluster))
     if config.balancers:
         collection.add(access_collector(config, lambda: controller.policies))
+    slis = promql_slis(config, lambda: controller.policies)
+    if slis is not None:
+        collection.add(slis)
     controller.actuation = ExecutorActuation(
         config, controller.lease, lambda: controller.policies, shared
     )

@@ -8,7 +8,10 @@ The traffic goes only from the lab's access namespace to the lab's own HAProxy a
 
 from __future__ import annotations
 
+import json
+import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,12 +28,20 @@ from lab import access
 from lab import lab as lab_mod
 from lab.haproxy import HaproxyProcess
 from lab.lab import Lab
+from lab.layout import PORT_CONTROLLER_METRICS
 from policies.access import registrations
 from policies.loader import load_policy_dir
-from tests.integration.access_helpers import serve_web, servers, sessions_served
+from tests.integration.access_helpers import (
+    FIRST_WEB,
+    serve_web,
+    servers,
+    sessions_served,
+    up_servers,
+    web_vms,
+)
 from tests.integration.actuator_helpers import run_plan, where
 from tests.integration.lab_fixtures import wait_for
-from tests.integration.test_controller import controller_file
+from tests.integration.test_controller import controller_file, start, stop
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.integration.access_fixtures"]  # edge, web_back
@@ -103,3 +114,81 @@ def test_a_clone_serves_only_after_its_health_check_and_a_retire_loses_no_reques
     assert summary["failures"] == 0, f"requests failed: {summary}"
     served_by = {line.split()[0]: n for line, n in summary["answers"].items()}
     assert served_by.get("vm=web-lb1", 0) > 0, summary["answers"]
+
+
+def bad_sli_events(port: int) -> float:
+    """web's SLI events the controller counted bad (total less good) so far; -1 if unread."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            text = reply.read().decode()
+    except OSError:
+        return -1.0
+    figures: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("autoscaler_sli_events_total", "autoscaler_sli_good_events_total"):
+            if line.startswith(f'{name}{{business="web"}}'):
+                figures[name] = float(line.rsplit(" ", 1)[1])
+    if len(figures) < 2:
+        return -1.0
+    return figures["autoscaler_sli_events_total"] - figures["autoscaler_sli_good_events_total"]
+
+
+def failures_now(status: Path) -> int:
+    try:
+        return int(json.loads(status.read_text())["failures"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+@pytest.mark.timeout(900)
+def test_a_load_step_burns_the_request_sli_the_controller_scales_out_and_it_recovers(
+    lab: Lab, edge: HaproxyProcess, tmp_path: Path, web_back: None
+) -> None:
+    config = serve_web(lab, controller_file(lab, tmp_path, max_instances=5), request_sli=True)
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    base = access.traffic(lab.layout, "web", rate=1, duration_s=420)
+    step: subprocess.Popen[str] | None = None
+    process = start(config, port, "solo", log)
+    try:
+        wait_for(
+            lambda: up_servers(edge),
+            lambda up: up >= FIRST_WEB,
+            timeout=60,
+            what="the controller registering web-1 and web-2, up in HAProxy",
+        )
+        wait_for(lambda: bad_sli_events(port), lambda n: n >= 0, timeout=60, what="web's SLI read")
+        # The step: more requests than two guests at a quarter of a core answer in time.
+        status = tmp_path / "step.json"
+        step = access.traffic(lab.layout, "web", rate=9, duration_s=300, status_file=status)
+        wait_for(
+            lambda: bad_sli_events(port),
+            lambda n: n > 0,
+            timeout=120,
+            what="the request SLI burning (bad intervals counted by the controller)",
+        )
+        grown = wait_for(
+            lambda: (web_vms(lab), up_servers(edge)),
+            lambda v: len(v[0]) >= 3 and len(v[1]) >= 3,
+            timeout=240,
+            what="web scaled out, its clones serving in HAProxy",
+        )
+        assert grown[0] > FIRST_WEB
+        # Recovered: no request fails for 30 s on end once the clones serve.
+        deadline = time.monotonic() + 240
+        quiet_since, last = time.monotonic(), failures_now(status)
+        while time.monotonic() - quiet_since < 30:
+            assert time.monotonic() < deadline, "requests still failing 4 min after scale-out"
+            time.sleep(2)
+            now = failures_now(status)
+            if now != last:
+                quiet_since, last = time.monotonic(), now
+    finally:
+        code = stop(process)
+        for generator in (step, base):
+            if generator is not None and generator.poll() is None:
+                generator.terminate()
+                generator.wait(timeout=30)
+    assert code == 0, log.read_text()[-2000:]
+    text = log.read_text()
+    assert '"event": "access register"' in text
