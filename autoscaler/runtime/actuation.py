@@ -111,6 +111,8 @@ class ExecutorActuation:
             return ()
         applied = apply_registrations(self.fleet(), changes)
         now = time.time()
+        # Only the last minutes matter (a view is at most a few collections old).
+        self._registered = {k: t for k, t in self._registered.items() if now - t < 600}
         for a in applied:
             if a.done and isinstance(a.change, Register):
                 key = (a.change.balancer, a.change.backend, a.change.server, a.change.address)
