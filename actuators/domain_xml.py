@@ -156,7 +156,9 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     if isinstance(spec.config_drive, RbdDiskSource):
         _rbd_disk(dev, spec.config_drive, "vdb")
     elif spec.config_drive is not None:
-        _file_disk(dev, spec.config_drive, "raw", "vdb")
+        drive = _file_disk(dev, spec.config_drive, "raw", "vdb")
+        # A disk snapshot (snapshot.py: external, of vda) leaves the drive as it is.
+        drive.set("snapshot", "no")
     if t.network is not None:
         # On the host's bridge of that name (the same on every host: migration finds it).
         nic = _sub(dev, "interface", type="bridge")
@@ -184,11 +186,12 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def _file_disk(devices: ET.Element, path: str, fmt: str, target: str) -> None:
+def _file_disk(devices: ET.Element, path: str, fmt: str, target: str) -> ET.Element:
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type=fmt, cache="none")
     _sub(disk, "source", file=path)
     _sub(disk, "target", dev=target, bus="virtio")
+    return disk
 
 
 def _rbd_disk(devices: ET.Element, source: RbdDiskSource, target: str) -> None:

@@ -159,6 +159,7 @@ def test_a_local_drive_is_a_writable_raw_vdb() -> None:
     assert vdb.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
     # Not readonly: a non-shared live migration copies only writable disks.
     assert vdb.find("readonly") is None
+    assert vdb.get("snapshot") == "no"  # a disk snapshot of vda leaves it alone
 
 
 def test_an_rbd_drive_is_an_rbd_vdb() -> None:
