@@ -47,10 +47,15 @@ def ensure_overlay(conn: libvirt.virConnect, vm: str, template_image: str) -> st
 
 
 def overlay_exists(conn: libvirt.virConnect, vm: str) -> bool:
+    return volume_exists(conn, overlay_name(vm))
+
+
+def volume_exists(conn: libvirt.virConnect, name: str) -> bool:
+    """Whether the pool holds volume ``name`` (the pool refreshed first)."""
     pool = conn.storagePoolLookupByName(POOL_NAME)
     pool.refresh(0)
     try:
-        pool.storageVolLookupByName(overlay_name(vm))
+        pool.storageVolLookupByName(name)
     except libvirt.libvirtError:
         return False
     return True

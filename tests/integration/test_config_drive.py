@@ -13,13 +13,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
 import pytest
 
 from actuators.base import Fleet
 from actuators.config_drive import rbd_image_name, volume_name
 from actuators.rbd_store import META_OWNER, META_VM
-from actuators.volumes import POOL_NAME
+from actuators.volumes import volume_exists
 from autoscaler.model import CloneFromTemplate, LiveMigrate, Retire
 from autoscaler.runtime.journal import SqliteJournal
 from lab import lab as lab_mod
@@ -46,13 +45,7 @@ class Drives:
 def has_drive_volume(lab: Lab, host: str, vm: str) -> bool:
     conn = lab.connect(host)
     try:
-        pool = conn.storagePoolLookupByName(POOL_NAME)
-        pool.refresh(0)
-        try:
-            pool.storageVolLookupByName(volume_name(vm))
-        except libvirt.libvirtError:
-            return False
-        return True
+        return volume_exists(conn, volume_name(vm))
     finally:
         conn.close()
 
