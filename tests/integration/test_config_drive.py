@@ -8,17 +8,19 @@ Every request goes from the lab's access namespace to the lab's own guests only 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pycdlib
 import pytest
 
 from actuators.base import Fleet
 from actuators.config_drive import rbd_image_name, volume_name
 from actuators.rbd_store import META_OWNER, META_VM
-from actuators.volumes import volume_exists
+from actuators.volumes import POOL_NAME, volume_exists
 from autoscaler.model import CloneFromTemplate, LiveMigrate, Retire
 from autoscaler.runtime.journal import SqliteJournal
 from lab import lab as lab_mod
@@ -48,6 +50,28 @@ def has_drive_volume(lab: Lab, host: str, vm: str) -> bool:
         return volume_exists(conn, volume_name(vm))
     finally:
         conn.close()
+
+
+def drive_version(lab: Lab, host: str, vm: str) -> bytes:
+    """The VERSION file of the drive volume on ``host``, read through libvirt (the hosts'
+    pools are in their own mount namespaces): what the guest would read after a migration."""
+    conn = lab.connect(host)
+    try:
+        vol = conn.storagePoolLookupByName(POOL_NAME).storageVolLookupByName(volume_name(vm))
+        stream = conn.newStream(0)
+        vol.download(stream, 0, int(vol.info()[1]), 0)
+        chunks = []
+        while chunk := stream.recv(1 << 20):
+            chunks.append(chunk)
+        stream.finish()
+    finally:
+        conn.close()
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(b"".join(chunks)))
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, rr_path="/VERSION")
+    iso.close()
+    return out.getvalue()
 
 
 def serves(lab: Lab, host: str, vm: str, version: str) -> str:
@@ -102,6 +126,9 @@ def test_a_live_migration_carries_the_drive(lab: Lab, drives: Drives) -> None:
     drives.hosts[V1] = destination
     assert where(lab, V1) == {destination: "running"}
     assert has_drive_volume(lab, destination, V1) and not has_drive_volume(lab, source, V1)
+    # Copied, not just created: a read-only drive would be skipped by the copy and leave the
+    # destination's volume all zeros (seen in the lab; see docs/storage.md).
+    assert drive_version(lab, destination, V1) == b"v1\n"
     serves(lab, destination, V1, "v1")
 
 
