@@ -15,6 +15,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 import libvirt
@@ -90,6 +91,9 @@ class Fleet:
     """RBD on the process's Ceph handle, for businesses whose template has storage rbd."""
     balancers: Mapping[str, LoadBalancer] = field(default_factory=dict, compare=False, repr=False)
     """The access layer's balancers by their name in the controller file."""
+    delivery_dir: Path | None = None
+    """Template versions' configuration and code (``<business>/<version>/``): a clone of a
+    version that has a folder there gets it on a config drive (``config_drive``)."""
 
     def uri(self, host: str) -> str:
         check_name(host, what="host name")

@@ -5,7 +5,9 @@ reconciler after a crash). Steps: the disk (a qcow2 overlay on the template thro
 storage pool, or with storage rbd a copy-on-write RBD clone of the template version, stamped
 with the VM's ownership, and the host's libvirt secret for its cephx key); a domain defined
 from the template with the new name, a new UUID and MAC, the business configuration on its
-kernel command line (the journal stamps it once defined); start;
+kernel command line (the journal stamps it once defined), and the template version's config
+drive (``config_drive``) beside the disk when the version has a folder in ``delivery_dir``;
+start;
 wait until the guest reports ready (pluggable probe); then end the boot boost (CPU quota) and
 mark it ready, with the address the guest reports on its network (in the domain's metadata,
 which migrates with it), which is what the load balancer and the collectors look for. Every
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import libvirt
 
 from actuators.base import ActionContext, find_domain, libvirt_call, require_owned, vm_attribute
 from actuators.ceph_secret import rbd_disk_source
+from actuators.config_drive import delete_drive_volume, drive_bytes, rbd_image_name, write_volume
 from actuators.domain_xml import (
     InstanceSpec,
     apply_cpu_quota,
@@ -92,6 +96,7 @@ class CloneActuator:
         disk: str,
         created: str,
         rbd: RbdDiskSource | None = None,
+        drive: str | RbdDiskSource | None = None,
     ) -> InstanceSpec:
         keys = ctx.fleet.keys
         if keys is None:
@@ -109,6 +114,7 @@ class CloneActuator:
             balloon_stats_period_s=ctx.fleet.balloon_stats_period_s,
             owner=keys.stamp(action.vm, action.business, created),
             rbd=rbd,
+            config_drive=drive,
         )
 
     def execute(self, action: CloneFromTemplate, ctx: ActionContext) -> None:
@@ -117,10 +123,17 @@ class CloneActuator:
             dom = find_domain(conn, action.vm)
             if dom is None:
                 storage = business.template.storage
+                # Built before any disk: a version folder that is refused (too large, a link
+                # out of it) fails the clone before it has made anything.
+                drive = self._drive_bytes(action, ctx)
                 if isinstance(storage, RbdStorage):
                     created = self._rbd_image(action, ctx, storage)
                     rbd = rbd_disk_source(conn, ctx.fleet.rbd_store(), storage, action.vm)
-                    spec = self._spec(action, ctx, "", created, rbd)
+                    drive_source = None
+                    if drive is not None:
+                        self._rbd_drive(action, ctx, storage, created, drive)
+                        drive_source = replace(rbd, image=rbd_image_name(action.vm))
+                    spec = self._spec(action, ctx, "", created, rbd, drive_source)
                 else:
                     ctx.step("creating-overlay")
                     disk = str(
@@ -130,7 +143,17 @@ class CloneActuator:
                         )
                     )
                     ctx.step("overlay-created")
-                    spec = self._spec(action, ctx, disk, f"{time.time():.3f}")
+                    drive_path = None
+                    if drive is not None:
+                        ctx.step("writing-config-drive")
+                        drive_path = str(
+                            libvirt_call(
+                                "write config drive",
+                                lambda: write_volume(conn, action.vm, drive),
+                            )
+                        )
+                        ctx.step("config-drive-written")
+                    spec = self._spec(action, ctx, disk, f"{time.time():.3f}", None, drive_path)
                 xml = build_domain_xml(spec)
                 libvirt_call("define", lambda: conn.defineXML(xml))
                 dom = conn.lookupByName(action.vm)
@@ -143,6 +166,42 @@ class CloneActuator:
                 apply_cpu_quota(dom, business.template.cpu_quota)
                 mark_ready(dom, time.time(), address)
                 ctx.step("ready")
+
+    def _drive_bytes(self, action: CloneFromTemplate, ctx: ActionContext) -> bytes | None:
+        """The clone's config drive for its version, None when the version has no folder."""
+        template = template_of(action, ctx)
+        return drive_bytes(ctx.fleet.delivery_dir, action.vm, action.business, template.version)
+
+    def _rbd_drive(
+        self,
+        action: CloneFromTemplate,
+        ctx: ActionContext,
+        storage: RbdStorage,
+        created: str,
+        drive: bytes,
+    ) -> None:
+        """The config drive as the RBD image ``<vm>-config`` beside the VM's disk, stamped
+        like it; one of that name stamped for anyone else is not overwritten."""
+        store = ctx.fleet.rbd_store()
+        keys = ctx.fleet.keys
+        assert keys is not None  # noqa: S101 - _rbd_image refused a fleet without keys
+        image = rbd_image_name(action.vm)
+        meta = store.metadata(storage.pool, image)
+        # Unstamped: ours, interrupted between its creation and its stamp (the name is the
+        # journal's VM's).
+        if meta and not store.owned(storage.pool, action.vm, action.business, keys, image):
+            raise PreconditionFailed(f"rbd image {storage.pool}/{image} exists and is not ours")
+        ctx.step("writing-config-drive")
+        store.put_image(
+            storage.pool,
+            image,
+            drive,
+            action.vm,
+            action.business,
+            created,
+            keys.stamp(action.vm, action.business, created),
+        )
+        ctx.step("config-drive-written")
 
     def _rbd_image(self, action: CloneFromTemplate, ctx: ActionContext, storage: RbdStorage) -> str:
         """The VM's RBD clone, made or found; the creation time its stamps sign."""
@@ -228,13 +287,15 @@ def remove_instance(
     rbd_images: set[tuple[str, str]] = set()
     storage = ctx.fleet.business(business).template.storage
     if isinstance(storage, RbdStorage):
-        rbd_images.add((storage.pool, vm))
+        rbd_images.update({(storage.pool, vm), (storage.pool, rbd_image_name(vm))})
     with ctx.fleet.connection(host) as conn:
         dom = find_domain(conn, vm)
         if dom is not None:
             require_owned(dom, vm, business, ctx.fleet, "removing")
             rbd_images.update(
-                (pool, image) for pool, image in rbd_disks(dom.XMLDesc(0)) if image == vm
+                (pool, image)
+                for pool, image in rbd_disks(dom.XMLDesc(0))
+                if image in (vm, rbd_image_name(vm))
             )
             if dom.isActive():
                 libvirt_call("destroy", dom.destroy)
@@ -247,12 +308,14 @@ def remove_instance(
                 done.append("undefined")
         if libvirt_call("delete overlay", lambda: delete_overlay(conn, vm)):
             done.append("overlay deleted")
+        if libvirt_call("delete config drive", lambda: delete_drive_volume(conn, vm)):
+            done.append("config drive deleted")
         removed = delete_snapshot_files(conn, vm)
         if removed:
             done.append(f"{removed} snapshot file(s) deleted")
     for pool, image in sorted(rbd_images):
         snaps = ctx.fleet.rbd_store().remove(
-            pool, image, business, ctx.fleet.keys, half_made_clone=half_made_clone
+            pool, vm, business, ctx.fleet.keys, half_made_clone=half_made_clone, image=image
         )
         if snaps is not None:
             done.append(f"rbd image {pool}/{image} removed with {snaps} snapshot(s)")

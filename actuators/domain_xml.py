@@ -58,6 +58,9 @@ class InstanceSpec:
     """The ownership stamp (``FleetKeys.stamp`` of name, business and ``created_text``)."""
     rbd: RbdDiskSource | None = None
     """The disk is this RBD image (storage rbd) instead of the overlay file."""
+    config_drive: str | RbdDiskSource | None = None
+    """The template version's config drive (``config_drive``) as the second disk, vdb: a raw
+    file (storage local) or an RBD image; None: no drive."""
     boot_boost: bool = True
     """Start without the CPU quota (it is applied once the guest is ready: see apply_cpu_quota).
     A throttled TCG guest boots four times slower; real clouds boost boot the same way."""
@@ -145,12 +148,17 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     dev = _sub(dom, "devices")
     _sub(dev, "emulator", "/usr/bin/qemu-system-x86_64")
     if spec.rbd is not None:
-        _rbd_disk(dev, spec.rbd)
+        _rbd_disk(dev, spec.rbd, "vda")
     else:
-        disk = _sub(dev, "disk", type="file", device="disk")
-        _sub(disk, "driver", name="qemu", type="qcow2", cache="none")
-        _sub(disk, "source", file=spec.disk_path)
-        _sub(disk, "target", dev="vda", bus="virtio")
+        _file_disk(dev, spec.disk_path, "qcow2", "vda")
+    # The config drive is not marked read-only (the guest mounts it ro): a live migration
+    # without shared storage copies only writable disks, and the destination must get it.
+    if isinstance(spec.config_drive, RbdDiskSource):
+        _rbd_disk(dev, spec.config_drive, "vdb")
+    elif spec.config_drive is not None:
+        drive = _file_disk(dev, spec.config_drive, "raw", "vdb")
+        # A disk snapshot (snapshot.py: external, of vda) leaves the drive as it is.
+        drive.set("snapshot", "no")
     if t.network is not None:
         # On the host's bridge of that name (the same on every host: migration finds it).
         nic = _sub(dev, "interface", type="bridge")
@@ -178,7 +186,15 @@ def build_domain_xml(spec: InstanceSpec) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def _rbd_disk(devices: ET.Element, source: RbdDiskSource) -> None:
+def _file_disk(devices: ET.Element, path: str, fmt: str, target: str) -> ET.Element:
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu", type=fmt, cache="none")
+    _sub(disk, "source", file=path)
+    _sub(disk, "target", dev=target, bus="virtio")
+    return disk
+
+
+def _rbd_disk(devices: ET.Element, source: RbdDiskSource, target: str) -> None:
     disk = _sub(devices, "disk", type="network", device="disk")
     # writeback is what RBD's own cache is safe with; QEMU flushes it on the guest's flushes.
     _sub(disk, "driver", name="qemu", type="raw", cache="writeback", discard="unmap")
@@ -188,7 +204,7 @@ def _rbd_disk(devices: ET.Element, source: RbdDiskSource) -> None:
     src = _sub(disk, "source", protocol="rbd", name=f"{source.pool}/{source.image}")
     for host, port in source.monitors:
         _sub(src, "host", name=host, port=str(port))
-    _sub(disk, "target", dev="vda", bus="virtio")
+    _sub(disk, "target", dev=target, bus="virtio")
 
 
 def rbd_disks(xml: str) -> list[tuple[str, str]]:

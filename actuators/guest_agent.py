@@ -36,6 +36,8 @@ class GuestView:
     digits of the checksum of the business content found on it, the MiB of data the guest
     wrote there on request, and how many boots the disk has recorded. ``address`` is the
     IPv4 address the guest got on its network (None: no network, or no address yet).
+    ``config`` is the template version its config drive says (the drive's VERSION file; "":
+    no drive, or an older guest).
     """
 
     seq: int
@@ -52,6 +54,7 @@ class GuestView:
     data_mib: int = 0
     boots: int = 0
     address: str | None = None
+    config: str = ""
 
     @classmethod
     def parse(cls, line: str, received_at: float) -> GuestView | None:
@@ -75,6 +78,7 @@ class GuestView:
                 data_mib=int(fields.get("data_mib", "0") or 0),
                 boots=int(fields.get("boots", "0") or 0),
                 address=_address(fields.get("addr", "")),
+                config=_present(fields.get("config", "")),
             )
         except ValueError:
             return None

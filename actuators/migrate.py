@@ -30,6 +30,8 @@ from actuators.base import (
     require_owned,
 )
 from actuators.ceph_secret import ensure_ceph_secret
+from actuators.config_drive import DEVICE as DRIVE
+from actuators.config_drive import delete_drive_volume, ensure_volume, volume_size
 from actuators.domain_xml import rbd_disks, rbd_user
 from actuators.snapshot import DISK, merge_into_overlay, snapshot_tag_of
 from actuators.volumes import delete_overlay, ensure_overlay, overlay_exists
@@ -146,6 +148,14 @@ class MigrateActuator:
                     "destination overlay", lambda: ensure_overlay(dst, action.vm, meta.image)
                 )
                 ctx.step("destination-overlay-created")
+                # The config drive is copied like the overlay, into an empty volume of its size.
+                drive_size = volume_size(src, action.vm) if DRIVE in disk_sources(dom) else None
+                if drive_size is not None:
+                    libvirt_call(
+                        "destination config drive",
+                        lambda: ensure_volume(dst, action.vm, drive_size),
+                    )
+                    ctx.step("destination-config-drive-created")
             libvirt_call(
                 "set max downtime", lambda: dom.migrateSetMaxDowntime(action.max_downtime_ms, 0)
             )
@@ -161,6 +171,7 @@ class MigrateActuator:
                         ctx.figures["migration_downtime_s"] = stats["downtime"] / 1000.0
             if not shared:
                 libvirt_call("delete source overlay", lambda: delete_overlay(src, action.vm))
+                libvirt_call("delete source drive", lambda: delete_drive_volume(src, action.vm))
                 ctx.step("source-overlay-deleted")
 
     def _shared_storage(
@@ -185,7 +196,9 @@ class MigrateActuator:
     ) -> None:
         params: dict[str, object] = {}
         if not shared:
-            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [DISK]
+            # Only the VM's own volumes are copied (the overlay, and the config drive if any).
+            disks = [d for d in (DISK, DRIVE) if d in disk_sources(dom)]
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = disks
         if self.bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
         dest_uri = ctx.fleet.uri(action.destination)
@@ -357,8 +370,8 @@ def _guest_after_move(
 
 
 def _remove_copy(conn: libvirt.virConnect, vm: str) -> None:
-    """Remove an inactive definition and the overlay of ``vm`` on this host (never a running
-    domain)."""
+    """Remove an inactive definition, the overlay and the config drive of ``vm`` on this host
+    (never a running domain)."""
     dom = find_domain(conn, vm)
     if dom is not None:
         if dom.isActive():
@@ -368,3 +381,4 @@ def _remove_copy(conn: libvirt.virConnect, vm: str) -> None:
             lambda: dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA),
         )
     libvirt_call("delete leftover overlay", lambda: delete_overlay(conn, vm))
+    libvirt_call("delete leftover drive", lambda: delete_drive_volume(conn, vm))

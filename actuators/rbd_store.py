@@ -178,10 +178,17 @@ class RbdStore:
             return True
 
     def _stamp(
-        self, ioctx: Any, vm: str, business: str, created: str, stamp: OwnershipStamp
+        self,
+        ioctx: Any,
+        vm: str,
+        business: str,
+        created: str,
+        stamp: OwnershipStamp,
+        image: str | None = None,
     ) -> None:
+        """Stamp ``image`` (the VM's own disk unless named) with the VM's ownership."""
         try:
-            with rbd.Image(ioctx, vm) as img:
+            with rbd.Image(ioctx, image or vm) as img:
                 img.metadata_set(META_VM, vm)
                 img.metadata_set(META_BUSINESS, business)
                 img.metadata_set(META_CREATED, created)
@@ -206,9 +213,46 @@ class RbdStore:
         with self.ioctx(pool) as ioctx:
             self._stamp(ioctx, vm, business, created, stamp)
 
-    def owned(self, pool: str, vm: str, business: str, keys: FleetKeys | None) -> bool | None:
-        """Whether ``pool/vm`` carries this fleet's stamp for ``business``; None: no image."""
-        meta = self.metadata(pool, vm)
+    def put_image(
+        self,
+        pool: str,
+        image: str,
+        data: bytes,
+        vm: str,
+        business: str,
+        created: str,
+        stamp: OwnershipStamp,
+    ) -> None:
+        """Make ``pool/image`` (a VM's own image besides its disk: its config drive) hold
+        ``data``, stamped with the VM's ownership first. Written whole each time, so a crash
+        mid-write is repaired by the resumed clone; the caller checks an existing image is
+        this VM's before."""
+        check_name(image, what="rbd image")
+        with self.ioctx(pool) as ioctx:
+            try:
+                with contextlib.suppress(rbd.ImageExists):
+                    rbd.RBD().create(
+                        ioctx,
+                        image,
+                        len(data),
+                        order=OBJECT_ORDER,
+                        features=rbd.RBD_FEATURE_LAYERING,
+                    )
+                self._stamp(ioctx, vm, business, created, stamp, image)
+                with rbd.Image(ioctx, image) as img:
+                    if img.size() != len(data):
+                        img.resize(len(data))
+                    img.write(data, 0)
+                    img.flush()
+            except rbd.Error as exc:
+                raise TemporaryError(f"rbd write {pool}/{image}: {exc}", retry_after=2) from exc
+
+    def owned(
+        self, pool: str, vm: str, business: str, keys: FleetKeys | None, image: str | None = None
+    ) -> bool | None:
+        """Whether ``pool/image`` (the VM's disk unless named) carries this fleet's stamp for
+        ``vm`` of ``business``; None: no image."""
+        meta = self.metadata(pool, image or vm)
         if meta is None:
             return None
         return image_owned(meta, vm, business, keys)
@@ -221,35 +265,38 @@ class RbdStore:
         keys: FleetKeys | None,
         *,
         half_made_clone: bool = False,
+        image: str | None = None,
     ) -> int | None:
-        """Remove the VM's image and its snapshots if it is provably ours; how many snapshots
-        went with it, None when there was no image. Raises ``NotOwned`` otherwise.
+        """Remove the VM's image (its disk, or ``image``: its config drive) and its snapshots
+        if it is provably ours; how many snapshots went with it, None when there was no image.
+        Raises ``NotOwned`` otherwise.
 
         ``half_made_clone``: the journal says this VM's clone was under way, so an image of its
         name with none of our metadata is that clone, interrupted before its stamp."""
-        meta = self.metadata(pool, vm)
+        name = image or vm
+        meta = self.metadata(pool, name)
         if meta is None:
             return None
         unstamped = not meta
         if not image_owned(meta, vm, business, keys) and not (half_made_clone and unstamped):
-            raise NotOwned(f"rbd image {pool}/{vm} does not carry this fleet's stamp for {vm}")
+            raise NotOwned(f"rbd image {pool}/{name} does not carry this fleet's stamp for {vm}")
         with self.ioctx(pool) as ioctx:
             try:
-                with rbd.Image(ioctx, vm) as img:
+                with rbd.Image(ioctx, name) as img:
                     snaps = list(img.list_snaps())
                     for snap in snaps:
                         if img.is_protected_snap(snap["name"]):
                             img.unprotect_snap(snap["name"])
                         img.remove_snap(snap["name"])
-                rbd.RBD().remove(ioctx, vm)
+                rbd.RBD().remove(ioctx, name)
             except rbd.ImageNotFound:
                 return 0
             except rbd.ImageBusy as exc:
                 raise TemporaryError(
-                    f"rbd {pool}/{vm} is still open: {exc}", retry_after=2
+                    f"rbd {pool}/{name} is still open: {exc}", retry_after=2
                 ) from exc
             except rbd.Error as exc:
-                raise TemporaryError(f"rbd remove {pool}/{vm}: {exc}", retry_after=2) from exc
+                raise TemporaryError(f"rbd remove {pool}/{name}: {exc}", retry_after=2) from exc
         return len(snaps)
 
     def images(self, pool: str) -> list[str]:

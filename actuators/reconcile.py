@@ -25,6 +25,7 @@ import libvirt
 
 from actuators.base import ActionContext, Fleet, StepHook, find_domain
 from actuators.clone import CloneActuator
+from actuators.config_drive import delete_drive_volume
 from actuators.executor import DEFAULT_LIMITS, PENDING_STEP, ExecutorLimits, Registry, run_action
 from actuators.migrate import settle
 from actuators.snapshot import delete_snapshot_files
@@ -151,8 +152,9 @@ def _finished(journal: Journal, key: str) -> bool:
 
 
 def sweep_vm(fleet: Fleet, vm: str) -> str:
-    """Remove ``vm``'s leftovers: overlays and snapshot files on hosts where it is not defined,
-    inactive definitions where it runs elsewhere. Unreachable hosts are left for next time."""
+    """Remove ``vm``'s leftovers: overlays, config drives and snapshot files on hosts where it
+    is not defined, inactive definitions where it runs elsewhere. Unreachable hosts are left
+    for next time."""
     states: dict[str, str | None] = {}
     for host in fleet.hosts:
         try:
@@ -176,6 +178,8 @@ def sweep_vm(fleet: Fleet, vm: str) -> str:
             if state is None:
                 if overlay_exists(conn, vm) and delete_overlay(conn, vm):
                     done.append(f"orphan overlay deleted on {host}")
+                if delete_drive_volume(conn, vm):
+                    done.append(f"orphan config drive deleted on {host}")
                 removed = delete_snapshot_files(conn, vm)
                 if removed:
                     done.append(f"{removed} orphan snapshot file(s) deleted on {host}")

@@ -47,10 +47,15 @@ def ensure_overlay(conn: libvirt.virConnect, vm: str, template_image: str) -> st
 
 
 def overlay_exists(conn: libvirt.virConnect, vm: str) -> bool:
+    return volume_exists(conn, overlay_name(vm))
+
+
+def volume_exists(conn: libvirt.virConnect, name: str) -> bool:
+    """Whether the pool holds volume ``name`` (the pool refreshed first)."""
     pool = conn.storagePoolLookupByName(POOL_NAME)
     pool.refresh(0)
     try:
-        pool.storageVolLookupByName(overlay_name(vm))
+        pool.storageVolLookupByName(name)
     except libvirt.libvirtError:
         return False
     return True
@@ -58,9 +63,14 @@ def overlay_exists(conn: libvirt.virConnect, vm: str) -> bool:
 
 def delete_overlay(conn: libvirt.virConnect, vm: str) -> bool:
     """Delete the VM's overlay; True if one was deleted."""
+    return delete_volume(conn, overlay_name(vm))
+
+
+def delete_volume(conn: libvirt.virConnect, name: str) -> bool:
+    """Delete the pool's volume ``name``; True if there was one."""
     pool = conn.storagePoolLookupByName(POOL_NAME)
     try:
-        vol = pool.storageVolLookupByName(overlay_name(vm))
+        vol = pool.storageVolLookupByName(name)
     except libvirt.libvirtError:
         return False
     vol.delete(0)

@@ -231,6 +231,11 @@ class ControllerConfig(Strict):
     policy_dir: Path
     image_dir: Path
     state_dir: Path
+    delivery_dir: Path | None = Field(
+        default=None,
+        description="template versions' configuration and code: <business>/<version>/ trees,"
+        " delivered to each clone on a config drive; None: no config drives",
+    )
     domain_type: Literal["qemu", "kvm"] = "kvm"
     guest_kernel: str | None = Field(
         default=None, description="boot instances from this kernel (the lab); None: from disk"
@@ -318,6 +323,7 @@ class ControllerConfig(Strict):
                 "policy_dir": fix(self.policy_dir),
                 "image_dir": fix(self.image_dir),
                 "state_dir": fix(self.state_dir),
+                "delivery_dir": fix(self.delivery_dir) if self.delivery_dir else None,
                 "ownership": Ownership(key_file=fix(key_file) if key_file else None),
             }
         )

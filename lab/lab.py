@@ -27,6 +27,7 @@ from ruamel.yaml import YAML
 
 from actuators.base import vm_metadata
 from actuators.ceph_secret import rbd_disk_source
+from actuators.config_drive import delete_drive_volume, drive_bytes, rbd_image_name, write_volume
 from actuators.domain_xml import (
     AGENT_CHANNEL,
     GuestBoot,
@@ -68,6 +69,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 GUEST_BUILD = Path(__file__).with_name("guest") / "build.sh"
 DEFAULT_CACHE = Path(os.environ.get("AUTOSCALER_CACHE", PROJECT_ROOT / ".cache"))
 EXAMPLES = PROJECT_ROOT / "examples"
+DELIVERY = EXAMPLES / "delivery"
+"""The template versions' configuration and code the lab's controller delivers (config drives)."""
 COMPONENTS = ("prometheus", "temperature", "ceph", "dpdk", "ovs")
 
 
@@ -337,6 +340,7 @@ def write_controller_file(
         "policy_dir": str(businesses.resolve()),
         "image_dir": str(images.resolve()),
         "state_dir": str(Path(lab.state.root) / "state"),
+        "delivery_dir": str(DELIVERY),
         "domain_type": spec.domain_type,
         "guest_kernel": str(lab.kernel),
         "guest_initrd": str(lab.initrd),
@@ -475,10 +479,13 @@ def start_vm(
         else:
             spec = instance_spec(lab, policy, vm, host, "")
             storage = policy.template.storage
+            # The version's config drive, as the clone actuator makes it (same functions).
+            drive = drive_bytes(DELIVERY, vm, policy.business, policy.template.version)
             if isinstance(storage, RbdStorage):
                 store = lab_rbd(lab)
                 created = spec.created_text
                 keys = load_fleet_keys(lab_key_file(lab), create=True)
+                stamp = keys.stamp(vm, policy.business, created)
                 store.clone(
                     storage.pool,
                     policy.template.image,
@@ -486,11 +493,18 @@ def start_vm(
                     vm,
                     policy.business,
                     created,
-                    keys.stamp(vm, policy.business, created),
+                    stamp,
                 )
-                spec = replace(spec, rbd=rbd_disk_source(conn, store, storage, vm))
+                source = rbd_disk_source(conn, store, storage, vm)
+                spec = replace(spec, rbd=source)
+                if drive is not None:
+                    image = rbd_image_name(vm)
+                    store.put_image(storage.pool, image, drive, vm, policy.business, created, stamp)
+                    spec = replace(spec, config_drive=replace(source, image=image))
             else:
                 spec = replace(spec, disk_path=ensure_overlay(conn, vm, policy.template.image))
+                if drive is not None:
+                    spec = replace(spec, config_drive=write_volume(conn, vm, drive))
             dom = conn.defineXML(build_domain_xml(spec))
         if not dom.isActive():
             dom.create()
@@ -516,17 +530,22 @@ def remove_vm(lab: Lab, vm: str, host: str) -> None:
         if dom is not None:
             meta = vm_metadata(dom)
             if meta is not None:
-                images = [(p, i, meta.business) for p, i in rbd_disks(dom.XMLDesc(0)) if i == vm]
+                images = [
+                    (p, i, meta.business)
+                    for p, i in rbd_disks(dom.XMLDesc(0))
+                    if i in (vm, rbd_image_name(vm))
+                ]
             if dom.isActive():
                 dom.destroy()
             dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
         delete_overlay(conn, vm)
+        delete_drive_volume(conn, vm)
     finally:
         conn.close()
     if images:
         store, keys = lab_rbd(lab), load_fleet_keys(lab_key_file(lab), create=True)
         for pool, image, business in images:
-            store.remove(pool, image, business, keys)
+            store.remove(pool, vm, business, keys, image=image)
 
 
 def lab_rbd(lab: Lab) -> RbdStore:

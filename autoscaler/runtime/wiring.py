@@ -74,6 +74,7 @@ def build_fleet(
         keys=load_fleet_keys(config.key_file, create=config.ownership.key_file is None),
         rbd=rbd if rbd is not None else rbd_store(config),
         balancers=balancers if balancers is not None else balancers_of(config),
+        delivery_dir=config.delivery_dir,
     )
 
 

@@ -25,8 +25,9 @@ cp "$X/bin/busybox" "$R/bin/"
 # are built into the cloud kernel (CONFIG_EXT4_FS=y, CONFIG_JBD2=y, CONFIG_FS_MBCACHE=y,
 # CONFIG_CRC16=y, CONFIG_CRYPTO_CRC32C=y). The NIC needs virtio_net (depends: virtio_ring,
 # virtio, net_failover; net_failover depends: failover); AF_PACKET, which udhcpc uses, is
-# built in (CONFIG_PACKET=y).
-MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console virtio_balloon failover net_failover virtio_net button evdev"
+# built in (CONFIG_PACKET=y). The config drive (an ISO 9660 image on vdb) needs isofs (depends:
+# cdrom).
+MODS="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console virtio_balloon failover net_failover virtio_net cdrom isofs button evdev"
 for m in $MODS; do cp "$(find "$X/lib/modules/$KVER" -name "$m.ko")" "$R/lib/modules/"; done
 sed "s/@MODS@/$MODS/" "$HERE/init.sh" > "$R/init"
 chmod +x "$R/init"

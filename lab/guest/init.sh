@@ -16,7 +16,7 @@
 #   org.kvm-autoscaler.agent  host -> guest: "ping";  guest -> host:
 #                  "STATE seq=.. ready=1 vm=.. business=.. cpus=0-1 ncpus=2 mem_kib=.. duty=..
 #                   held_mib=.. disk=vda mounted=1 content=<16 hex> data_mib=N boots=N
-#                   addr=<IPv4 or none>"
+#                   addr=<IPv4 or none> config=<version or none>"
 # The disk (vda: the business's template, an ext4 filesystem with its content in content/) is
 # mounted at /data before the guest says ready; the guest keeps its own data in /data/vms/$VM
 # (a line per boot in "boots", and the fill file). content= is the first 16 hex digits of
@@ -37,6 +37,10 @@
 # fixed amount of CPU per request (`as.work=N` iterations of a shell loop, ~20-50 ms of guest
 # CPU under TCG at the default) and answers "vm=<name> work=<N>". The business's disk may
 # bring its own web root (content/www/ or content/index.html): see web_root.
+#
+# The config drive: a template version's configuration and code (vdb, an ISO 9660 image made
+# by actuators/config_drive.py) is mounted read-only at /config before the web root is chosen;
+# its www/ is the web root, and config= in STATE is its VERSION file (none without a drive).
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 mkdir -p /run /etc/acpi/PWRF
@@ -117,10 +121,28 @@ mount_disk() {
 }
 mount_disk
 
-# The web root, decided in this one place: ours (index, health, the work CGI), with the
-# business's own files from its disk on top (content/www/ as a whole, or content/index.html).
+# The config drive, once (forks are fine here): bounded wait for the device like vda's.
+CONFIG=none
+mount_config() {
+  i=0
+  while [ ! -b /dev/vdb ] && [ -e /sys/block/vdb ] && [ $i -lt 20 ]; do nap 0.05; i=$((i + 1)); done
+  [ -b /dev/vdb ] || return
+  mkdir -p /config
+  if ! err=$(mount -t iso9660 -o ro /dev/vdb /config 2>&1); then
+    echo "CONFIG vdb not mounted: ${err:-mount failed}"; return
+  fi
+  [ -f /config/VERSION ] && read -r CONFIG < /config/VERSION
+  case $CONFIG in ''|*[!A-Za-z0-9._-]*) CONFIG=unreadable;; esac
+  echo "CONFIG vdb mounted on /config: version=$CONFIG"
+}
+mount_config
+
+# The web root, decided in this one place: the config drive's www/ when there is one (the
+# template version's code); else ours (index, health, the work CGI), with the business's own
+# files from its disk on top (content/www/ as a whole, or content/index.html).
 WWW=/www; CONTENT=/data/content
 web_root() {
+  if [ -d /config/www ]; then WWW=/config/www; return; fi
   mkdir -p $WWW/cgi-bin
   echo "<html><body><h1>$VM</h1><p>business $BUSINESS</p></body></html>" > $WWW/index.html
   echo ok > $WWW/health
@@ -133,6 +155,8 @@ web_root() {
   fi
 }
 web_root
+# A CGI inherits httpd's environment: the config drive's CGI learns who it runs on from it.
+export AS_VM=$VM AS_BUSINESS=$BUSINESS AS_WORK=$WORK AS_VERSION=$CONFIG
 httpd -p 80 -h $WWW   # daemonizes; a request forks (and a CGI execs), not our loops
 
 # The network, once, before the agent says ready. udhcpc runs /bin/on-dhcp on each event: it
@@ -265,6 +289,7 @@ while :; do   # monitor: online new CPUs, keep one burner per online CPU, publis
   read addr < /run/addr
   cur="ready=1 vm=$VM business=$BUSINESS cpus=$online ncpus=$ncpus mem_kib=$mem_kib duty=$duty held_mib=$held"
   cur="$cur disk=$DISK mounted=$MOUNTED content=$content data_mib=$data boots=$BOOTS addr=$addr"
+  cur="$cur config=$CONFIG"
   if [ "$cur" != "$last" ]; then
     last=$cur; seq=$((seq + 1))
     echo "seq=$seq $cur" > /run/state; echo >&6
