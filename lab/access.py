@@ -161,8 +161,9 @@ def traffic(
 
 
 def summary(process: subprocess.Popen[str], timeout_s: float) -> dict[str, Any]:
-    """Wait for a traffic generator to end; its JSON summary (it exits 1 when a request
-    failed: the summary says which; any other failure is an error)."""
+    """Wait for a traffic generator to end (a SIGTERM ends it early, cleanly); its JSON
+    summary (it exits 1 when a request failed: the summary says which; any other failure is
+    an error)."""
     out, err = process.communicate(timeout=timeout_s)
     if process.returncode not in (0, 1) or not out.strip():
         raise RuntimeError(f"traffic generator failed ({process.returncode}): {err[-1500:]}")

@@ -27,6 +27,7 @@ import http.client
 import ipaddress
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -280,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--status-file", type=Path, help="running counts, rewritten every second")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
+    # SIGTERM ends the run early, cleanly: the requests in flight finish and are counted, and
+    # the summary is printed as at the end of the duration.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())
     try:
         summary = run(
             args.url,
@@ -289,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timeout_s=args.timeout,
             lab_subnets=args.allow_subnet,
             status_path=args.status_file,
+            stop=stop,
         )
     except ValueError as exc:  # TargetRefused included
         print(f"lab.traffic: {exc}", file=sys.stderr)

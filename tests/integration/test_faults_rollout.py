@@ -87,8 +87,6 @@ def test_a_rollout_killed_midway_resumes_and_finishes_then_undoes_with_no_failed
         domains = lab_mod.status(lab).domains
         lab_mod.start_vm(lab, v1, vm, min(domains, key=lambda h: len(domains[h])))
     assert set(versions(config).values()) == {"v1"}
-    status = tmp_path / "traffic.json"
-    generator = access.traffic(lab.layout, "web", rate=2, duration_s=840, status_file=status)
     port = lab.layout.port(PORT_CONTROLLER_METRICS)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     os.environ["AUTOSCALER_CRASH_AT"] = CRASH_AT
@@ -96,7 +94,7 @@ def test_a_rollout_killed_midway_resumes_and_finishes_then_undoes_with_no_failed
         first = start(config, port, "first", first_log)
     finally:
         del os.environ["AUTOSCALER_CRASH_AT"]
-    second = None
+    second = generator = None
     try:
         wait_for(
             lambda: up_servers(edge),
@@ -104,6 +102,8 @@ def test_a_rollout_killed_midway_resumes_and_finishes_then_undoes_with_no_failed
             timeout=90,
             what="web's three instances registered and up",
         )
+        status = tmp_path / "traffic.json"
+        generator = access.traffic(lab.layout, "web", rate=2, duration_s=840, status_file=status)
         rollout(config, "--to", "v2")
         assert first.wait(timeout=400) == -9, "the controller was not killed mid-rollout"
         midway = versions(config)
@@ -118,10 +118,15 @@ def test_a_rollout_killed_midway_resumes_and_finishes_then_undoes_with_no_failed
         for process in (first, second):
             if process is not None:
                 stop(process)
-        generator.terminate()
-        summary = access.summary(generator, timeout_s=60)
+        if generator is not None:
+            generator.terminate()  # it stops cleanly and still prints what it counted
+    assert generator is not None
+    summary = access.summary(generator, timeout_s=60)
     assert summary["sent"] > 100
     assert summary["failures"] == 0, f"requests failed: {summary}"
+    # What the instances served came from their config drive: v1's page, then v2's, then v1's.
+    served = {line.split("version=")[-1] for line in summary["answers"] if "version=" in line}
+    assert served == {"v1", "v2"}, summary["answers"]
     reconciled = [e for e in events(second_log) if e.get("event") == "reconciled"]
     assert any(e.get("key", "").startswith("replace/") for e in reconciled), reconciled
     replaced = [
