@@ -27,9 +27,12 @@ import pytest
 from ruamel.yaml import YAML
 
 from actuators.guest_agent import GuestView, SerialAgent
+from autoscaler.model import HotAddVcpu
+from autoscaler.runtime.journal import SqliteJournal
 from lab import lab as lab_mod
 from lab.lab import Lab
 from lab.layout import PORT_CONTROLLER_METRICS
+from tests.integration.actuator_helpers import fleet_of, run_plan
 from tests.integration.lab_fixtures import events, wait_for
 from tests.integration.test_controller import controller_file, healthz, restore_lab, start, stop
 
@@ -261,3 +264,50 @@ def test_the_controller_hot_adds_vcpus_at_the_maximum_and_the_capacity_sli_recov
     finally:
         lab_mod.set_demand(lab, {})
         replace_grown(lab, ["web-1", "web-2"])
+
+
+def vcpus_of(lab: Lab) -> dict[str, int]:
+    """web's running VMs and their current vCPU count."""
+    out: dict[str, int] = {}
+    for record in lab.state.hosts:
+        conn = lab.connect(record.name)
+        try:
+            for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
+                if dom.name().startswith("web-"):
+                    out[dom.name()] = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        finally:
+            conn.close()
+    return out
+
+
+@pytest.mark.timeout(900)
+def test_a_vm_grown_to_4_vcpus_then_idle_is_replaced_by_a_template_size_clone(
+    lab: Lab, tmp_path: Path, restore_lab: None
+) -> None:
+    config = controller_file(lab, tmp_path)  # web: 2 to 4 instances, idle: nothing to retire
+    fleet = fleet_of(lab)
+    host = next(h for h, vms in lab_mod.status(lab).domains.items() if "web-1" in vms)
+    grow = HotAddVcpu(business="web", vm="web-1", host=host, vcpus=4, reason="test: a peak")
+    (grown,) = run_plan(fleet, SqliteJournal(tmp_path / "journal.sqlite"), [grow])
+    assert grown.status == "done", grown.reason
+    assert vcpus_of(lab)["web-1"] == 4
+    port = lab.layout.port(PORT_CONTROLLER_METRICS)
+    log = tmp_path / "controller.log"
+    process = start(config, port, "solo", log)
+    try:
+        after = wait_for(
+            lambda: vcpus_of(lab),
+            lambda v: "web-1" not in v and len(v) == 2,
+            timeout=420,
+            what="web-1 (4 vCPUs, idle) replaced",
+        )
+    finally:
+        code = stop(process)
+    assert code == 0, log.read_text()[-2000:]
+    assert set(after.values()) == {1}, after
+    (replaced,) = [
+        e for e in events(log) if e.get("event") == "action" and e.get("kind") == "replace"
+    ]
+    assert replaced["result"] == "done" and "web-1" in replaced["key"]
+    planned = [e for e in events(log) if e.get("event") == "planned" and e.get("kind") == "replace"]
+    assert "shrink web-1 by replacement" in planned[0]["reason"]
