@@ -247,6 +247,8 @@ def measure_storage(lab: Lab, benches: dict[str, Bench], hosts: list[str]) -> No
 
 ACCESS_FIGURES = (
     "lb_register",
+    "lb_register_sync",
+    "lb_register_up",
     "drain_to_retire",
     "drain",
     "rollout_per_instance",
@@ -268,6 +270,10 @@ def served_by(edge: HaproxyRuntime, server: str) -> int:
 
 def serving_now(edge: HaproxyRuntime, server: str) -> bool:
     return served_by(edge, server) > 0
+
+
+def up_now(edge: HaproxyRuntime, server: str) -> bool:
+    return server in up_in(edge)
 
 
 def up_in(edge: HaproxyRuntime) -> set[str]:
@@ -316,6 +322,11 @@ def measure_access(
             bench.run(CloneFromTemplate(vm=vm, host=host, **WHY))
             ready = time.monotonic()
             sync(config, bench.fleet)
+            # Its parts: the access sync's pass (a fresh view of the fleet, then the add),
+            # HAProxy's health check passing, then the server's turn in the round robin.
+            bench.add("lb_register_sync", time.monotonic() - ready)
+            until(f"{vm} up", functools.partial(up_now, edge, vm), 60)
+            bench.add("lb_register_up", time.monotonic() - ready)
             until(f"{vm} serving", functools.partial(serving_now, edge, vm), 60)
             bench.add("lb_register", time.monotonic() - ready)
             (retired,) = bench.run(Retire(vm=vm, host=host, **WHY))
