@@ -45,7 +45,12 @@ from autoscaler.observability.exporter import ControllerMetrics, HealthState, Me
 from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
-from autoscaler.runtime.collection import CollectionStage, backup_catalogue, build_collectors
+from autoscaler.runtime.collection import (
+    CollectionStage,
+    access_collector,
+    backup_catalogue,
+    build_collectors,
+)
 from autoscaler.runtime.controller import Controller
 from autoscaler.runtime.controls import ControlFile
 from autoscaler.runtime.discovery import discover
@@ -279,6 +284,10 @@ def run(
             config, controller.lease, lambda: controller.policies
         )
         controller.collection.add(backup_catalogue(config, lambda: controller.policies, None))
+        if config.balancers:
+            # HAProxy's view of web's backend, as the runner wires it: without it the access
+            # layer is never read, nothing is registered and retires and rollouts are held.
+            controller.collection.add(access_collector(config, lambda: controller.policies))
         events: list[str] = []
         # Every planned action with its reason, and every outcome (what the guest saw).
         controller.on_event = lambda text: events.append(f"{time.strftime('%H:%M:%S')} {text}")
