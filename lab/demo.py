@@ -201,7 +201,11 @@ def view(
                 "autoscaler_error_budget_remaining_ratio", {"business": name}
             )
             budget = 1.0 if budget is None else budget
-            versions = Counter(v.version or "-" for v in snapshot.vms_by_business.get(name, []))
+            versions = Counter(  # running ones: a retired VM shuts off before it is gone
+                v.version or "-"
+                for v in snapshot.vms_by_business.get(name, [])
+                if v.state.value == "running"
+            )
             table.add_row(
                 name,
                 str(fig.ready),
