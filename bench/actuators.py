@@ -6,14 +6,19 @@ verification inside the guest): vCPU and memory hot-add until the guest sees the
 the guest reports ready, live migration (wall time and the downtime QEMU reports on the
 destination), disk snapshot, and a rack evacuation of four VMs under the per-host cap; then
 the same guests on local overlays and on Ceph RBD side by side (``storage``: clone, migration
-after the guest wrote 64 MiB, backups and restore on RBD). It brings up its own lab in a
-temporary folder and always takes it down.
+after the guest wrote 64 MiB, backups and restore on RBD); and, with HAProxy in front of web
+(``access``), a clone's registration until it serves, a retire's drain and one rollout step
+under light traffic, counting every failed request. It brings up its own lab in a temporary
+folder and always takes it down; ``--only access`` measures the access layer alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import functools
+import io
 import json
 import os
 import platform
@@ -21,15 +26,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from actuators.access_sync import apply_registrations
 from actuators.backup import pool_backups, restore_image
 from actuators.base import Fleet
 from actuators.executor import ActionResult, ExecutorLimits, execute_plan
+from actuators.haproxy import HaproxyRuntime
 from actuators.libvirt_events import ensure_event_loop
-from autoscaler.config import load_controller_config
+from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.model import (
     Action,
     BackupInstance,
@@ -41,16 +48,21 @@ from autoscaler.model import (
     LiveMigrate,
     MergeSnapshot,
     Plan,
+    ReplaceInstance,
     Retire,
     SnapshotDisk,
 )
+from autoscaler.model.access import ServerHealth
+from autoscaler.runtime.discovery import discover
 from autoscaler.runtime.lease import Renewing, taken_file_lease
 from autoscaler.runtime.wiring import build_fleet, open_journal, quiet_libvirt
+from lab import access
 from lab import lab as lab_mod
 from lab.ceph import BACKUPS_POOL, IMAGES_POOL
 from lab.lab import Lab
 from lab.rbd import fleet_on_rbd
 from lab.spec import LabSpec
+from policies.access import registrations
 from policies.loader import load_policy_dir
 
 VMS = ("bench-1", "bench-2", "bench-3", "bench-4")
@@ -233,6 +245,120 @@ def measure_storage(lab: Lab, benches: dict[str, Bench], hosts: list[str]) -> No
         bench.add("rbd:restore", time.monotonic() - started)
 
 
+ACCESS_FIGURES = (
+    "lb_register",
+    "lb_register_sync",
+    "lb_register_up",
+    "drain_to_retire",
+    "drain",
+    "rollout_per_instance",
+    "rollout_serve",
+)
+ACCESS_RUNS = 3
+ACCESS_RATE = 2.0  # requests/s: light traffic, well within what 0.25-core guests answer
+ACCESS_TRAFFIC_S = 300.0  # the generator's own bound; it is stopped once the runs are done
+POLL_S = 0.1
+
+
+def served_by(edge: HaproxyRuntime, server: str) -> int:
+    """How many sessions HAProxy has ever sent ``server`` in web (``stot`` of ``show stat``)."""
+    rows = csv.DictReader(io.StringIO(edge.command("show stat").lstrip("# ")))
+    return next(
+        (int(r["stot"] or 0) for r in rows if r["pxname"] == "web" and r["svname"] == server), 0
+    )
+
+
+def serving_now(edge: HaproxyRuntime, server: str) -> bool:
+    return served_by(edge, server) > 0
+
+
+def up_now(edge: HaproxyRuntime, server: str) -> bool:
+    return server in up_in(edge)
+
+
+def up_in(edge: HaproxyRuntime) -> set[str]:
+    return {s.name for s in edge.servers("web") if s.health is ServerHealth.UP}
+
+
+def sync(config: ControllerConfig, fleet: Fleet) -> None:
+    """One pass of the controller's access sync: registrations from a fresh view, applied."""
+    snapshot = discover(config, load_policy_dir(config.policy_dir), sample_interval_s=0.5)
+    for applied in apply_registrations(fleet, registrations(snapshot)):
+        if not applied.done:
+            raise RuntimeError(f"registration failed: {applied.detail}")
+
+
+def until(what: str, check: Callable[[], bool], timeout_s: float) -> float:
+    """Poll ``check()`` until true; the seconds it took (RuntimeError past ``timeout_s``)."""
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise RuntimeError(f"{what}: not within {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+    return time.monotonic() - started
+
+
+def measure_access(
+    lab: Lab, bench: Bench, config: ControllerConfig, hosts: list[str], status: Path
+) -> dict[str, Any]:
+    """HAProxy in front of web (the lab's ``edge``), light traffic through it all along:
+    ``lb_register``, from a clone's CloneFromTemplate done to the first request HAProxy sent
+    it (one access-sync pass, HAProxy's health check, its turn in the round robin); a Retire
+    of that serving clone (``drain_to_retire``, its ``drain`` part); one ReplaceInstance of a
+    first instance (``rollout_per_instance``, its ``rollout_serve`` part: registered until
+    healthy). The traffic's counts are returned: every failed request is one lost."""
+    edge = HaproxyRuntime(access.BALANCER, access.socket_path(lab.layout))
+    base = [CloneFromTemplate(vm=f"acc-base-{i}", host=hosts[i], **WHY) for i in (0, 1)]
+    bench.run(*base)  # web's minimum (two): what a retire must leave serving
+    serving = {a.vm: a.host for a in base}
+    sync(config, bench.fleet)
+    until("the first instances up in HAProxy", lambda: set(serving) <= up_in(edge), 90)
+    generator = access.traffic(
+        lab.layout, "web", rate=ACCESS_RATE, duration_s=ACCESS_TRAFFIC_S, status_file=status
+    )
+    try:
+        for run in range(1, ACCESS_RUNS + 1):
+            vm, host = f"acc-{run}", hosts[2 + run % 2]
+            bench.run(CloneFromTemplate(vm=vm, host=host, **WHY))
+            ready = time.monotonic()
+            sync(config, bench.fleet)
+            # Its parts: the access sync's pass (a fresh view of the fleet, then the add),
+            # HAProxy's health check passing, then the server's turn in the round robin.
+            bench.add("lb_register_sync", time.monotonic() - ready)
+            until(f"{vm} up", functools.partial(up_now, edge, vm), 60)
+            bench.add("lb_register_up", time.monotonic() - ready)
+            until(f"{vm} serving", functools.partial(serving_now, edge, vm), 60)
+            bench.add("lb_register", time.monotonic() - ready)
+            (retired,) = bench.run(Retire(vm=vm, host=host, **WHY))
+            bench.add("drain_to_retire", retired.duration_s)
+            bench.add("drain", retired.figures["drain_s"])
+            old = min(serving)  # the oldest first, as a rollout goes
+            new_vm, new_host = f"acc-r{run}", hosts[4 + run % 2]
+            replace = ReplaceInstance(
+                vm=old, host=serving[old], new_vm=new_vm, new_host=new_host, **WHY
+            )
+            (replaced,) = bench.run(replace)
+            bench.add("rollout_per_instance", replaced.duration_s)
+            if "serve_s" in replaced.figures:
+                bench.add("rollout_serve", replaced.figures["serve_s"])
+            del serving[old]
+            serving[new_vm] = new_host
+        time.sleep(2 * POLL_S + 1.0)  # the requests in flight end; the status is rewritten
+        counts: dict[str, Any] = json.loads(status.read_text())
+    finally:
+        if generator.poll() is None:
+            generator.terminate()
+        generator.wait(timeout=30)
+    return {
+        k: counts.get(k)
+        for k in ("sent", "ok", "failures", "http_error", "timeout", "connection_error")
+    } | {
+        "rate_per_s": ACCESS_RATE,
+        "latency_ms": counts.get("latency_ms"),
+        "errors": counts.get("errors"),
+    }
+
+
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Keep stdout for the JSON alone: the lab's scripts print progress at the fd level."""
@@ -251,14 +377,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--root", type=Path, help="lab folder (default: a temporary one)")
+    parser.add_argument(
+        "--only", choices=["access"], help="measure only these figures (access: HAProxy's)"
+    )
     args = parser.parse_args(argv)
     ensure_event_loop()
     quiet_libvirt()
+    traffic: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-actuators-", dir="/tmp") as tmp:
         root = args.root or Path(tmp) / "lab"
         with stdout_to_stderr():
             try:
-                lab = lab_mod.up(root, LabSpec(), start_vms=False)
+                # web behind the lab's HAProxy: its policy gets an access section, the
+                # controller file the balancer (the other figures never register a server).
+                lab = lab_mod.up(root, LabSpec(access=("web",)), start_vms=False)
                 config = load_controller_config(lab.controller_file)
                 fleet = build_fleet(config, load_policy_dir(config.policy_dir))
                 limits = ExecutorLimits(max_migrations_per_host=2, max_migrations=4)
@@ -269,10 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                 ):
                     bench = Bench(fleet, journal, limits, lease)
                     hosts = [h.name for h in lab.state.hosts]
-                    measure(bench, hosts)
-                    on_rbd = Bench(fleet_on_rbd(fleet, "web"), journal, limits, lease)
-                    on_rbd.samples = bench.samples
-                    measure_storage(lab, {"local": bench, "rbd": on_rbd}, hosts[2:])
+                    if args.only != "access":
+                        measure(bench, hosts)
+                    traffic = measure_access(lab, bench, config, hosts, Path(tmp) / "traffic.json")
+                    if args.only is None:
+                        on_rbd = Bench(fleet_on_rbd(fleet, "web"), journal, limits, lease)
+                        on_rbd.samples = bench.samples
+                        measure_storage(lab, {"local": bench, "rbd": on_rbd}, hosts[2:])
                 domain_type = config.domain_type
             finally:
                 lab_mod.down(root)
@@ -280,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "domain_type": domain_type,
         "metrics": {
-            name: summary(bench.samples.get(name, []))
+            name: summary(bench.samples[name])
             for name in (
                 "vcpu_hotadd_to_guest",
                 "memory_hotadd_to_guest",
@@ -290,7 +425,13 @@ def main(argv: list[str] | None = None) -> int:
                 "snapshot",
                 "rack_evacuation_4vms",
             )
+            if name in bench.samples
         },
+    }
+    report["access"] = {
+        **{name: summary(bench.samples.get(name, [])) for name in ACCESS_FIGURES},
+        "traffic": traffic,
+        "failed_requests": traffic.get("failures"),
     }
     storage: dict[str, dict[str, dict[str, float | int]]] = {
         kind: {
@@ -300,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         for kind in ("rbd", "local")
     }
-    report["storage"] = storage
+    if args.only is None:
+        report["storage"] = storage
     rbd, local = storage["rbd"], storage["local"]
     if "migration_total" in rbd and "migration_total" in local:
         report["rbd_migration_speedup_p50"] = round(

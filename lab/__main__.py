@@ -2,7 +2,7 @@
 
 Where it sits: the entry point of the test lab (never shipped in the wheel, never imported by
 the product). ``up``/``status``/``down``/``demand`` run a lab of real libvirt hosts in network
-namespaces; ``demo`` runs the closed loop on one, with a vCPU hot-add and a rack fault.
+namespaces; ``demo`` runs the closed loop on one: a vCPU hot-add, a rack fault, a rollout.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_s=args.load_s,
         fault_s=args.fault_s,
         vertical_s=args.vertical_s,
+        rollout_s=args.rollout_s,
         storage=args.storage,
     )
 
@@ -100,13 +101,18 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "demand":
             p.add_argument("--set", nargs="*", default=[], metavar="BUSINESS=CORES")
 
-    p = sub.add_parser("demo", help="the closed loop on the lab: hot-add, clones, a rack fault")
+    p = sub.add_parser(
+        "demo", help="the closed loop on the lab: hot-add, clones, a rack fault, a rollout"
+    )
     p.add_argument("--root", type=Path, default=Path(".lab/demo"))
     p.add_argument("--keep", action="store_true", help="leave the lab up afterwards")
     p.add_argument("--load-s", type=float, default=150, help="seconds of replayed load")
     p.add_argument("--fault-s", type=float, default=150, help="seconds allowed to evacuate")
     p.add_argument(
         "--vertical-s", type=float, default=90, help="seconds allowed for the vCPU hot-add phase"
+    )
+    p.add_argument(
+        "--rollout-s", type=float, default=300, help="seconds allowed for web's rollout to v2"
     )
     p.add_argument(
         "--storage",

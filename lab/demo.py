@@ -9,17 +9,23 @@ business, which is at its maximum instance count: no clone can help, so the cont
 a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then the traces
 play; then it injects a rack fault — the rack's
 OVS bond member down, its Ceph OSDs stopped, its temperature ramping — and shows the controller
-live-migrating every VM off that rack. It ends with a summary and takes the lab down.
+live-migrating every VM off that rack. Last, web is rolled out from v1 to v2 (as ``autoscaler
+rollout web --to v2`` does: the controls say so, the controller replaces one instance at a
+time, each new one serving before the old one is drained). Throughout, web sits behind the
+lab's HAProxy and the lab's traffic generator sends it requests: the view shows their rate,
+failures and p95 latency. It ends with a summary and takes the lab down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import libvirt
 import numpy as np
@@ -29,25 +35,36 @@ from rich.panel import Panel
 from rich.table import Table
 from ruamel.yaml import YAML
 
+from actuators.haproxy import HaproxyRuntime
 from autoscaler.cli.fleet_view import print_fleet
-from autoscaler.config import load_controller_config
-from autoscaler.model import Health
+from autoscaler.config import ControllerConfig, load_controller_config
+from autoscaler.model import AutoscalerError, Controls, Health
+from autoscaler.model.access import LoadBalancerUnavailable, ServerHealth
+from autoscaler.model.controls import Rollout
 from autoscaler.observability.exporter import ControllerMetrics, HealthState, MetricsServer
 from autoscaler.observability.http_server import parse_listen
 from autoscaler.runtime import logs
 from autoscaler.runtime.actuation import ExecutorActuation
-from autoscaler.runtime.collection import CollectionStage, backup_catalogue, build_collectors
+from autoscaler.runtime.collection import (
+    CollectionStage,
+    access_collector,
+    backup_catalogue,
+    build_collectors,
+)
 from autoscaler.runtime.controller import Controller
+from autoscaler.runtime.controls import ControlFile
 from autoscaler.runtime.discovery import discover
 from autoscaler.runtime.figures import business_figures
 from autoscaler.runtime.history import BUSY_CORES, SeriesKind
-from lab import ceph, ovs, temperature
+from lab import access, ceph, ovs, rbd, temperature
 from lab import lab as lab_mod
 from lab.layout import PORT_CONTROLLER_METRICS
 from lab.loaddriver import TraceDemand
 from lab.spec import LabSpec
+from lab.traffic import MAX_DURATION_S
 from policies.loader import load_policy_dir
 from policies.rack_health import score_racks
+from policies.rollout import out_of_date, target_version
 
 DATA = lab_mod.PROJECT_ROOT / "data" / "nab"
 COMPRESSION = 120.0  # one wall second replays two trace minutes
@@ -60,6 +77,29 @@ TRACES = {  # business -> (trace, peak cores, where in the trace to start)
 # of that instance's 0.25 cores; one more vCPU (0.5 cores) carries it at 80 %.
 AT_MAXIMUM = {"cache": 1}
 JUMP = ("cache", 0.4)
+# The rollout phase: web's first VMs run v1 (its lab policy names it), the demo rolls it to v2.
+ROLLOUT = ("web", "v1", "v2")
+# Light traffic through HAProxy to web all along: a few requests a second, well within what its
+# guests answer, so a failure means a request lost (a scale-in, a migration, a rollout step).
+TRAFFIC_RATE = 2.0
+
+
+def versioned_policy(root: Path) -> None:
+    """Before ``lab up``: the lab's copy of web's policy names ``template.version`` v1 (the lab
+    keeps a copy it finds), so its first VMs record v1 and a rollout has a version to leave."""
+    business, first, _ = ROLLOUT
+    folder = root.resolve() / "businesses"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{business}.yaml"
+    if not target.exists():
+        shutil.copyfile(lab_mod.EXAMPLES / "businesses" / f"{business}.yaml", target)
+    yaml = YAML()  # round trip: the copy keeps its comments and quotes ("02:00")
+    yaml.preserve_quotes = True
+    doc = yaml.load(target.read_text())
+    if doc["template"].get("version") is None:
+        doc["template"]["version"] = first
+        with open(target, "w") as out:
+            yaml.dump(doc, out)
 
 
 def demo_policies(lab: lab_mod.Lab) -> Path:
@@ -102,10 +142,54 @@ def preload_history(controller: Controller, now: float) -> None:
         controller.history.record(SeriesKind.BUSINESS, business, BUSY_CORES, points)
 
 
-def view(controller: Controller, events: list[str], phase: str, started: float) -> Group:
+class TrafficView:
+    """What the traffic generator reports in its status file (rewritten every second): its
+    counts so far, and the rate of requests answered over the last few seconds."""
+
+    def __init__(self, status: Path) -> None:
+        self.status = status
+        self.counts: dict[str, Any] = {}
+        self.rate = 0.0
+        self._last: tuple[float, int] | None = None
+
+    def read(self) -> dict[str, Any]:
+        try:
+            counts: dict[str, Any] = json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return self.counts  # not written yet, or caught mid-write: the last one stands
+        elapsed, completed = float(counts.get("elapsed_s", 0.0)), int(counts.get("completed", 0))
+        if self._last is None:
+            self._last = (elapsed, completed)
+        elif elapsed - self._last[0] >= 3:
+            self.rate = (completed - self._last[1]) / (elapsed - self._last[0])
+            self._last = (elapsed, completed)
+        self.counts = counts
+        return counts
+
+    def line(self) -> str:
+        counts = self.read()
+        if not counts:
+            return "web traffic through HAProxy: (starting)"
+        failures = int(counts.get("failures", 0))
+        p95 = (counts.get("latency_ms") or {}).get("p95")
+        colour = "red" if failures else "green"
+        return (
+            f"web traffic through HAProxy: {self.rate:.1f} req/s, {counts.get('sent', 0)} sent,"
+            f" [{colour}]{failures} failed[/{colour}],"
+            f" p95 {'-' if p95 is None else f'{p95:.0f} ms'} (so far)"
+        )
+
+
+def view(
+    controller: Controller,
+    events: list[str],
+    phase: str,
+    started: float,
+    traffic: TrafficView | None = None,
+) -> Group:
     snapshot = controller.snapshot
     table = Table(title=f"businesses — {phase} — t+{time.monotonic() - started:.0f}s")
-    for col in ("business", "ready", "demand", "capacity", "budget left"):
+    for col in ("business", "ready", "versions", "demand", "capacity", "budget left"):
         table.add_column(col, justify="right" if col != "business" else "left")
     racks = Table(title="racks")
     for col in ("rack", "health", "VMs", "why"):
@@ -117,9 +201,15 @@ def view(controller: Controller, events: list[str], phase: str, started: float) 
                 "autoscaler_error_budget_remaining_ratio", {"business": name}
             )
             budget = 1.0 if budget is None else budget
+            versions = Counter(  # running ones: a retired VM shuts off before it is gone
+                v.version or "-"
+                for v in snapshot.vms_by_business.get(name, [])
+                if v.state.value == "running"
+            )
             table.add_row(
                 name,
                 str(fig.ready),
+                " ".join(f"{v}:{n}" for v, n in sorted(versions.items())),
                 f"{fig.demand_cores:.2f}",
                 f"{fig.capacity_cores:.2f}",
                 f"{budget:.1%}",
@@ -138,7 +228,9 @@ def view(controller: Controller, events: list[str], phase: str, started: float) 
                 health.explanation[:70],
             )
     actions = Panel("\n".join(events[-10:]) or "(none yet)", title="actions and reasons")
-    return Group(table, racks, actions)
+    if traffic is None:
+        return Group(table, racks, actions)
+    return Group(table, racks, traffic.line(), actions)
 
 
 def trace_demand() -> dict[str, dict[str, object]]:
@@ -162,18 +254,22 @@ def run(
     load_s: float = 150,
     fault_s: float = 150,
     vertical_s: float = 90,
+    rollout_s: float = 300,
     storage: Literal["local", "rbd"] = "local",
 ) -> int:
     console = Console()
     console.print(
-        "[bold]bringing up the lab[/bold] (6 libvirt hosts, Prometheus, Ceph, DPDK, OVS;"
+        "[bold]bringing up the lab[/bold] (6 libvirt hosts, Prometheus, Ceph, DPDK, OVS,"
+        " HAProxy in front of web;"
         f" VM disks {'on Ceph RBD' if storage == 'rbd' else 'as local qcow2 overlays'})"
     )
-    lab = lab_mod.up(root, LabSpec(storage=storage))
+    versioned_policy(root)
+    lab = lab_mod.up(root, LabSpec(storage=storage, access=(ROLLOUT[0],)))
     logs.setup("warning")
     # A job skipped while the previous run still acts is expected here; keep the view clean.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
+    generator: subprocess.Popen[str] | None = None
     try:
         config = load_controller_config(demo_controller_file(lab, demo_policies(lab)))
         console.print("[bold]the fleet, discovered through libvirt[/bold]")
@@ -192,6 +288,10 @@ def run(
             config, controller.lease, lambda: controller.policies
         )
         controller.collection.add(backup_catalogue(config, lambda: controller.policies, None))
+        if config.balancers:
+            # HAProxy's view of web's backend, as the runner wires it: without it the access
+            # layer is never read, nothing is registered and retires and rollouts are held.
+            controller.collection.add(access_collector(config, lambda: controller.policies))
         events: list[str] = []
         # Every planned action with its reason, and every outcome (what the guest saw).
         controller.on_event = lambda text: events.append(f"{time.strftime('%H:%M:%S')} {text}")
@@ -207,16 +307,22 @@ def run(
             f"controller running; metrics on http://{config.metrics.listen}/metrics,"
             f" Prometheus on {prom}"
         )
+        status = Path(lab.state.root) / "demo-traffic.json"
+        status.unlink(missing_ok=True)
+        generator = start_traffic(lab, status, vertical_s + load_s + fault_s + rollout_s + 60)
+        traffic = TrafficView(status)
+        if generator is None:
+            console.print("[red]no web server came up in HAProxy: the demo runs without traffic")
         started = time.monotonic()
         phase = f"{jumped} load jumps at its maximum instance count"
         with Live(
-            view(controller, events, phase, started), console=console, refresh_per_second=1
+            view(controller, events, phase, started, traffic), console=console, refresh_per_second=1
         ) as live:
             before = sum(vcpus_of(controller, jumped).values()) or 1
             grown_at = None
             while time.monotonic() - started < vertical_s:
                 time.sleep(1)
-                live.update(view(controller, events, phase, started))
+                live.update(view(controller, events, phase, started, traffic))
                 if grown_at is None and sum(vcpus_of(controller, jumped).values()) > before:
                     grown_at = time.monotonic()
                 if grown_at is not None and time.monotonic() - grown_at > 15:
@@ -225,7 +331,7 @@ def run(
             started_traces = time.monotonic()
             while time.monotonic() - started_traces < load_s:
                 time.sleep(1)
-                live.update(view(controller, events, "traces replayed", started))
+                live.update(view(controller, events, "traces replayed", started, traffic))
             rack, victims = inject_rack_fault(lab, controller)
             events.append(
                 f"{time.strftime('%H:%M:%S')} FAULT on rack {rack}: bond member down,"
@@ -234,17 +340,91 @@ def run(
             fault_at = time.monotonic()
             while time.monotonic() - fault_at < fault_s:
                 time.sleep(1)
-                live.update(view(controller, events, f"rack {rack} failing", started))
+                live.update(view(controller, events, f"rack {rack} failing", started, traffic))
                 if rack_empty(controller, rack) and time.monotonic() - fault_at > 20:
+                    break
+            # The last phase: web rolled out to a new version, one instance at a time.
+            events.append(f"{time.strftime('%H:%M:%S')} {start_rollout(lab, config, storage)}")
+            rollout_at, (business, _, to) = time.monotonic(), ROLLOUT
+            while time.monotonic() - rollout_at < rollout_s:
+                time.sleep(1)
+                at, total, old = rollout_progress(controller)
+                phase = f"rollout {business} -> {to}: {at}/{total} at {to}, {old} to replace"
+                live.update(view(controller, events, phase, started, traffic))
+                if total and old == 0 and at == total:
                     break
         controller.stop()
         server.stop()
         summary(console, controller, events, rack)
         vertical(console, controller, events, jumped)
+        rolled_out(console, controller, events, traffic)
         return 0
     finally:
+        if generator is not None and generator.poll() is None:
+            generator.terminate()
+            generator.wait(timeout=30)
         if not keep:
             lab_mod.down(root)
+
+
+def serving_in_haproxy(lab: lab_mod.Lab, business: str) -> int:
+    """How many of the business's servers HAProxy has up (0 if it does not answer)."""
+    edge = HaproxyRuntime(access.BALANCER, access.socket_path(lab.layout))
+    try:
+        return sum(1 for s in edge.servers(business) if s.health is ServerHealth.UP)
+    except (LoadBalancerUnavailable, AutoscalerError):
+        return 0
+
+
+def start_traffic(
+    lab: lab_mod.Lab, status: Path, duration_s: float
+) -> subprocess.Popen[str] | None:
+    """The traffic generator against web's frontend, once HAProxy has a web server up (the
+    controller registers the first ones in its first cycles); None if none comes up."""
+    business = ROLLOUT[0]
+    deadline = time.monotonic() + 120
+    while serving_in_haproxy(lab, business) == 0:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1)
+    bounded = min(duration_s, MAX_DURATION_S)  # the generator's own cap
+    return access.traffic(
+        lab.layout, business, rate=TRAFFIC_RATE, duration_s=bounded, status_file=status
+    )
+
+
+def start_rollout(lab: lab_mod.Lab, config: ControllerConfig, storage: str) -> str:
+    """``autoscaler rollout web --to v2``: the rollout written into the controls (the state
+    folder's, which the controller reads each decision); on RBD the version's snapshot is
+    made first (clones of v2 clone ``images/web@v2``). What it did, in words."""
+    business, _, to = ROLLOUT
+    if storage == "rbd":
+        rbd.push_version(lab_mod.lab_rbd(lab), business, to)
+    policy = load_policy_dir(config.policy_dir)[business]
+
+    def edit(controls: Controls) -> Controls:
+        rollouts = dict(controls.rollouts)
+        rollouts[business] = Rollout(to=to, previous=target_version(policy, controls))
+        return controls.model_copy(update={"rollouts": rollouts})
+
+    controls = ControlFile(config.state_dir).update(edit)
+    rollout = controls.rollouts[business]
+    return (
+        f"ROLLOUT {business} {rollout.previous} -> {rollout.to}"
+        f" (autoscaler rollout {business} --to {to})"
+    )
+
+
+def rollout_progress(controller: Controller) -> tuple[int, int, int]:
+    """(web instances at the target and ready, running in all, out of date), from the
+    controller's last view of the fleet (as ``autoscaler rollout --status`` counts them)."""
+    business, _, to = ROLLOUT
+    snapshot = controller.snapshot
+    if snapshot is None:
+        return 0, 0, 0
+    vms = [v for v in snapshot.vms if v.business == business and v.state.value == "running"]
+    at = sum(1 for v in vms if v.version == to and v.ready)
+    return at, len(vms), sum(1 for v in vms if out_of_date(v, to))
 
 
 def inject_rack_fault(lab: lab_mod.Lab, controller: Controller) -> tuple[str, list[int]]:
@@ -290,3 +470,16 @@ def vertical(console: Console, controller: Controller, events: list[str], busine
     lines = [e for e in events if "hot_add_vcpu" in e or "hot_add_memory" in e]
     console.print(Panel("\n".join(lines) or "(no hot-add)", title="vertical scaling"))
     console.print(f"{business} vCPUs now: {vcpus_of(controller, business)}")
+
+
+def rolled_out(
+    console: Console, controller: Controller, events: list[str], traffic: TrafficView
+) -> None:
+    """The rollout's steps (each a replacement: surge, serving, drain, retire), where web's
+    instances ended, and what the traffic through HAProxy saw over the whole demo."""
+    business, _, to = ROLLOUT
+    lines = [e for e in events if "ROLLOUT" in e or "replace" in e]
+    console.print(Panel("\n".join(lines[-12:]) or "(no replacement)", title="rollout"))
+    at, total, old = rollout_progress(controller)
+    console.print(f"{business}: {at} of {total} instances at {to}, {old} still to replace")
+    console.print(traffic.line())

@@ -39,6 +39,18 @@ def push_templates(rbd: RbdStore, templates: Mapping[str, Path]) -> None:
             rbd.push_template(IMAGES_POOL, business, VERSION, size, write_raw(raw))
 
 
+def push_version(rbd: RbdStore, business: str, version: str) -> None:
+    """``images/BUSINESS@version`` with the content the template has now (unless it is there):
+    a new version to roll out to on a lab (the demo's rollout), nothing written. A version's
+    own content, if any, comes from its config drive, not from the image."""
+    versions = rbd.template_versions(IMAGES_POOL, business)
+    if not versions:
+        raise RuntimeError(f"{IMAGES_POOL}/{business} has no version to start from")
+    if any(v.name == version for v in versions):
+        return
+    rbd.push_template(IMAGES_POOL, business, version, 0, lambda _image: None)
+
+
 def fleet_on_rbd(fleet: Fleet, business: str, *, min_instances: int | None = None) -> Fleet:
     """``fleet`` with ``business`` cloning from its template on RBD (``images/BUSINESS@v1``,
     pushed by ``lab up``); ``min_instances`` to lower its floor (tests and benchmarks retire
