@@ -146,6 +146,8 @@ class Cycle:
         self.frozen: str | None = None
         self.clone_refusals: dict[str, str] = {}
         self.access_stale: dict[str, str] = {}
+        self.rollout_holds: dict[str, str | None] = {}
+        """Per business, why its rollout last waited (logged when it changes)."""
         """Per business behind a balancer that did not answer: why (logged on the change)."""
         """Why the last decision froze retires and migrations fleet-wide, or None."""
         self.stale_snapshot: str | None = None
@@ -201,9 +203,19 @@ class Cycle:
             event(self.log, "drain leaves a VM", logging.WARNING, why=why)
         self._brakes(decision)
         self._storage_refusals(decision, policies)
+        self._rollout_holds(decision)
         result = self._route(decision, snapshot, policies, controls, state, generation, now)
         self.metrics.cycle_seconds.observe(time.monotonic() - started)
         return result
+
+    def _rollout_holds(self, decision: Decision) -> None:
+        """Log why a business's rollout waits, when the reason starts or changes."""
+        for name, reasons in decision.reasons.items():
+            held = next((r for r in reasons if r.startswith("rollout to")), None)
+            if held != self.rollout_holds.get(name):
+                if held is not None:
+                    event(self.log, "rollout held", business=name, why=held)
+                self.rollout_holds[name] = held
 
     def _rollout_progress(
         self, snapshot: Snapshot, policies: Mapping[str, BusinessPolicy], controls: Controls

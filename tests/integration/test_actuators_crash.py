@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from autoscaler.model import (
@@ -184,14 +185,21 @@ def test_a_real_sigkill_from_outside_during_a_clone_is_reconciled(
     plan = write_plan(tmp_path, CloneFromTemplate(vm=vm, host=host, **WHY))
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     proc = subprocess.Popen(apply_args(lab, plan, state), cwd=ROOT, env=env)
+    conn = lab.connect(host)
     try:
-        # Kill it while it waits for the guest to become ready.
-        wait_for(
-            lambda: where(lab, vm), lambda w: w.get(host) == "running", timeout=60, what="started"
-        )
+        # Kill it while it waits for the guest to become ready: watched on the clone's own host
+        # through one connection (a poll of every host takes longer than the guest's boot).
+        def started() -> bool:
+            try:
+                return bool(conn.lookupByName(vm).isActive())
+            except libvirt.libvirtError:
+                return False
+
+        wait_for(started, bool, timeout=60, what="started")
         assert proc.poll() is None, "apply ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
+        conn.close()
         assert proc.wait(timeout=30) == -signal.SIGKILL
     assert [u.split("@")[0] for u in unfinished(state)] == [f"clone_from_template/{vm}"]
     again = apply(lab, plan, state)
