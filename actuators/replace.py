@@ -19,9 +19,9 @@ import time
 
 from actuators.base import ActionContext, find_domain, vm_metadata
 from actuators.clone import CloneActuator
-from actuators.retire import RetireActuator
+from actuators.retire import RetireActuator, server_of
 from autoscaler.model import AccessTarget, ReplaceInstance, TemporaryError
-from autoscaler.model.access import LoadBalancerUnavailable
+from autoscaler.model.access import LoadBalancerUnavailable, ServerHealth
 
 SERVE_POLL_S = 0.25
 
@@ -90,10 +90,8 @@ class ReplaceActuator:
         try:
             balancer.add(access.backend, action.new_vm, meta.address, access.port)
             while True:
-                server = next(
-                    (s for s in balancer.servers(access.backend) if s.name == action.new_vm), None
-                )
-                if server is not None and server.serving and server.health.value == "up":
+                server = server_of(balancer, access, action.new_vm)
+                if server is not None and server.serving and server.health is ServerHealth.UP:
                     break
                 if time.monotonic() - started > limit:
                     raise TemporaryError(

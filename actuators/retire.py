@@ -40,7 +40,8 @@ from autoscaler.model.access import (
 DRAIN_POLL_S = 0.2
 
 
-def _server(balancer: LoadBalancer, access: AccessTarget, vm: str) -> ServerState | None:
+def server_of(balancer: LoadBalancer, access: AccessTarget, vm: str) -> ServerState | None:
+    """``vm``'s server in its business's backend, as the balancer reports it now."""
     return next((s for s in balancer.servers(access.backend) if s.name == vm), None)
 
 
@@ -126,7 +127,7 @@ class RetireActuator:
         VM still runs (a stopped one has nothing in flight: it is only taken out)."""
         balancer = ctx.fleet.balancer(access.balancer)
         try:
-            server = _server(balancer, access, action.vm)
+            server = server_of(balancer, access, action.vm)
             if server is None:
                 return  # never registered, or taken out by an earlier attempt
             if serving and server.admin is ServerAdmin.READY:
@@ -138,7 +139,7 @@ class RetireActuator:
                 if waited >= min(access.drain_timeout_s, max(0.0, ctx.remaining() - 30)):
                     break  # bounded by the policy: what is still open is cut
                 time.sleep(DRAIN_POLL_S)
-                server = _server(balancer, access, action.vm)
+                server = server_of(balancer, access, action.vm)
             ctx.figures["drain_s"] = round(time.monotonic() - started, 3)
             ctx.step("lb-removing")
             balancer.remove(access.backend, action.vm)

@@ -15,13 +15,15 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from actuators.template_import import raw_copy, write_raw
-from autoscaler.config import load_controller_config
+from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.model import PermanentError, RbdStorage, TemporaryError, check_name
 from autoscaler.runtime.wiring import rbd_store
 from policies.loader import load_policy_dir
+from policies.schema import BusinessPolicy
 
 VERSION_RE = re.compile(r"\Av(\d+)\Z")
 
@@ -42,13 +44,22 @@ def next_version(existing: list[str]) -> str:
     return f"v{max(numbers, default=0) + 1}"
 
 
+def business_policy(
+    config: ControllerConfig, policies: Mapping[str, BusinessPolicy], business: str
+) -> BusinessPolicy | None:
+    """The policy of ``business``, or None (said on stderr) when the policy folder has none."""
+    policy = policies.get(business)
+    if policy is None:
+        print(f"no policy for business {business!r} in {config.policy_dir}", file=sys.stderr)
+    return policy
+
+
 def run_images(args: argparse.Namespace) -> int:
     config = load_controller_config(args.config)
     business = check_name(args.business, what="business")
     policies = load_policy_dir(config.policy_dir)
-    policy = policies.get(business)
+    policy = business_policy(config, policies, business)
     if policy is None:
-        print(f"no policy for business {business!r} in {config.policy_dir}", file=sys.stderr)
         return 2
     storage = policy.template.storage
     if not isinstance(storage, RbdStorage):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from autoscaler.cli.images import business_policy
 from autoscaler.config import ControllerConfig, load_controller_config
 from autoscaler.model import Controls, Snapshot, check_name
 from autoscaler.model.controls import Rollout
@@ -103,9 +104,8 @@ def run_rollout(args: argparse.Namespace) -> int:
     config = load_controller_config(args.config)
     business = check_name(args.business, what="business")
     policies = load_policy_dir(config.policy_dir)
-    policy = policies.get(business)
+    policy = business_policy(config, policies, business)
     if policy is None:
-        print(f"no policy for business {business!r} in {config.policy_dir}", file=sys.stderr)
         return 2
     editor = _editor(config)
     if not args.status:

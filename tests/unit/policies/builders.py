@@ -22,7 +22,7 @@ from autoscaler.model import (
     Stale,
     VmState,
 )
-from autoscaler.model.access import AccessView
+from autoscaler.model.access import AccessView, ServerState
 from policies.schema import BusinessPolicy
 
 NOW = pd.Timestamp("2024-03-06T12:00:00", tz="UTC").timestamp()  # a Wednesday
@@ -172,3 +172,18 @@ class Fleet:
             backups=tuple(self.backups),
             access=tuple(self.access),
         )
+
+
+def access_view(
+    *servers: ServerState, stale: bool = False, reason: str = "connection refused"
+) -> AccessView:
+    """web's backend at the balancer ``edge`` as read at NOW (stale: with ``reason``)."""
+    return AccessView(
+        business="web",
+        balancer="edge",
+        backend="web",
+        read_at=NOW,
+        stale=stale,
+        reason=reason if stale else "",
+        servers=() if stale else servers,
+    )

@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from autoscaler.model import CloneFromTemplate, Controls, ReplaceInstance, Retire
-from autoscaler.model.access import AccessView, ServerAdmin, ServerHealth, ServerState
+from autoscaler.model.access import ServerAdmin, ServerHealth, ServerState
 from autoscaler.model.controls import Rollout
 from policies.decide import decide
 from policies.decision import Decision
 from policies.schema import BusinessPolicy
 from policies.sla import SlaLedger
 from policies.state import DecideSettings, DecisionState
-from tests.unit.policies.builders import NOW, Fleet, history, policy
+from tests.unit.policies.builders import NOW, Fleet, access_view, history, policy
 
 STEADY = [0.5] * 24
 """Three VMs at ~two thirds of their 0.25 cores each: neither a clone nor a retire."""
@@ -138,18 +138,6 @@ def test_a_rollout_holds_while_the_page_alert_condition_holds() -> None:
     assert "page alert" in _rollout_reasons(decision)[0]
 
 
-def _access(*servers: ServerState, stale: bool = False) -> AccessView:
-    return AccessView(
-        business="web",
-        balancer="edge",
-        backend="web",
-        read_at=NOW,
-        stale=stale,
-        reason="no socket" if stale else "",
-        servers=servers,
-    )
-
-
 def test_behind_a_balancer_a_rollout_waits_for_the_new_instance_to_serve() -> None:
     fleet = Fleet()
     fleet.add_vms("web", 2, utilisation=0.66, version="v1", addressed=True)
@@ -162,13 +150,13 @@ def test_behind_a_balancer_a_rollout_waits_for_the_new_instance_to_serve() -> No
         admin=ServerAdmin.READY,
         health=ServerHealth.DOWN,
     )
-    fleet.access.append(_access(down))
+    fleet.access.append(access_view(down))
     decision = _decide(fleet, web)
     assert _replacements(decision) == []
     assert f"waiting for {new.name} to serve" in _rollout_reasons(decision)[0]
-    fleet.access[0] = _access(down.model_copy(update={"health": ServerHealth.UP}))
+    fleet.access[0] = access_view(down.model_copy(update={"health": ServerHealth.UP}))
     assert len(_replacements(_decide(fleet, web))) == 1
-    fleet.access[0] = _access(stale=True)
+    fleet.access[0] = access_view(stale=True, reason="no socket")
     assert "stale" in _rollout_reasons(_decide(fleet, web))[0]
 
 
