@@ -173,6 +173,7 @@ class Controller:
         self._state_problems: dict[str, str] = {}
         self._problems_lock = threading.Lock()
         self._act_lock = threading.Lock()
+        self._cycle_lock = threading.Lock()
         self._stopping = threading.Event()
         self.scheduler = BackgroundScheduler(timezone="UTC")
         iv = config.intervals
@@ -487,6 +488,14 @@ class Controller:
         return self.memory.decision_state(self.cycle.demand(now), self.cycle.settings.decide)
 
     def cycle_job(self) -> None:
+        with self._cycle_lock:
+            # Checked again under the lock: ``stop`` takes it to wait for a running cycle,
+            # and a cycle that passed its guard just before must not act after that.
+            if self._stopping.is_set():
+                return
+            self._cycle()
+
+    def _cycle(self) -> None:
         self._reload_if_changed()
         now = self.clock()
         # The lease as held right now, not as the lease job last saw it: a leader frozen past
@@ -513,8 +522,13 @@ class Controller:
 
     # -- lifecycle --------------------------------------------------------------------------
     def _guard(self, name: str, job: Callable[[], None]) -> Callable[[], None]:
+        # A stopping controller starts no new work, but goes on renewing its lease until the
+        # running action has finished: every step of that action checks the lease, and a
+        # lease run out mid-clone would leave the clone to the next leader.
+        keeps_running_while_stopping = name == "lease"
+
         def run() -> None:
-            if self._stopping.is_set():
+            if self._stopping.is_set() and not keeps_running_while_stopping:
                 return
             try:
                 job()
@@ -564,9 +578,9 @@ class Controller:
     def stop(self) -> None:
         """Stop taking new work, let the running action finish (it is journalled), release."""
         self._stopping.set()
-        self.scheduler.shutdown(wait=True)
-        with self._act_lock:
+        with self._cycle_lock:  # the running cycle's actions finish; the lease job renews
             pass
+        self.scheduler.shutdown(wait=True)
         with contextlib.suppress(TemporaryError):
             self.lease.release()
         self.collection.close()

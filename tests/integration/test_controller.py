@@ -72,6 +72,16 @@ def controller_file(
     return path
 
 
+def tune_web(folder: Path, **scaling: object) -> None:
+    """Change the web policy the controller file of ``folder`` points at (``scaling`` keys)."""
+    path = folder / "businesses" / "web.yaml"
+    yaml = YAML(typ="safe", pure=True)
+    web = yaml.load(path.read_text())
+    web["scaling"].update(scaling)
+    with open(path, "w") as out:
+        yaml.dump(web, out)
+
+
 def with_fault_hooks(config: Path) -> Path:
     """``config`` with ``testing.fault_hooks`` on: AUTOSCALER_CRASH_AT / _FREEZE_AT work."""
     yaml = YAML(typ="safe", pure=True)

@@ -22,14 +22,15 @@ from lab.layout import PORT_CONTROLLER_METRICS
 from policies.loader import load_policy_dir
 from tests.integration.access_helpers import serve_web, servers, up_servers, web_vms
 from tests.integration.lab_fixtures import events, wait_for
-from tests.integration.test_controller import controller_file, start, stop
+from tests.integration.test_controller import controller_file, start, stop, tune_web
 from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin", "tests.integration.access_fixtures"]
-STALE_FOR_S = 150.0
-"""Longer than web's scale-down stabilisation (120 s) and cooldown: without the stale balancer
-the surplus instance would have been retired within it."""
+STABILISATION_S = 30
+STALE_FOR_S = 75.0
+"""Longer than web's scale-down stabilisation (``STABILISATION_S``) and cooldown with margin:
+without the stale balancer the surplus instance would have been retired within it."""
 
 
 def access_stale(port: int) -> float | None:
@@ -50,6 +51,7 @@ def test_haproxy_stopped_makes_the_access_layer_stale_nothing_is_retired_and_it_
 ) -> None:
     """HAProxy stopped under a controller in auto mode while web has a surplus instance."""
     config = serve_web(lab, controller_file(lab, tmp_path))  # web: at least 2 instances
+    tune_web(tmp_path, scale_down_stabilisation_s=STABILISATION_S)
     policy = load_policy_dir(Path(lab.state.root) / "businesses")["web"]
     domains = lab_mod.status(lab).domains
     lab_mod.start_vm(lab, policy, "web-3", min(domains, key=lambda h: len(domains[h])))

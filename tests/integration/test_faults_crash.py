@@ -21,7 +21,6 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from ruamel.yaml import YAML
 
 from autoscaler.model import HotAddVcpu, Phase
 from autoscaler.runtime.journal import SqliteJournal
@@ -38,6 +37,7 @@ from tests.integration.test_controller import (
     healthz,
     restore_lab,
     stop,
+    tune_web,
     with_fault_hooks,
 )
 from tests.integration.test_faults_ceph import (
@@ -269,16 +269,6 @@ def test_the_controller_killed_during_a_migration_reconciles_on_restart_and_lose
         f"web-1 on {after['web-1'][0]} {settled_after:.1f} s after the restart",
         lost=guest_after_migration(lab, "web-1", log, restore_lab),
     )
-
-
-def tune_web(folder: Path, **scaling: object) -> None:
-    """Change the web policy the controller file of ``folder`` points at (``scaling`` keys)."""
-    path = folder / "businesses" / "web.yaml"
-    yaml = YAML(typ="safe", pure=True)
-    web = yaml.load(path.read_text())
-    web["scaling"].update(scaling)
-    with open(path, "w") as out:
-        yaml.dump(web, out)
 
 
 def live_vcpus(lab: Lab, host: str, vm: str) -> int:
