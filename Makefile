@@ -28,7 +28,7 @@ integration: deps
 # then RELIABILITY.md from the fault, bad-input and safety tests' own records.
 test: lint types
 	rm -rf build/reliability
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 --junitxml=build/test-results/junit.xml tests
 	$(PY) -m lab.reliability_report
 
 # The inner loop: lint, types and the unit tests (no lab, well under a minute).

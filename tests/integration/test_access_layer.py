@@ -75,7 +75,7 @@ def test_a_clone_serves_only_after_its_health_check_and_a_retire_loses_no_reques
         what="web-1 and web-2 registered and up in HAProxy",
     )
     assert all(v.address for v in first.values())
-    generator = access.traffic(lab.layout, "web", rate=3, duration_s=45)
+    generator = access.traffic(lab.layout, "web", rate=5, duration_s=60)
     try:
         domains = lab_mod.status(lab).domains
         host = min(domains, key=lambda h: len(domains[h]))
@@ -109,8 +109,9 @@ def test_a_clone_serves_only_after_its_health_check_and_a_retire_loses_no_reques
         assert "web-lb1" not in servers(edge)
         assert where(lab, "web-lb1") == {}
     finally:
-        summary = access.summary(generator, timeout_s=120)
-    assert summary["sent"] > 100
+        generator.terminate()  # it stops cleanly and still prints what it counted
+        summary = access.summary(generator, timeout_s=60)
+    assert summary["sent"] > 50
     assert summary["failures"] == 0, f"requests failed: {summary}"
     served_by = {line.split()[0]: n for line, n in summary["answers"].items()}
     assert served_by.get("vm=web-lb1", 0) > 0, summary["answers"]
@@ -174,10 +175,10 @@ def test_a_load_step_burns_the_request_sli_the_controller_scales_out_and_it_reco
             what="web scaled out, its clones serving in HAProxy",
         )
         assert grown[0] > FIRST_WEB
-        # Recovered: no request fails for 30 s on end once the clones serve.
+        # Recovered: no request fails for 20 s on end (about 200 requests) once the clones serve.
         deadline = time.monotonic() + 240
         quiet_since, last = time.monotonic(), failures_now(status)
-        while time.monotonic() - quiet_since < 30:
+        while time.monotonic() - quiet_since < 20:
             assert time.monotonic() < deadline, "requests still failing 4 min after scale-out"
             time.sleep(2)
             now = failures_now(status)

@@ -27,8 +27,8 @@ from tests.reliability import record
 
 pytestmark = pytest.mark.lab
 pytest_plugins = ["tests.reliability_plugin", "tests.integration.access_fixtures"]
-STABILISATION_S = 30
-STALE_FOR_S = 75.0
+STABILISATION_S = 60
+STALE_FOR_S = 90.0
 """Longer than web's scale-down stabilisation (``STABILISATION_S``) and cooldown with margin:
 without the stale balancer the surplus instance would have been retired within it."""
 

@@ -292,9 +292,9 @@ def test_a_vm_grown_to_4_vcpus_then_idle_is_replaced_by_a_template_size_clone(
     lab: Lab, tmp_path: Path, restore_lab: None
 ) -> None:
     config = controller_file(lab, tmp_path)  # web: 2 to 4 instances, idle: nothing to retire
-    # The shrink waits for a stabilisation window without the need it was grown for: a short
-    # one, so the test does not wait two minutes for it.
-    tune_web(tmp_path, scale_down_stabilisation_s=30)
+    # The shrink waits for a stabilisation window without the need it was grown for: one
+    # minute (the history's step), so the test does not wait two for it.
+    tune_web(tmp_path, scale_down_stabilisation_s=60)
     fleet = fleet_of(lab)
     host = next(h for h, vms in lab_mod.status(lab).domains.items() if "web-1" in vms)
     grow = HotAddVcpu(business="web", vm="web-1", host=host, vcpus=4, reason="test: a peak")
