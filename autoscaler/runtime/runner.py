@@ -96,8 +96,15 @@ def run(config_path: Path, *, dry_run: bool, holder: str | None, listen: str | N
         config, controller.lease, lambda: controller.policies, shared
     )
     stop = threading.Event()
+    controller_pid = os.getpid()
 
     def on_stop(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != controller_pid:
+            # A child a library forked from us inherits this handler: it is not the controller
+            # being stopped, so it ends as the sender meant, without a "stopping" in our log.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         event(log, "stopping", signal=signal.Signals(signum).name)
         stop.set()
 
