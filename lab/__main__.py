@@ -68,6 +68,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         load_s=args.load_s,
         fault_s=args.fault_s,
         vertical_s=args.vertical_s,
+        scale_s=args.scale_s,
         rollout_s=args.rollout_s,
         storage=args.storage,
     )
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-s", type=float, default=150, help="seconds allowed to evacuate")
     p.add_argument(
         "--vertical-s", type=float, default=90, help="seconds allowed for the vCPU hot-add phase"
+    )
+    p.add_argument(
+        "--scale-s", type=float, default=150, help="seconds allowed for web's scale-out phase"
     )
     p.add_argument(
         "--rollout-s", type=float, default=300, help="seconds allowed for web's rollout to v2"

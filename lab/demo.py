@@ -6,14 +6,15 @@ load that follows), lets the lab load balancer replay those traces as real guest
 runs the real controller (in-process, auto mode, short intervals) with a live view of the
 businesses, the racks and every action with its reason. It opens with a load jump on the cache
 business, which is at its maximum instance count: no clone can help, so the controller hot-adds
-a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then the traces
-play; then it injects a rack fault — the rack's
-OVS bond member down, its Ceph OSDs stopped, its temperature ramping — and shows the controller
-live-migrating every VM off that rack. Last, web is rolled out from v1 to v2 (as ``autoscaler
-rollout web --to v2`` does: the controls say so, the controller replaces one instance at a
-time, each new one serving before the old one is drained). Throughout, web sits behind the
-lab's HAProxy and the lab's traffic generator sends it requests: the view shows their rate,
-failures and p95 latency. It ends with a summary and takes the lab down.
+a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then web's load
+steps up beyond what its instances carry: the controller clones, and HAProxy sends the clones
+requests once their health check passes. Then the traces play; then it injects a rack fault —
+the rack's OVS bond member down, its Ceph OSDs stopped, its temperature ramping — and shows the
+controller live-migrating every VM off that rack. Last, web is rolled out from v1 to v2 (as
+``autoscaler rollout web --to v2`` does: the controls say so, the controller replaces one
+instance at a time, each new one serving before the old one is drained). Throughout, web sits
+behind the lab's HAProxy and the lab's traffic generator sends it requests: the view shows their
+rate, failures and p95 latency. It ends with a summary and takes the lab down.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ TRACES = {  # business -> (trace, peak cores, where in the trace to start)
 # of that instance's 0.25 cores; one more vCPU (0.5 cores) carries it at 80 %.
 AT_MAXIMUM = {"cache": 1}
 JUMP = ("cache", 0.4)
+# The scale-out phase: web's load steps up to 140 % of its two instances (2 x 0.25 cores), more
+# than vCPUs within their quota carry: the controller clones, and HAProxy takes the clones in
+# once their health check passes, under the traffic the view shows.
+STEP = ("web", 0.7)
 # The rollout phase: web's first VMs run v1 (its lab policy names it), the demo rolls it to v2.
 ROLLOUT = ("web", "v1", "v2")
 # Light traffic through HAProxy to web all along: a few requests a second, well within what its
@@ -254,6 +259,7 @@ def run(
     load_s: float = 150,
     fault_s: float = 150,
     vertical_s: float = 90,
+    scale_s: float = 150,
     rollout_s: float = 300,
     storage: Literal["local", "rbd"] = "local",
 ) -> int:
@@ -309,7 +315,9 @@ def run(
         )
         status = Path(lab.state.root) / "demo-traffic.json"
         status.unlink(missing_ok=True)
-        generator = start_traffic(lab, status, vertical_s + load_s + fault_s + rollout_s + 60)
+        generator = start_traffic(
+            lab, status, vertical_s + scale_s + load_s + fault_s + rollout_s + 60
+        )
         traffic = TrafficView(status)
         if generator is None:
             console.print("[red]no web server came up in HAProxy: the demo runs without traffic")
@@ -327,6 +335,19 @@ def run(
                     grown_at = time.monotonic()
                 if grown_at is not None and time.monotonic() - grown_at > 15:
                     break  # long enough to see its capacity carry the load
+            stepped, step_cores = STEP
+            lab_mod.set_demand(lab, {**trace_demand(), stepped: {"cores": step_cores}})
+            phase = f"{stepped} load steps up to {step_cores} cores"
+            first = len(vcpus_of(controller, stepped))
+            step_at, served_at = time.monotonic(), None
+            while time.monotonic() - step_at < scale_s:
+                time.sleep(1)
+                live.update(view(controller, events, phase, started, traffic))
+                grown = len(vcpus_of(controller, stepped)) > first
+                if served_at is None and grown and serving_in_haproxy(lab, stepped) > first:
+                    served_at = time.monotonic()
+                if served_at is not None and time.monotonic() - served_at > 15:
+                    break  # long enough to see the clones take their share of the requests
             lab_mod.set_demand(lab, trace_demand())
             started_traces = time.monotonic()
             while time.monotonic() - started_traces < load_s:
@@ -357,6 +378,7 @@ def run(
         server.stop()
         summary(console, controller, events, rack)
         vertical(console, controller, events, jumped)
+        scaled_out(console, events, STEP[0])
         rolled_out(console, controller, events, traffic)
         return 0
     finally:
@@ -470,6 +492,12 @@ def vertical(console: Console, controller: Controller, events: list[str], busine
     lines = [e for e in events if "hot_add_vcpu" in e or "hot_add_memory" in e]
     console.print(Panel("\n".join(lines) or "(no hot-add)", title="vertical scaling"))
     console.print(f"{business} vCPUs now: {vcpus_of(controller, business)}")
+
+
+def scaled_out(console: Console, events: list[str], business: str) -> None:
+    """The scale-out phase's clones of ``business``, each with its reason and outcome."""
+    lines = [e for e in events if "clone_from_template" in e and f"{business}-" in e]
+    console.print(Panel("\n".join(lines[-8:]) or "(no clone)", title=f"{business} scale-out"))
 
 
 def rolled_out(
