@@ -2,7 +2,7 @@
 
 Where it sits: the entry point of the test lab (never shipped in the wheel, never imported by
 the product). ``up``/``status``/``down``/``demand`` run a lab of real libvirt hosts in network
-namespaces; ``demo`` runs the closed loop on one: a vCPU hot-add, a rack fault, a rollout.
+namespaces; ``demo`` runs the closed loop on one: a hot-add, a rollout, a scale-out, a rack fault.
 """
 
 from __future__ import annotations

@@ -6,15 +6,15 @@ load that follows), lets the lab load balancer replay those traces as real guest
 runs the real controller (in-process, auto mode, short intervals) with a live view of the
 businesses, the racks and every action with its reason. It opens with a load jump on the cache
 business, which is at its maximum instance count: no clone can help, so the controller hot-adds
-a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then web's load
-steps up beyond what its instances carry: the controller clones, and HAProxy sends the clones
-requests once their health check passes. Then the traces play; then it injects a rack fault —
-the rack's OVS bond member down, its Ceph OSDs stopped, its temperature ramping — and shows the
-controller live-migrating every VM off that rack. Last, web is rolled out from v1 to v2 (as
-``autoscaler rollout web --to v2`` does: the controls say so, the controller replaces one
-instance at a time, each new one serving before the old one is drained). Throughout, web sits
-behind the lab's HAProxy and the lab's traffic generator sends it requests: the view shows their
-rate, failures and p95 latency. It ends with a summary and takes the lab down.
+a vCPU to its VM (the reason printed, and the guest bringing the CPU online). Then web is rolled
+out from v1 to v2 (as ``autoscaler rollout web --to v2`` does: the controls say so, the
+controller replaces one instance at a time, each new one serving before the old one is drained).
+Then web's load steps up beyond what its instances carry: the controller clones, and HAProxy
+sends the clones requests once their health check passes. Then the traces play; last, it injects
+a rack fault — the rack's OVS bond member down, its Ceph OSDs stopped, its temperature ramping —
+and shows the controller live-migrating every VM off that rack. Throughout, web sits behind the
+lab's HAProxy and the lab's traffic generator sends it requests: the view shows their rate,
+failures and p95 latency. It ends with a summary and takes the lab down.
 """
 
 from __future__ import annotations
@@ -117,7 +117,9 @@ def demo_policies(lab: lab_mod.Lab) -> Path:
         policy["mode"] = "auto"
         policy["instances"]["max"] = AT_MAXIMUM.get(policy["business"], 4)
         policy["instances"]["min"] = min(policy["instances"]["min"], policy["instances"]["max"])
-        policy["scaling"].setdefault("vertical", {})["enabled"] = True
+        # Vertical scaling where no clone can help (at the maximum instance count); the others
+        # scale out, so the load step on web shows clones.
+        policy["scaling"].setdefault("vertical", {})["enabled"] = policy["business"] in AT_MAXIMUM
         policy["scaling"]["scale_down_stabilisation_s"] = 120
         policy["scaling"]["cooldowns"] = {"scale_up_s": 0, "scale_down_s": 20}
         policy["forecast"]["min_history_hours"] = 12
@@ -335,6 +337,18 @@ def run(
                     grown_at = time.monotonic()
                 if grown_at is not None and time.monotonic() - grown_at > 15:
                     break  # long enough to see its capacity carry the load
+            # web rolled out to a new version, one instance at a time. Before the load step:
+            # a rollout never runs while its business's error budget burns fast (the page
+            # gate), and the step, more than web's instances carry, makes it burn.
+            events.append(f"{time.strftime('%H:%M:%S')} {start_rollout(lab, config, storage)}")
+            rollout_at, (business, _, to) = time.monotonic(), ROLLOUT
+            while time.monotonic() - rollout_at < rollout_s:
+                time.sleep(1)
+                at, total, old = rollout_progress(controller)
+                phase = f"rollout {business} -> {to}: {at}/{total} at {to}, {old} to replace"
+                live.update(view(controller, events, phase, started, traffic))
+                if total and old == 0 and at == total:
+                    break
             stepped, step_cores = STEP
             lab_mod.set_demand(lab, {**trace_demand(), stepped: {"cores": step_cores}})
             phase = f"{stepped} load steps up to {step_cores} cores"
@@ -364,22 +378,12 @@ def run(
                 live.update(view(controller, events, f"rack {rack} failing", started, traffic))
                 if rack_empty(controller, rack) and time.monotonic() - fault_at > 20:
                     break
-            # The last phase: web rolled out to a new version, one instance at a time.
-            events.append(f"{time.strftime('%H:%M:%S')} {start_rollout(lab, config, storage)}")
-            rollout_at, (business, _, to) = time.monotonic(), ROLLOUT
-            while time.monotonic() - rollout_at < rollout_s:
-                time.sleep(1)
-                at, total, old = rollout_progress(controller)
-                phase = f"rollout {business} -> {to}: {at}/{total} at {to}, {old} to replace"
-                live.update(view(controller, events, phase, started, traffic))
-                if total and old == 0 and at == total:
-                    break
         controller.stop()
         server.stop()
         summary(console, controller, events, rack)
         vertical(console, controller, events, jumped)
-        scaled_out(console, events, STEP[0])
         rolled_out(console, controller, events, traffic)
+        scaled_out(console, events, STEP[0])
         return 0
     finally:
         if generator is not None and generator.poll() is None:
