@@ -43,6 +43,8 @@ from policies.sla import AlertState
 from policies.state import DecisionState
 
 ROLLOUT_PAUSED = "rollout paused by an operator"
+HELD_PREFIX = "rollout to"
+"""How every reason a rollout step waits for begins (the cycle logs it when it changes)."""
 
 
 def target_version(policy: BusinessPolicy, controls: Controls) -> str | None:
@@ -107,7 +109,7 @@ def plan_rollout(
     progress = f"{len(view.vms) - len(old)} of {len(view.vms)} at {target}"
     rollout = controls.rollouts.get(view.name)
     if rollout is not None and rollout.paused:
-        out.reasons.append(f"rollout to {target} ({progress}): {ROLLOUT_PAUSED}")
+        out.reasons.append(f"{HELD_PREFIX} {target} ({progress}): {ROLLOUT_PAUSED}")
         return out
     why = _held(view, snapshot, budget, freeze)
     access = snapshot.access_by_business.get(view.name)
@@ -118,13 +120,13 @@ def plan_rollout(
         if unserved:
             why = f"waiting for {', '.join(unserved[:3])} to serve in its load balancer"
     if why is not None:
-        out.reasons.append(f"rollout to {target} ({progress}) held: {why}")
+        out.reasons.append(f"{HELD_PREFIX} {target} ({progress}) held: {why}")
         return out
     # The oldest instance first (the longest since its version was current).
     vm = min(old, key=lambda v: (v.created_at if v.created_at is not None else -math.inf, v.name))
     action = _replace(view, vm, placement, budget, now, version=target, cause="rollout")
     if action is None:
-        out.reasons.append(f"rollout to {target} ({progress}) held: no room for a surge clone")
+        out.reasons.append(f"{HELD_PREFIX} {target} ({progress}) held: no room for a surge clone")
         return out
     out.actions.append(action)
     return out

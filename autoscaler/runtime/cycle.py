@@ -54,6 +54,7 @@ from policies.approvals import admit
 from policies.decide import decide
 from policies.decision import Decision
 from policies.forecast import MARGIN_QUANTILES, ForecastSpec, refit, spec_quantile
+from policies.rollout import HELD_PREFIX as ROLLOUT_HELD
 from policies.rollout import out_of_date, target_version
 from policies.schema import BusinessPolicy, CapacitySli, Mode
 from policies.sla import SlaLedger, capacity_interval, promql_interval, sla_status
@@ -211,7 +212,7 @@ class Cycle:
     def _rollout_holds(self, decision: Decision) -> None:
         """Log why a business's rollout waits, when the reason starts or changes."""
         for name, reasons in decision.reasons.items():
-            held = next((r for r in reasons if r.startswith("rollout to")), None)
+            held = next((r for r in reasons if r.startswith(ROLLOUT_HELD)), None)
             if held != self.rollout_holds.get(name):
                 if held is not None:
                     event(self.log, "rollout held", business=name, why=held)
